@@ -1,0 +1,257 @@
+"""huggingface_hub's cache layout, read and written exactly as it does.
+
+``<root>/models--org--name/{blobs/<id>, snapshots/<commit>/<path> -> blob, refs/<ref>}``.
+Blobs are named by the hub's ETag: the sha256 of an LFS file, the git blob sha1
+of any other, which is also hffs's content id, so a blob is found by id alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from swarm.ids import is_file_id
+
+REPO_TYPES = ("model", "dataset", "space")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+class CacheError(Exception):
+    """The cache cannot do what was asked."""
+
+
+def is_commit(value: str) -> bool:
+    return _COMMIT.fullmatch(value) is not None
+
+
+def repo_folder_name(repo_type: str, repo_id: str) -> str:
+    if repo_type not in REPO_TYPES:
+        raise CacheError(f"unknown repo type {repo_type!r} (model, dataset or space)")
+    return f"{repo_type}s--" + repo_id.replace("/", "--")
+
+
+def parse_repo_folder(name: str) -> tuple[str, str] | None:
+    kind, sep, rest = name.partition("--")
+    if not sep or not rest or kind not in ("models", "datasets", "spaces"):
+        return None
+    return kind[:-1], rest.replace("--", "/")
+
+
+def check_repo_path(path: str) -> PurePosixPath:
+    """A path inside a repo, refused if it could escape the snapshot folder."""
+    p = PurePosixPath(path)
+    if not path or p.is_absolute() or any(part in ("", ".", "..") for part in path.split("/")):
+        raise CacheError(f"invalid path in repo: {path!r}")
+    return p
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    repo_type: str
+    repo_id: str
+    commit: str
+    path: str  # inside the repo, "/" separated
+    blob_id: str
+    size: int
+    local_path: Path  # the snapshot entry, as HF tools open it
+
+
+@dataclass(frozen=True)
+class CachedRepo:
+    repo_type: str
+    repo_id: str
+    commits: tuple[str, ...]
+    refs: dict[str, str]
+    n_files: int
+    size: int  # bytes of distinct blobs
+
+
+class HubCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # -- layout --------------------------------------------------------------
+
+    def repo_dir(self, repo_type: str, repo_id: str) -> Path:
+        return self.root / repo_folder_name(repo_type, repo_id)
+
+    def blob_path(self, repo_type: str, repo_id: str, blob_id: str) -> Path:
+        return self.repo_dir(repo_type, repo_id) / "blobs" / blob_id
+
+    def snapshot_dir(self, repo_type: str, repo_id: str, commit: str) -> Path:
+        return self.repo_dir(repo_type, repo_id) / "snapshots" / commit
+
+    # -- refs ----------------------------------------------------------------
+
+    def read_ref(self, repo_type: str, repo_id: str, ref: str) -> str | None:
+        """The commit a ref or commit hash names locally, if any."""
+        if is_commit(ref) and self.snapshot_dir(repo_type, repo_id, ref).is_dir():
+            return ref
+        try:
+            commit = (self.repo_dir(repo_type, repo_id) / "refs" / ref).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        return commit if is_commit(commit) else None
+
+    def write_ref(self, repo_type: str, repo_id: str, ref: str, commit: str) -> None:
+        if is_commit(ref):
+            return  # a commit names itself; HF writes no ref for it
+        check_repo_path(ref)
+        path = self.repo_dir(repo_type, repo_id) / "refs" / ref
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, path)
+
+    # -- writing -------------------------------------------------------------
+
+    def link(self, repo_type: str, repo_id: str, commit: str, path: str, blob_id: str) -> Path:
+        """Point ``snapshots/<commit>/<path>`` at the blob, as huggingface_hub does."""
+        rel = check_repo_path(path)
+        entry = self.snapshot_dir(repo_type, repo_id, commit) / rel
+        blob = self.blob_path(repo_type, repo_id, blob_id)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(entry.name + ".hffs-tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            tmp.symlink_to(os.path.relpath(blob, entry.parent))
+        except OSError:  # no symlinks (Windows without developer mode): copy, as HF does
+            shutil.copyfile(blob, tmp)
+        os.replace(tmp, entry)
+        return entry
+
+    def adopt(self, repo_type: str, repo_id: str, blob_id: str, src: Path, method: str) -> None:
+        """Bring a verified local file in as a blob: "mv", "cp" or "ln" (symlink to src)."""
+        dest = self.blob_path(repo_type, repo_id, blob_id)
+        if dest.exists():
+            if method == "mv":
+                src.unlink()
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".hffs-tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            if method == "ln":
+                tmp.symlink_to(src.resolve())
+            elif method == "mv":
+                shutil.move(src, tmp)
+            else:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CacheError(f"cannot store {src} in the cache: {exc.strerror or exc}") from exc
+
+    # -- reading -------------------------------------------------------------
+
+    def iter_repos(self) -> Iterator[tuple[str, str]]:
+        if not self.root.is_dir():
+            return
+        for child in sorted(self.root.iterdir()):
+            parsed = parse_repo_folder(child.name)
+            if parsed and child.is_dir():
+                yield parsed
+
+    def commits(self, repo_type: str, repo_id: str) -> list[str]:
+        snaps = self.repo_dir(repo_type, repo_id) / "snapshots"
+        if not snaps.is_dir():
+            return []
+        return sorted(p.name for p in snaps.iterdir() if p.is_dir())
+
+    def refs(self, repo_type: str, repo_id: str) -> dict[str, str]:
+        refs_dir = self.repo_dir(repo_type, repo_id) / "refs"
+        if not refs_dir.is_dir():
+            return {}
+        out = {}
+        for p in sorted(refs_dir.rglob("*")):
+            if p.is_file() and not p.name.endswith(".tmp"):
+                out[p.relative_to(refs_dir).as_posix()] = p.read_text().strip()
+        return out
+
+    def files(self, repo_type: str, repo_id: str, commit: str | None = None) -> list[CachedFile]:
+        """Complete files of one commit, or of every commit (dangling links skipped)."""
+        out = []
+        for c in [commit] if commit else self.commits(repo_type, repo_id):
+            snap = self.snapshot_dir(repo_type, repo_id, c)
+            if not snap.is_dir():
+                continue
+            for entry in sorted(snap.rglob("*")):
+                if entry.is_dir() or entry.name.endswith(".hffs-tmp"):
+                    continue
+                blob_id = os.path.basename(os.readlink(entry)) if entry.is_symlink() else None
+                if blob_id is None or not is_file_id(blob_id):
+                    continue  # a copied file (no symlinks): not shareable by id
+                try:
+                    size = entry.stat().st_size
+                except FileNotFoundError:
+                    continue
+                path = entry.relative_to(snap).as_posix()
+                out.append(CachedFile(repo_type, repo_id, c, path, blob_id, size, entry))
+        return out
+
+    def repo_summary(self, repo_type: str, repo_id: str) -> CachedRepo:
+        files = self.files(repo_type, repo_id)
+        blobs = {f.blob_id: f.size for f in files}
+        return CachedRepo(
+            repo_type,
+            repo_id,
+            tuple(self.commits(repo_type, repo_id)),
+            self.refs(repo_type, repo_id),
+            len({(f.path) for f in files}),
+            sum(blobs.values()),
+        )
+
+    def find_blob(self, blob_id: str) -> Path | None:
+        """A complete blob with this id in any repo of the cache."""
+        if not is_file_id(blob_id) or not self.root.is_dir():
+            return None
+        for repo_type, repo_id in self.iter_repos():
+            path = self.blob_path(repo_type, repo_id, blob_id)
+            if path.is_file():
+                return path
+        return None
+
+    # -- removing ------------------------------------------------------------
+
+    def remove_file(self, repo_type: str, repo_id: str, commit: str, path: str) -> bool:
+        entry = self.snapshot_dir(repo_type, repo_id, commit) / check_repo_path(path)
+        if not (entry.is_symlink() or entry.is_file()):
+            return False
+        entry.unlink()
+        self._prune_empty(entry.parent, self.snapshot_dir(repo_type, repo_id, commit))
+        return True
+
+    def remove_commit(self, repo_type: str, repo_id: str, commit: str) -> bool:
+        snap = self.snapshot_dir(repo_type, repo_id, commit)
+        if not snap.is_dir():
+            return False
+        shutil.rmtree(snap)
+        for ref, target in self.refs(repo_type, repo_id).items():
+            if target == commit:
+                (self.repo_dir(repo_type, repo_id) / "refs" / ref).unlink()
+        return True
+
+    def collect_garbage(self, repo_type: str, repo_id: str) -> list[str]:
+        """Remove blobs no snapshot links to; drop the repo folder once empty."""
+        used = {f.blob_id for f in self.files(repo_type, repo_id)}
+        blobs_dir = self.repo_dir(repo_type, repo_id) / "blobs"
+        removed = []
+        if blobs_dir.is_dir():
+            for blob in blobs_dir.iterdir():
+                if blob.name not in used:
+                    blob.unlink()
+                    removed.append(blob.name)
+        repo = self.repo_dir(repo_type, repo_id)
+        if not self.commits(repo_type, repo_id) and repo.is_dir():
+            shutil.rmtree(repo)
+        return removed
+
+    @staticmethod
+    def _prune_empty(folder: Path, stop: Path) -> None:
+        while folder != stop.parent and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent

@@ -1,0 +1,126 @@
+"""The upstream hub client: metadata from the mirror(s), then huggingface.co.
+
+Metadata goes through huggingface_hub's own API (one ``repo_info`` call gives the
+commit a ref points at and every file's size and content id). File bytes are not
+fetched here: the swarm downloader takes the URLs this module builds and asks
+them for HTTP ranges, so upstream is just one more source of chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from hffs.cache import check_repo_path, is_commit
+
+METADATA_TIMEOUT = 20.0
+
+
+class HubError(Exception):
+    """No upstream endpoint could answer; the message says why, for the user."""
+
+
+class NotFound(HubError):
+    """Every endpoint that answered said the repo, revision or file does not exist."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    file_id: str  # sha256 for LFS files, git blob sha1 otherwise: the cache's blob name
+    lfs: bool
+
+
+@dataclass(frozen=True)
+class RemoteRevision:
+    repo_type: str
+    repo_id: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+    endpoint: str  # which endpoint answered
+
+    def file(self, path: str) -> RemoteFile:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise NotFound(f"{path} is not in {self.repo_id} at {self.commit[:12]}")
+
+
+def file_url(endpoint: str, repo_type: str, repo_id: str, commit: str, path: str) -> str:
+    return hf_hub_url(repo_id, path, repo_type=repo_type, revision=commit, endpoint=endpoint)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code}"
+    return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+
+
+class HubClient:
+    def __init__(self, endpoints: list[str], token: str | None = None) -> None:
+        if not endpoints:
+            raise HubError("no upstream endpoint is configured")
+        self.endpoints = endpoints
+        self.token = token
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers for upstream requests only; never given to a peer."""
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _revision_from(
+        self, endpoint: str, repo_type: str, repo_id: str, rev: str
+    ) -> RemoteRevision:
+        api = HfApi(endpoint=endpoint, token=self.token or False)
+        info = api.repo_info(
+            repo_id,
+            repo_type=repo_type,
+            revision=rev,
+            files_metadata=True,
+            timeout=METADATA_TIMEOUT,
+        )
+        files = []
+        for s in info.siblings or []:
+            check_repo_path(s.rfilename)
+            if s.lfs is not None:
+                files.append(RemoteFile(s.rfilename, s.lfs.size, s.lfs.sha256, True))
+            elif s.blob_id is not None and s.size is not None:
+                files.append(RemoteFile(s.rfilename, s.size, s.blob_id, False))
+            else:
+                raise HubError(f"{endpoint} gave no size or id for {s.rfilename}")
+        if not info.sha or not is_commit(info.sha):
+            raise HubError(f"{endpoint} gave no commit for {repo_id}@{rev}")
+        return RemoteRevision(repo_type, repo_id, info.sha, tuple(files), endpoint)
+
+    def revision(self, repo_type: str, repo_id: str, revision: str) -> RemoteRevision:
+        """Resolve ``revision`` to a commit and list its files, trying each endpoint."""
+        failures: list[str] = []
+        not_found: list[str] = []
+        for endpoint in self.endpoints:
+            try:
+                return self._revision_from(endpoint, repo_type, repo_id, revision)
+            except GatedRepoError:
+                failures.append(f"{endpoint}: gated repo, set HF_TOKEN to a token with access")
+            except RepositoryNotFoundError:
+                not_found.append(f"{endpoint}: repo {repo_id!r} not found (or private)")
+            except RevisionNotFoundError:
+                not_found.append(f"{endpoint}: revision {revision!r} not found")
+            except EntryNotFoundError:
+                not_found.append(f"{endpoint}: not found")
+            except Exception as exc:  # any transport or server failure: try the next one
+                failures.append(f"{endpoint}: {_describe(exc)}")
+        if not_found and not failures:
+            raise NotFound("; ".join(not_found))
+        raise HubError("no endpoint answered: " + "; ".join(failures + not_found))
+
+    async def arevision(self, repo_type: str, repo_id: str, revision: str) -> RemoteRevision:
+        return await anyio.to_thread.run_sync(self.revision, repo_type, repo_id, revision)

@@ -1,0 +1,215 @@
+"""Provider records: which hosts hold the content behind a DHT key.
+
+Plain code with no I/O and no clock of its own: every call takes ``now`` (any
+monotonic clock the caller keeps), so the rules are testable alone and the DHT
+layer decides when time passes.
+
+Records from many holders merge, never overwrite; each expires on its own; a
+store is bounded both per key and in total, so a flood of announcements costs
+memory proportional to the caps, not to the flood.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+DEFAULT_TTL = 30 * 60.0  # seconds a record lives unless its holder re-announces
+MAX_HOLDERS_PER_KEY = 64
+MAX_KEYS = 50_000
+MAX_ENTRIES = 200_000  # worst case a few tens of MB
+REPLY_LIMIT = 20  # holders per DHT reply: keeps a reply well under one UDP datagram
+KEY_LEN = 20  # 160-bit keys, like Kademlia node ids
+MAX_HOST_LEN = 45  # longest textual IPv6 address (with an embedded IPv4 tail)
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """One holder of a key; ``expires_at`` is on the caller's monotonic clock."""
+
+    host: str
+    port: int
+    expires_at: float
+
+    @property
+    def addr(self) -> Addr:
+        return (self.host, self.port)
+
+    def ttl(self, now: float) -> float:
+        """Seconds left before this record expires (never negative)."""
+        return max(0.0, self.expires_at - now)
+
+
+def normalize_host(host: object) -> str | None:
+    """The canonical text of an IP literal fit to name a holder, else None.
+
+    Names are refused (resolving them would let input trigger lookups);
+    IPv4-mapped IPv6 becomes plain IPv4 so one host has one spelling;
+    unspecified, multicast and scoped addresses cannot be reached by a peer.
+    """
+    if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_LEN:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            return None
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255":
+        return None
+    return str(ip)
+
+
+def valid_host(host: object) -> bool:
+    return normalize_host(host) is not None
+
+
+def valid_port(port: object) -> bool:
+    # bool is an int subclass; True must not pass as port 1
+    return type(port) is int and 1 <= port <= 65535
+
+
+def valid_key(key: object) -> bool:
+    return isinstance(key, bytes) and len(key) == KEY_LEN
+
+
+def merge(*groups: Iterable[Provider]) -> list[Provider]:
+    """Union of provider lists: one record per (host, port), the latest expiry
+    wins; freshest first, ties broken by address so the result is a pure
+    function of the set of inputs (commutative and idempotent)."""
+    best: dict[Addr, Provider] = {}
+    for group in groups:
+        for p in group:
+            old = best.get(p.addr)
+            if old is None or p.expires_at > old.expires_at:
+                best[p.addr] = p
+    return sorted(best.values(), key=_freshest_first)
+
+
+def _freshest_first(p: Provider) -> tuple[float, str, int]:
+    return (-p.expires_at, p.host, p.port)
+
+
+class ProviderStore:
+    """key -> {(host, port): expires_at}, bounded per key and in total.
+
+    Keys are kept in order of their last announcement; when a cap is reached the
+    key announced longest ago goes first (O(1)), which is close to the one
+    expiring soonest because holders re-announce on a fixed period.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_TTL,
+        max_per_key: int = MAX_HOLDERS_PER_KEY,
+        max_keys: int = MAX_KEYS,
+        max_entries: int = MAX_ENTRIES,
+    ) -> None:
+        if not ttl > 0 or not 1 <= max_per_key <= max_entries or max_keys < 1:
+            raise ValueError("ttl and caps must be positive, max_per_key <= max_entries")
+        self.ttl = ttl
+        self.max_per_key = max_per_key
+        self.max_keys = max_keys
+        self.max_entries = max_entries
+        self._keys: OrderedDict[bytes, dict[Addr, float]] = OrderedDict()
+        self._entries = 0
+
+    def __len__(self) -> int:
+        """Number of keys with at least one record (expired ones included until expire())."""
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    @property
+    def entries(self) -> int:
+        return self._entries
+
+    def keys(self) -> list[bytes]:
+        return list(self._keys)
+
+    def add(self, key: bytes, host: str, port: int, now: float, ttl: float | None = None) -> bool:
+        """Record (host, port) as a holder of key until now + ttl (capped at the
+        store's ttl). Returns False if the record was refused: invalid input, or
+        the key is full of holders that all outlive this one."""
+        norm = normalize_host(host)
+        if not valid_key(key) or norm is None or not valid_port(port):
+            return False
+        life = self.ttl if ttl is None else min(ttl, self.ttl)
+        if not life > 0:  # also refuses NaN
+            return False
+        expires_at = now + life
+        addr = (norm, port)
+        holders = self._keys.get(key)
+        if holders is None:
+            self._make_room_for_key()
+            holders = self._keys[key] = {}
+        else:
+            self._keys.move_to_end(key)
+        if addr in holders:
+            holders[addr] = max(holders[addr], expires_at)
+            return True
+        if len(holders) >= self.max_per_key:
+            # keep the freshest: evict the record expiring first, unless that's the new one
+            oldest = min(holders, key=holders.__getitem__)
+            if holders[oldest] >= expires_at:
+                return False
+            del holders[oldest]
+            self._entries -= 1
+        holders[addr] = expires_at
+        self._entries += 1
+        if self._entries > self.max_entries:
+            self._evict_oldest_key(keep=key)
+        return True
+
+    def get(self, key: bytes, now: float, limit: int | None = REPLY_LIMIT) -> list[Provider]:
+        """Live holders of key, freshest first, at most ``limit`` (None: all)."""
+        holders = self._keys.get(key)
+        if not holders:
+            return []
+        live = [Provider(h, p, exp) for (h, p), exp in holders.items() if exp > now]
+        live.sort(key=_freshest_first)
+        return live if limit is None else live[:limit]
+
+    def remove(self, key: bytes, host: str, port: int) -> bool:
+        holders = self._keys.get(key)
+        norm = normalize_host(host)
+        if holders is None or norm is None or holders.pop((norm, port), None) is None:
+            return False
+        self._entries -= 1
+        if not holders:
+            del self._keys[key]
+        return True
+
+    def expire(self, now: float) -> int:
+        """Drop every record expired at ``now``; returns how many went."""
+        dropped = 0
+        for key in list(self._keys):
+            holders = self._keys[key]
+            dead = [a for a, exp in holders.items() if exp <= now]
+            for a in dead:
+                del holders[a]
+            dropped += len(dead)
+            if not holders:
+                del self._keys[key]
+        self._entries -= dropped
+        return dropped
+
+    def _make_room_for_key(self) -> None:
+        # no expire() scan here: that would make each add O(keys) under a flood
+        while len(self._keys) >= self.max_keys:
+            self._evict_oldest_key()
+
+    def _evict_oldest_key(self, keep: bytes | None = None) -> None:
+        for key in self._keys:
+            if key != keep:
+                self._entries -= len(self._keys.pop(key))
+                return

@@ -1,0 +1,130 @@
+"""Sources of chunks over HTTP: peers (``/v1/blobs``) and upstream endpoints.
+
+Both answer HTTP Range requests, so one client serves both; they differ only in
+the URL and in the headers (an upstream token is never sent to a peer).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import httpx
+import xxhash
+
+from swarm.manifest import Manifest, ManifestError
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_HAVE_BYTES = 1 << 16
+
+
+class SourceError(Exception):
+    """A source failed to deliver what was asked (transport error or bad answer)."""
+
+
+@dataclass(frozen=True)
+class PeerAddr:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def blob_url(self, file_id: str) -> str:
+        return f"http://{self}/v1/blobs/{file_id}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where chunks of one file can be asked for."""
+
+    id: str  # shown to users: "127.0.0.2:9009" or "https://hf-mirror.com"
+    url: str
+    upstream: bool
+    headers: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+
+async def fetch_range(
+    client: httpx.AsyncClient, source: Source, start: int, end: int
+) -> tuple[bytes, bytes]:
+    """Fetch bytes ``[start, end)``; returns (data, xxh3-128 digest).
+
+    Refuses an answer of the wrong range or length rather than trusting it.
+    """
+    want = end - start
+    headers = {**source.headers, "range": f"bytes={start}-{end - 1}", "accept-encoding": "identity"}
+    try:
+        async with client.stream("GET", source.url, headers=headers) as resp:
+            if resp.status_code == 206:
+                m = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", ""))
+                if not m or (int(m[1]), int(m[2])) != (start, end - 1):
+                    raise SourceError(f"{source.id} answered another range")
+            elif resp.status_code != 200 or start != 0:
+                raise SourceError(f"{source.id} answered HTTP {resp.status_code}")
+            hasher = xxhash.xxh3_128()
+            buf = bytearray()
+            async for block in resp.aiter_bytes():
+                room = want - len(buf)
+                block = block[:room]  # a 200 carries the whole file: keep our range
+                buf += block
+                hasher.update(block)
+                if len(buf) >= want:
+                    break
+    except httpx.HTTPError as exc:
+        raise SourceError(f"{source.id}: {type(exc).__name__}") from exc
+    if len(buf) != want:
+        raise SourceError(f"{source.id} sent {len(buf)} of {want} bytes")
+    return bytes(buf), hasher.digest()
+
+
+async def _get_small(
+    client: httpx.AsyncClient, url: str, limit: int, headers: dict[str, str]
+) -> httpx.Response:
+    try:
+        resp = await client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        raise SourceError(f"{url}: {type(exc).__name__}") from exc
+    if resp.status_code != 200:
+        raise SourceError(f"{url}: HTTP {resp.status_code}")
+    if len(resp.content) > limit:
+        raise SourceError(f"{url}: answer too large")
+    return resp
+
+
+async def fetch_manifest(
+    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, size: int, headers: dict[str, str]
+) -> Manifest:
+    resp = await _get_small(
+        client, peer.blob_url(file_id) + "/manifest", MAX_MANIFEST_BYTES, headers
+    )
+    try:
+        return Manifest.from_json(resp.content, file_id=file_id, size=size)
+    except ManifestError as exc:
+        raise SourceError(f"{peer}: {exc}") from exc
+
+
+def decode_have(raw: bytes, n_chunks: int) -> set[int]:
+    """Bits MSB first, one per chunk: the encoding ``/have`` answers with."""
+    if len(raw) != (n_chunks + 7) // 8:
+        raise ValueError(f"have-bitmap of {len(raw)} bytes for {n_chunks} chunks")
+    return {i for i in range(n_chunks) if raw[i >> 3] & (0x80 >> (i & 7))}
+
+
+def encode_have(flags: list[bool]) -> bytes:
+    out = bytearray((len(flags) + 7) // 8)
+    for i, flag in enumerate(flags):
+        if flag:
+            out[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(out)
+
+
+async def fetch_have(
+    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, n_chunks: int, headers: dict[str, str]
+) -> set[int]:
+    resp = await _get_small(client, peer.blob_url(file_id) + "/have", MAX_HAVE_BYTES, headers)
+    try:
+        return decode_have(resp.content, n_chunks)
+    except ValueError as exc:
+        raise SourceError(f"{peer}: {exc}") from exc

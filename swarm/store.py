@@ -1,0 +1,285 @@
+"""The chunk store: partial files being downloaded, one sparse file each.
+
+For every file id it keeps, in one directory:
+
+- ``<id>.part``: the file's bytes, written in place at each chunk's offset (sparse);
+- ``<id>.state``: a header and one record per chunk (a "have" flag and the chunk's
+  xxh3-128 digest), updated after the chunk's bytes are written, so a process
+  killed at any moment leaves at worst a chunk that is re-fetched;
+- ``<id>.manifest``: the manifest a full holder gave us, once we have one.
+
+On open, every chunk marked present is checked again against its recorded digest:
+xxh3 runs at memory speed, and this catches a torn write after a crash. Nothing
+here is ever visible to Hugging Face tools; a file leaves the store only through
+``publish`` after its whole-file hash matched its id.
+
+One process at a time may write a file (an advisory lock); any process may read
+the state to serve verified chunks to peers while the download goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+import xxhash
+
+from swarm.ids import check_file_id, content_hasher
+from swarm.manifest import DIGEST_SIZE, Manifest, ManifestError, chunk_digest
+
+_MAGIC = b"HFFSPRT1"
+_HEADER = struct.Struct("<8sQQ")
+_RECORD = 1 + DIGEST_SIZE
+_READ_BLOCK = 1 << 20
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (disk full, locked, inconsistent)."""
+
+
+class PartialFile:
+    """A file being downloaded; see the module docstring for its on-disk form."""
+
+    def __init__(self, root: Path, file_id: str, size: int, *, lock: bool = True) -> None:
+        self.file_id = check_file_id(file_id)
+        self.root = root
+        self.size = size
+        base = Manifest.empty(file_id, size)
+        self.chunk_size = base.chunk_size
+        self.n_chunks = base.n_chunks
+        self._digests: list[bytes | None] = [None] * self.n_chunks
+        self.manifest: Manifest | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
+        if lock:
+            self._lock_fd = os.open(self._path(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                raise StoreError(
+                    f"{file_id[:12]}… is being downloaded by another process"
+                ) from None
+        self._fd = os.open(self._path(".part"), os.O_RDWR | os.O_CREAT, 0o644)
+        self._state_fd = os.open(self._path(".state"), os.O_RDWR | os.O_CREAT, 0o644)
+        self._load()
+
+    # -- paths and loading -------------------------------------------------
+
+    def _path(self, suffix: str) -> Path:
+        return self.root / f"{self.file_id}{suffix}"
+
+    def _load(self) -> None:
+        header = os.pread(self._state_fd, _HEADER.size, 0)
+        fresh = _HEADER.pack(_MAGIC, self.size, self.chunk_size)
+        if header != fresh:  # new, or a different size was recorded: start over
+            os.ftruncate(self._state_fd, 0)
+            os.pwrite(self._state_fd, fresh + bytes(_RECORD * self.n_chunks), 0)
+            os.ftruncate(self._fd, 0)
+            self._path(".manifest").unlink(missing_ok=True)
+        os.ftruncate(self._fd, self.size)
+        manifest_path = self._path(".manifest")
+        if manifest_path.exists():
+            try:
+                self.manifest = Manifest.from_json(
+                    manifest_path.read_bytes(), file_id=self.file_id, size=self.size
+                )
+            except ManifestError:
+                manifest_path.unlink()
+        records = os.pread(self._state_fd, _RECORD * self.n_chunks, _HEADER.size)
+        for i in range(self.n_chunks):
+            rec = records[i * _RECORD : (i + 1) * _RECORD]
+            if len(rec) == _RECORD and rec[0] == 1:
+                digest = rec[1:]
+                if self._expected(i) in (None, digest) and self._digest_on_disk(i) == digest:
+                    self._digests[i] = digest
+                else:
+                    self._set_record(i, None)
+
+    def _digest_on_disk(self, index: int) -> bytes:
+        start, end = self.span(index)
+        hasher = xxhash.xxh3_128()
+        pos = start
+        while pos < end:
+            block = os.pread(self._fd, min(_READ_BLOCK, end - pos), pos)
+            if not block:
+                break
+            hasher.update(block)
+            pos += len(block)
+        return hasher.digest()
+
+    # -- queries -----------------------------------------------------------
+
+    def span(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.size)
+
+    def has(self, index: int) -> bool:
+        return self._digests[index] is not None
+
+    def have(self) -> list[bool]:
+        return [d is not None for d in self._digests]
+
+    def missing(self) -> list[int]:
+        return [i for i, d in enumerate(self._digests) if d is None]
+
+    @property
+    def complete(self) -> bool:
+        return all(d is not None for d in self._digests)
+
+    @property
+    def bytes_have(self) -> int:
+        return sum(e - s for i in range(self.n_chunks) if self.has(i) for s, e in [self.span(i)])
+
+    def _expected(self, index: int) -> bytes | None:
+        return self.manifest.digests[index] if self.manifest is not None else None
+
+    def current_manifest(self) -> Manifest:
+        """What we can tell peers: the trusted manifest, else the digests we have."""
+        if self.manifest is not None:
+            return self.manifest
+        return Manifest(self.file_id, self.size, self.chunk_size, tuple(self._digests))
+
+    # -- updates -----------------------------------------------------------
+
+    def set_manifest(self, manifest: Manifest) -> list[int]:
+        """Adopt a holder's manifest; chunks we hold that disagree with it are dropped.
+
+        Returns the dropped chunk indexes."""
+        if (manifest.file_id, manifest.size) != (self.file_id, self.size):
+            raise ManifestError("manifest is for another file")
+        dropped = [
+            i
+            for i, d in enumerate(self._digests)
+            if d is not None and manifest.digests[i] not in (None, d)
+        ]
+        for i in dropped:
+            self._set_record(i, None)
+        self.manifest = manifest
+        tmp = self._path(".manifest.tmp")
+        tmp.write_bytes(manifest.to_json())
+        os.replace(tmp, self._path(".manifest"))
+        return dropped
+
+    def clear_manifest(self) -> None:
+        self.manifest = None
+        self._path(".manifest").unlink(missing_ok=True)
+
+    def write_chunk(self, index: int, data: bytes, digest: bytes | None = None) -> bool:
+        """Store chunk ``index`` if it has the right length and matches the manifest.
+
+        Returns False (and stores nothing) for a bad chunk."""
+        start, end = self.span(index)
+        if len(data) != end - start:
+            return False
+        digest = digest if digest is not None else chunk_digest(data)
+        expected = self._expected(index)
+        if expected is not None and expected != digest:
+            return False
+        try:
+            os.pwrite(self._fd, data, start)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self._path('.part')}: {exc.strerror}") from exc
+        self._set_record(index, digest)
+        return True
+
+    def drop_chunks(self, indexes: Iterable[int]) -> None:
+        for i in indexes:
+            self._set_record(i, None)
+
+    def _set_record(self, index: int, digest: bytes | None) -> None:
+        self._digests[index] = digest
+        record = b"\x01" + digest if digest is not None else bytes(_RECORD)
+        try:
+            os.pwrite(self._state_fd, record, _HEADER.size + index * _RECORD)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self._path('.state')}: {exc.strerror}") from exc
+
+    def read(self, start: int, end: int) -> bytes:
+        return os.pread(self._fd, end - start, start)
+
+    def verify_whole(self) -> bool:
+        """True when every chunk is present and the whole file hashes to its id."""
+        if not self.complete:
+            return False
+        hasher = content_hasher(self.file_id, self.size)
+        pos = 0
+        while pos < self.size:
+            block = os.pread(self._fd, min(_READ_BLOCK, self.size - pos), pos)
+            if not block:
+                return False
+            hasher.update(block)
+            pos += len(block)
+        return hasher.hexdigest() == self.file_id
+
+    def publish(self, dest: Path) -> None:
+        """Move the verified file to ``dest`` atomically and forget it here.
+
+        The caller must have seen ``verify_whole()`` return True."""
+        os.fsync(self._fd)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = self._path(".part")
+        try:
+            os.replace(part, dest)
+        except OSError:  # another filesystem: copy beside dest, then rename there
+            tmp = dest.with_name(dest.name + ".hffs-tmp")
+            try:
+                shutil.copyfile(part, tmp)
+                os.replace(tmp, dest)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"cannot publish {dest}: {exc.strerror}") from exc
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove every trace of this partial file."""
+        self.close()
+        for suffix in (".part", ".state", ".manifest", ".lock"):
+            self._path(suffix).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for fd in (self._fd, self._state_fd, self._lock_fd):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._state_fd = -1
+        self._lock_fd = None
+
+    def __enter__(self) -> PartialFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_partial_state(root: Path, file_id: str) -> tuple[int, list[bool]] | None:
+    """(size, have-flags) of a partial file, read without taking its lock.
+
+    For serving verified chunks of a file another process is still downloading."""
+    state = root / f"{check_file_id(file_id)}.state"
+    try:
+        raw = state.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(raw) < _HEADER.size:
+        return None
+    magic, size, _chunk_size = _HEADER.unpack_from(raw)
+    if magic != _MAGIC:
+        return None
+    n = (len(raw) - _HEADER.size) // _RECORD
+    flags = [raw[_HEADER.size + i * _RECORD] == 1 for i in range(n)]
+    return size, flags
+
+
+def partial_digests(root: Path, file_id: str) -> list[bytes | None]:
+    """The recorded digest of each chunk of a partial file (None where absent)."""
+    raw = (root / f"{check_file_id(file_id)}.state").read_bytes()
+    out: list[bytes | None] = []
+    for pos in range(_HEADER.size, len(raw) - _RECORD + 1, _RECORD):
+        out.append(raw[pos + 1 : pos + _RECORD] if raw[pos] == 1 else None)
+    return out
