@@ -1,0 +1,298 @@
+"""The ``hffs`` command line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hffs import config, importer, managed
+from hffs.cache import CacheError, HubCache
+from hffs.config import ConfigError
+
+app = typer.Typer(
+    help="Hugging Face models from your peers first, the mirror and huggingface.co last.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+model_app = typer.Typer(
+    help="Download, list, remove, import and search models.", no_args_is_help=True
+)
+conf_app = typer.Typer(help="Settings.", no_args_is_help=True)
+cache_conf_app = typer.Typer(
+    help="The working directory (config, state, partial downloads).", no_args_is_help=True
+)
+app.add_typer(model_app, name="model")
+app.add_typer(conf_app, name="conf")
+conf_app.add_typer(cache_conf_app, name="cache")
+
+out = Console()
+err = Console(stderr=True)
+
+RepoType = Annotated[str, typer.Option("--repo-type", help="model, dataset or space")]
+FileOpt = Annotated[str | None, typer.Option("--file", help="Path of one file inside the repo")]
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def expected_failures() -> Iterator[None]:
+    """Turn the failures a user can meet into one clear line and exit code 1."""
+    from hffs.hub import HubError
+    from swarm.store import StoreError
+
+    try:
+        yield
+    except (CacheError, ConfigError, HubError, StoreError) as exc:
+        fail(str(exc))
+    except PermissionError as exc:
+        fail(f"permission denied: {exc.filename or exc}; choose a writable cache (HF_HUB_CACHE)")
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to resume")
+
+
+def _cache() -> HubCache:
+    return HubCache(config.hub_cache_dir())
+
+
+def _check_repo_type(repo_type: str) -> None:
+    if repo_type not in ("model", "dataset", "space"):
+        fail(f"--repo-type must be model, dataset or space, not {repo_type!r}")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+# -- model -----------------------------------------------------------------
+
+
+@model_app.command("add")
+def model_add(
+    repo_id: str,
+    file: FileOpt = None,
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit")] = "main",
+    repo_type: RepoType = "model",
+) -> None:
+    """Download a repo revision or one file: peers, then the mirror(s), then huggingface.co."""
+    _check_repo_type(repo_type)
+    from hffs.fetch import add_model
+
+    with expected_failures():
+        add_model(repo_type, repo_id, revision, file, console=err)
+
+
+@model_app.command("ls")
+def model_ls(
+    repo_id: Annotated[
+        str | None, typer.Option("--repo-id", help="List the files of this repo")
+    ] = None,
+    file: FileOpt = None,
+    revision: Annotated[str | None, typer.Option(help="Only this revision")] = None,
+    repo_type: RepoType = "model",
+) -> None:
+    """List cached repos, the files of a repo, or the local path of one file."""
+    _check_repo_type(repo_type)
+    cache = _cache()
+    with expected_failures():
+        if repo_id is None:
+            if file:
+                fail("--file needs --repo-id")
+            _print_repos(cache)
+            return
+        commit = None
+        if revision is not None:
+            commit = cache.read_ref(repo_type, repo_id, revision)
+            if commit is None:
+                fail(f"revision {revision!r} of {repo_id} is not in the cache")
+        files = cache.files(repo_type, repo_id, commit)
+        if not files:
+            fail(f"{repo_id} ({repo_type}) is not in the cache {cache.root}")
+        if file is not None:
+            main = cache.read_ref(repo_type, repo_id, "main")
+            matches = sorted((f for f in files if f.path == file), key=lambda f: f.commit != main)
+            if not matches:
+                fail(f"{file} is not cached for {repo_id}")
+            out.print(str(matches[0].local_path.absolute()), highlight=False, soft_wrap=True)
+            return
+        table = Table("file", "size", "revision", "blob")
+        for f in files:
+            table.add_row(f.path, _human(f.size), f.commit[:12], f.blob_id[:12])
+        out.print(table)
+
+
+def _print_repos(cache: HubCache) -> None:
+    table = Table("repo", "type", "files", "size", "refs")
+    for repo_type, repo_id in cache.iter_repos():
+        s = cache.repo_summary(repo_type, repo_id)
+        refs = ", ".join(f"{r}→{c[:7]}" for r, c in s.refs.items()) or ", ".join(
+            c[:7] for c in s.commits
+        )
+        table.add_row(repo_id, repo_type, str(s.n_files), _human(s.size), refs)
+    if not table.rows:
+        err.print(f"no models in {cache.root}")
+        return
+    out.print(table)
+
+
+@model_app.command("rm")
+def model_rm(
+    repo_id: str,
+    file: FileOpt = None,
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit")] = "main",
+    repo_type: RepoType = "model",
+) -> None:
+    """Remove one file or a whole revision; blobs no revision uses any more are freed."""
+    _check_repo_type(repo_type)
+    cache = _cache()
+    with expected_failures():
+        commit = cache.read_ref(repo_type, repo_id, revision)
+        if commit is None:
+            fail(f"nothing removed: revision {revision!r} of {repo_id} is not in the cache")
+        if file is not None:
+            if not cache.remove_file(repo_type, repo_id, commit, file):
+                fail(f"nothing removed: {file} is not cached in {repo_id}@{revision}")
+            what = f"{file} of {repo_id}@{revision}"
+        else:
+            cache.remove_commit(repo_type, repo_id, commit)
+            managed.forget(config.home_dir(), repo_type, repo_id, commit)
+            what = f"{repo_id}@{revision} ({commit[:12]})"
+        freed = cache.collect_garbage(repo_type, repo_id)
+        err.print(f"removed {what}; {len(freed)} blob(s) freed")
+    _tell_daemon(lambda d: d.rescan())
+
+
+@model_app.command("import")
+def model_import(
+    src_path: Path,
+    repo_id: str,
+    file: FileOpt = None,
+    revision: Annotated[str | None, typer.Option(help="Commit hash, or a ref name")] = None,
+    method: Annotated[str, typer.Option(help="cp, mv or ln")] = "cp",
+    repo_type: RepoType = "model",
+) -> None:
+    """Adopt files already on disk (a file needs --file; a folder keeps its tree)."""
+    _check_repo_type(repo_type)
+    if method not in importer.METHODS:
+        fail(f"--method must be cp, mv or ln, not {method!r}")
+    cache = _cache()
+    with expected_failures():
+        plan = importer.plan(src_path, file, revision)
+        done = importer.run(cache, repo_type, repo_id, plan, method)
+        managed.remember(config.home_dir(), repo_type, repo_id, plan.commit)
+        err.print(
+            f"imported {len(done)} file(s) into {repo_id} at {plan.commit[:12]} (ref {plan.ref})"
+        )
+    _tell_daemon(lambda d: d.rescan())
+
+
+@model_app.command("search")
+def model_search(
+    repo_id: str,
+    file: FileOpt = None,
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit")] = "main",
+    repo_type: RepoType = "model",
+) -> None:
+    """Ask the DHT which peers hold a repo revision or a file."""
+    _check_repo_type(repo_type)
+    from hffs.cli_daemon import search_command
+
+    search_command(repo_id, file, revision, repo_type)
+
+
+def _tell_daemon(action: Callable[..., object]) -> None:
+    """Let a running daemon know the cache changed; no daemon is fine."""
+    from hffs.daemon.client import DaemonClient, DaemonNotRunning
+
+    try:
+        action(DaemonClient.from_home(config.home_dir()))
+    except DaemonNotRunning:
+        pass
+    except Exception as exc:  # the change itself is done; say so and go on
+        err.print(f"[yellow]note:[/yellow] the daemon was not told of the change ({exc})")
+
+
+# -- conf ------------------------------------------------------------------
+
+
+@cache_conf_app.command("set")
+def conf_cache_set(path: Path) -> None:
+    """Set the working directory (it must exist)."""
+    with expected_failures():
+        home = config.set_home(path)
+    out.print(str(home), highlight=False)
+    if os.environ.get("HFFS_HOME"):
+        err.print("[yellow]note:[/yellow] HFFS_HOME is set and overrides this setting")
+
+
+@cache_conf_app.command("get")
+def conf_cache_get() -> None:
+    """Show the working directory in force (HFFS_HOME overrides what was set)."""
+    out.print(str(config.home_dir()), highlight=False)
+
+
+@cache_conf_app.command("reset")
+def conf_cache_reset() -> None:
+    """Go back to the default working directory."""
+    config.reset_home()
+    out.print(str(config.home_dir()), highlight=False)
+
+
+# -- uninstall ---------------------------------------------------------------
+
+
+@app.command()
+def uninstall(yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask")] = False) -> None:
+    """Remove hffs's configuration and the models it downloaded or imported."""
+    home = config.home_dir()
+    cache = _cache()
+    entries = sorted(managed.load(home))
+    if not yes:
+        typer.confirm(
+            f"Remove {home} and the {len(entries)} revision(s) hffs added to {cache.root}?",
+            abort=True,
+        )
+    _tell_daemon(lambda d: d.stop())
+    with expected_failures():
+        for repo_type, repo_id, commit in entries:
+            cache.remove_commit(repo_type, repo_id, commit)
+            cache.collect_garbage(repo_type, repo_id)
+        shutil.rmtree(home, ignore_errors=True)
+        config.reset_home()
+    err.print(f"removed {home} and {len(entries)} revision(s); now `pip uninstall hffs`")
+
+
+def _mount_daemon_commands() -> None:
+    from hffs.cli_daemon import daemon_app, peer_app
+
+    app.add_typer(daemon_app, name="daemon", help="Start, stop and inspect the daemon.")
+    app.add_typer(peer_app, name="peer", help="Saved peers: bootstrap nodes, always probed.")
+
+
+_mount_daemon_commands()
+
+
+def main() -> None:
+    app(prog_name="hffs")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
