@@ -1,0 +1,122 @@
+"""Who holds what: the daemon's DHT when it runs, and the saved peers always.
+
+The downloader runs in the CLI process; it learns holders from the local daemon
+(which asks the DHT) and tells the daemon what it now holds, so the daemon
+announces it and serves the verified chunks to others while the download goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from hffs import config
+from hffs.cache import check_repo_path
+from hffs.daemon.client import DaemonClient, DaemonNotRunning
+from hffs.hub import RemoteFile, RemoteRevision
+from swarm.ids import is_file_id
+from swarm.sources import PeerAddr
+
+log = logging.getLogger(__name__)
+
+LISTING_TIMEOUT = 5.0
+MAX_LISTING_BYTES = 8 << 20
+
+
+@dataclass
+class Discovery:
+    cfg: config.Config
+    client: httpx.AsyncClient
+    daemon: DaemonClient | None
+    own_node: str | None = None  # our daemon's node id: never download from ourselves
+    peer_headers: dict[str, str] = field(default_factory=dict)
+
+    def _saved(self) -> list[PeerAddr]:
+        return [PeerAddr(p.host, p.port) for p in self.cfg.peers]
+
+    async def _from_daemon(self, **query: str) -> list[PeerAddr]:
+        if self.daemon is None:
+            return []
+        try:
+            found = await anyio.to_thread.run_sync(lambda: self.daemon.find_providers(**query))
+        except Exception as exc:  # the daemon went away: saved peers still work
+            log.warning("the daemon could not look up holders: %s", exc)
+            return []
+        return [PeerAddr(h, p) for h, p in found]
+
+    async def holders(self, file_id: str) -> list[PeerAddr]:
+        found = await self._from_daemon(file_id=file_id) + self._saved()
+        return list(dict.fromkeys(found))
+
+    async def _announce(self, **what: object) -> None:
+        if self.daemon is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(lambda: self.daemon.announce(**what))
+        except Exception as exc:
+            log.warning("the daemon was not told what we hold: %s", exc)
+
+    async def announce_partial(self, file_id: str) -> None:
+        await self._announce(file_ids=[file_id])
+
+    async def announce_file(self, file_id: str) -> None:
+        await self._announce(file_ids=[file_id])
+
+    async def announce_revision(self, repo_type: str, repo_id: str, commit: str) -> None:
+        await self._announce(repos=[(repo_type, repo_id, commit)])
+
+    async def revision_from_peers(
+        self, repo_type: str, repo_id: str, revision: str
+    ) -> RemoteRevision | None:
+        """A revision as peers hold it, for when no endpoint answers.
+
+        A commit is asked of its holders in the DHT; a ref of every peer we know,
+        taking the newest commit reported (peers say when they fetched it)."""
+        candidates = await self._from_daemon(repo=f"{repo_type}/{repo_id}/{revision}")
+        candidates = list(dict.fromkeys(candidates + self._saved()))
+        best: tuple[float, RemoteRevision] | None = None
+        for peer in candidates:
+            got = await self._listing(peer, repo_type, repo_id, revision)
+            if got is not None and (best is None or got[0] > best[0]):
+                best = got
+        return best[1] if best else None
+
+    async def _listing(
+        self, peer: PeerAddr, repo_type: str, repo_id: str, revision: str
+    ) -> tuple[float, RemoteRevision] | None:
+        url = f"http://{peer}/v1/repos/{repo_type}/{quote(repo_id)}/{quote(revision, safe='')}"
+        try:
+            with anyio.fail_after(LISTING_TIMEOUT):
+                resp = await self.client.get(url, headers=self.peer_headers)
+            if resp.status_code != 200 or len(resp.content) > MAX_LISTING_BYTES:
+                return None
+            body = resp.json()
+            commit = body["commit"]
+            files = []
+            for f in body["files"]:
+                check_repo_path(f["path"])
+                if not is_file_id(f["file_id"]) or not isinstance(f["size"], int):
+                    return None
+                files.append(
+                    RemoteFile(f["path"], f["size"], f["file_id"], len(f["file_id"]) == 64)
+                )
+            rev = RemoteRevision(repo_type, repo_id, commit, tuple(files), f"peer {peer}")
+            return float(body.get("fetched_at", 0.0)), rev
+        except Exception as exc:  # a peer's bad answer is that peer's problem
+            log.debug("listing from %s: %s", peer, exc)
+            return None
+
+
+async def discovery_for(cfg: config.Config, client: httpx.AsyncClient) -> Discovery:
+    try:
+        daemon = DaemonClient.from_home(cfg.home)
+        status = await anyio.to_thread.run_sync(daemon.status)
+        own = status.get("node_id")
+    except DaemonNotRunning:
+        daemon, own = None, None
+    headers = {"authorization": f"Bearer {cfg.swarm_secret}"} if cfg.swarm_secret else {}
+    return Discovery(cfg, client, daemon, own, headers)

@@ -1,0 +1,111 @@
+"""Progress bars while downloading, and the closing tally of where bytes came from."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from hffs.fetch import AddReport
+    from hffs.hub import RemoteFile, RemoteRevision
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class DownloadProgress:
+    """One bar per file plus a total, split live into bytes from peers and upstream."""
+
+    def __init__(self, console: Console, rev: RemoteRevision, todo: list[RemoteFile]) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[split]}", markup=False),
+            console=console,
+            transient=False,
+            disable=not todo,
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._todo = todo
+        self._total = self._progress.add_task(
+            f"{rev.repo_id}@{rev.commit[:7]}", total=sum(f.size for f in todo), split=""
+        )
+        self.peer_bytes = 0
+        self.upstream_bytes = 0
+
+    def __enter__(self) -> DownloadProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def _task(self, f: RemoteFile) -> TaskID:
+        if f.path not in self._tasks:
+            self._tasks[f.path] = self._progress.add_task(f.path, total=f.size, split="")
+        return self._tasks[f.path]
+
+    def callback(self, f: RemoteFile) -> Callable[[str, bool, int], None]:
+        task = self._task(f)
+
+        def on_bytes(source: str, upstream: bool, n: int) -> None:
+            if upstream:
+                self.upstream_bytes += n
+            else:
+                self.peer_bytes += n
+            split = f"peers {human_bytes(self.peer_bytes)} · hub {human_bytes(self.upstream_bytes)}"
+            self._progress.update(task, advance=n)
+            self._progress.update(self._total, advance=n, split=split)
+
+        return on_bytes
+
+    def file_done(self, f: RemoteFile, *, from_cache: bool = False) -> None:
+        task = self._task(f)
+        self._progress.update(task, completed=f.size)
+        if from_cache:
+            self._progress.update(self._total, advance=f.size)
+
+    @staticmethod
+    def summary(console: Console, report: AddReport) -> None:
+        rev = report.revision
+        by_source: Counter[str] = Counter()
+        for r in report.reports:
+            by_source.update(r.bytes_by_source)
+        total = sum(by_source.values())
+        downloaded = len(report.reports)
+        console.print(
+            f"{rev.repo_id} at {rev.commit[:12]}: {downloaded} file(s) downloaded, "
+            f"{report.cached} already cached, {human_bytes(total)} in {report.seconds:.1f} s"
+            + (
+                f" ({human_bytes(total / report.seconds)}/s)"
+                if report.seconds > 0 and total
+                else ""
+            ),
+            highlight=False,
+        )
+        if by_source:
+            table = Table("source", "bytes", "share")
+            for source, n in by_source.most_common():
+                table.add_row(source, human_bytes(n), f"{100 * n / total:.0f}%")
+            console.print(table)
