@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 DEFAULT_TTL = 30 * 60.0  # seconds a record lives unless its holder re-announces
@@ -125,6 +125,9 @@ class ProviderStore:
     def __len__(self) -> int:
         """Number of keys with at least one record (expired ones included until expire())."""
         return len(self._keys)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(list(self._keys))
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys

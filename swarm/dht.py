@@ -1,0 +1,771 @@
+"""The DHT node: kademlia 2.2.3 extended with provider records.
+
+The only module that sees asyncio and kademlia; its public coroutines run under
+``anyio.run(..., backend="asyncio")``. It depends on the package and overrides,
+by subclassing, what kademlia gets wrong for us (see DESIGN.md):
+
+- Many holders per key: ``add_provider`` / ``get_providers`` RPCs backed by
+  :class:`swarm.providers.ProviderStore`, and a crawl that unions holders across
+  the k closest nodes instead of stopping at the first value.
+- A holder's IP is the UDP source of its announcement, never a message field.
+- Datagrams are parsed and answered synchronously in ``datagram_received``:
+  garbage, bad msgpack, oversized datagrams, unknown RPCs and bad arguments are
+  dropped with a (rate-limited) log line and counted in ``protocol.drops``;
+  nothing raises in an unawaited task and incoming requests spawn no tasks.
+- Every reply names its sender's id, so a node id learnt from a third party is
+  checked when that node answers; one id per (ip, port) in the routing table.
+- ``find_neighbors`` ranks every known contact (kademlia walks buckets outwards
+  and can miss the true closest); ``welcome_if_new`` hashed an already hashed
+  key and pushed values to newcomers: here owners re-announce instead.
+- No pickle: state files are never written nor loaded; callers bootstrap.
+- Optional swarm secret: each datagram carries a truncated HMAC-SHA256 over a
+  timestamp and the message; requests out of the time window or seen before are
+  dropped, so only machines that know the secret may announce or look up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import hmac
+import ipaddress
+import logging
+import math
+import secrets
+import struct
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import umsgpack
+from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl
+from kademlia.network import Server
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+from kademlia.routing import RoutingTable
+
+from swarm.providers import (
+    DEFAULT_TTL,
+    KEY_LEN,
+    REPLY_LIMIT,
+    Addr,
+    Provider,
+    ProviderStore,
+    merge,
+    normalize_host,
+    valid_key,
+    valid_port,
+)
+
+__all__ = [
+    "DEFAULT_TTL",
+    "DHTNode",
+    "DHTProtocol",
+    "Lookup",
+    "Provider",
+    "ProviderCrawl",
+    "dht_key",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 8192  # rpcudp's request limit, now enforced on every datagram both ways
+MAX_NODES_PER_REPLY = 20  # with REPLY_LIMIT holders a reply stays ~1.5 KB over IPv4
+TAG_LEN = 16  # bytes of HMAC-SHA256 kept: 128 bits is plenty against forgery
+MAX_SKEW = 120.0  # seconds of clock difference tolerated between secret holders
+REPLAY_CACHE_MAX = 100_000  # request ids remembered within the time window
+REQUEST, RESPONSE = b"\x00", b"\x01"  # rpcudp's framing: kind, 20-byte msg id, msgpack
+_HEADER = 1 + 20
+_STAMP = struct.Struct(">Q")
+# RPC name -> argument count after the sender's address; nothing else is served
+# (kademlia's store/find_value would keep one foreign value per key: unused here).
+_ARITY = {"ping": 1, "find_node": 2, "add_provider": 3, "get_providers": 2}
+
+
+def dht_key(*parts: str | bytes) -> bytes:
+    """160-bit DHT key: sha1 over a length-prefixed encoding of the parts, so
+    ("ab", "c") and ("a", "bc") differ; a str counts as its UTF-8 bytes."""
+    h = hashlib.sha1(b"hffs-dht-key-v1\0")
+    for part in parts:
+        if isinstance(part, str):
+            part = part.encode("utf-8")
+        elif not isinstance(part, bytes):
+            raise TypeError(f"dht_key parts must be str or bytes, not {type(part).__name__}")
+        h.update(len(part).to_bytes(8, "big") + part)
+    return h.digest()
+
+
+def _check_addr(addr: tuple[str, int]) -> Addr:
+    """A caller-supplied (ip, port); names are refused so sendto never resolves DNS."""
+    host, port = addr
+    ipaddress.ip_address(host)  # raises ValueError for names
+    if not valid_port(port):
+        raise ValueError(f"bad port in {addr!r}")
+    return (host, port)
+
+
+def _same_addr(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return a[1] == b[1] and normalize_host(a[0]) == normalize_host(b[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What one provider lookup found, and what it cost."""
+
+    providers: list[Provider]
+    rounds: int = 0  # crawl iterations (each queries up to alpha nodes in parallel)
+    queried: int = 0  # get_providers RPCs sent
+    first_hit_round: int | None = None  # round whose replies first held a holder
+
+
+class _RoutingTable(RoutingTable):
+    """kademlia's table with its lookup and bucket-index defects fixed."""
+
+    protocol: DHTProtocol
+
+    def __init__(self, protocol: DHTProtocol, ksize: int, node: Node) -> None:
+        super().__init__(protocol, ksize, node)
+        self._pinging: set[bytes] = set()
+
+    def contacts(self) -> list[Node]:
+        return [n for b in self.buckets for n in b.nodes.values()]
+
+    def get_bucket_for(self, node: Node) -> int:
+        # kademlia uses `<`, disagreeing with KBucket.split about a bucket's upper bound
+        for index, bucket in enumerate(self.buckets):
+            if node.long_id <= bucket.range[1]:
+                return index
+        return len(self.buckets) - 1
+
+    def find_neighbors(
+        self, node: Node, k: int | None = None, exclude: Node | None = None
+    ) -> list[Node]:
+        # rank every contact: a few hundred at most, and never misses the true closest
+        self.buckets[self.get_bucket_for(node)].touch_last_updated()
+        candidates = [n for n in self.contacts() if exclude is None or not n.same_home_as(exclude)]
+        return heapq.nsmallest(k or self.ksize, candidates, key=node.distance_to)
+
+    def forget_address(self, node: Node) -> None:
+        """Drop contacts at node's address under another id (a restarted peer)."""
+        for other in self.contacts():
+            if other.same_home_as(node) and other.id != node.id:
+                self.remove_contact(other)
+
+    def add_contact(self, node: Node) -> None:
+        index = self.get_bucket_for(node)
+        bucket = self.buckets[index]
+        if bucket.add_node(node):
+            return
+        if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
+            self.split_bucket(index)
+            self.add_contact(node)
+            return
+        # Full: ping the least recently seen; if it is gone a replacement takes its
+        # place. Tracked, deduplicated task instead of kademlia's bare ensure_future.
+        head = bucket.head()
+        if head.id not in self._pinging:
+            self._pinging.add(head.id)
+            self.protocol.spawn(self._ping_head(head))
+
+    async def _ping_head(self, head: Node) -> None:
+        try:
+            await self.protocol.call_ping(head)
+        finally:
+            self._pinging.discard(head.id)
+
+
+class DHTProtocol(KademliaProtocol):
+    """Kademlia protocol with provider RPCs, strict parsing and optional HMAC."""
+
+    router: _RoutingTable
+
+    def __init__(
+        self,
+        source_node: Node,
+        store: ProviderStore,
+        ksize: int,
+        *,
+        secret: bytes | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__(source_node, store, ksize)
+        self.router = _RoutingTable(self, ksize, source_node)
+        self.providers = store
+        self._wait_timeout = timeout
+        self._mac_key = (
+            None if secret is None else hashlib.sha256(b"hffs-dht-mac-v1\0" + secret).digest()
+        )
+        self._pending: dict[bytes, tuple[asyncio.Future[Any], asyncio.TimerHandle, Addr]] = {}
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # replay cache, oldest first
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.drops: Counter[str] = Counter()
+        self._last_drop_log = -math.inf
+
+    def __getattr__(self, name: str) -> Any:
+        # rpcudp turns any unknown attribute into a remote call; here a typo is an error
+        raise AttributeError(name)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def shutdown(self) -> None:
+        """Cancel our tasks and fail every pending request, so no caller waits on
+        a closed socket and nothing outlives the node."""
+        for task in list(self._tasks):
+            task.cancel()
+        pending, self._pending = self._pending, {}
+        for fut, timer, _ in pending.values():
+            timer.cancel()
+            if not fut.done():
+                fut.set_result((False, None))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.shutdown()
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)
+
+    # -- framing -------------------------------------------------------------
+
+    def _drop(self, reason: str, addr: Any) -> None:
+        """Count and log a dropped datagram; warnings at most once a second so
+        a flood cannot flood the log too."""
+        self.drops[reason] += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= 1.0:
+            self._last_drop_log = now
+            log.warning(
+                "dropped datagram from %s: %s (%d so far)", addr, reason, self.drops.total()
+            )
+        else:
+            log.debug("dropped datagram from %s: %s", addr, reason)
+
+    def _tag(self, stamped: bytes) -> bytes:
+        assert self._mac_key is not None
+        return hmac.new(self._mac_key, stamped, hashlib.sha256).digest()[:TAG_LEN]
+
+    def _frame(self, kind: bytes, msg_id: bytes, payload: bytes) -> bytes:
+        body = kind + msg_id + payload
+        if self._mac_key is None:
+            return body
+        stamped = _STAMP.pack(int(time.time())) + body
+        return self._tag(stamped) + stamped
+
+    def _unframe(self, data: bytes, addr: Any) -> bytes | None:
+        """The rpcudp frame inside an authenticated datagram, or None (dropped)."""
+        if self._mac_key is None:
+            return data
+        if len(data) < TAG_LEN + _STAMP.size:
+            self._drop("no tag", addr)
+            return None
+        tag, stamped = data[:TAG_LEN], data[TAG_LEN:]
+        if not hmac.compare_digest(tag, self._tag(stamped)):
+            self._drop("bad tag", addr)
+            return None
+        (stamp,) = _STAMP.unpack_from(stamped)
+        if abs(time.time() - stamp) > MAX_SKEW:
+            self._drop("stale timestamp", addr)
+            return None
+        return stamped[_STAMP.size :]
+
+    def _is_replay(self, msg_id: bytes) -> bool:
+        now = time.monotonic()
+        seen = self._seen
+        while seen and (next(iter(seen.values())) < now or len(seen) >= REPLAY_CACHE_MAX):
+            seen.popitem(last=False)
+        if msg_id in seen:
+            return True
+        seen[msg_id] = now + 2 * MAX_SKEW
+        return False
+
+    def _send(self, kind: bytes, msg_id: bytes, obj: Any, addr: Any) -> bool:
+        data = self._frame(kind, msg_id, umsgpack.packb(obj))
+        if len(data) > MAX_DATAGRAM:
+            log.error("not sending %d-byte datagram to %s: over %d", len(data), addr, MAX_DATAGRAM)
+            return False
+        if self.transport is None or self.transport.is_closing():
+            return False
+        self.transport.sendto(data, addr)
+        return True
+
+    # -- incoming ------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            self._on_datagram(data, addr)
+        except Exception:  # a bug of ours: log it, keep serving
+            log.exception("error handling datagram from %s", addr)
+            self.drops["internal error"] += 1
+
+    def _on_datagram(self, data: bytes, addr: Any) -> None:
+        if len(data) > MAX_DATAGRAM:
+            return self._drop("oversized", addr)
+        frame = self._unframe(data, addr)
+        if frame is None:
+            return None
+        if len(frame) < _HEADER + 1:
+            return self._drop("too short", addr)
+        kind, msg_id = frame[:1], frame[1:_HEADER]
+        try:
+            msg = umsgpack.unpackb(frame[_HEADER:])
+        except Exception:  # umsgpack raises many types, RecursionError included
+            return self._drop("bad msgpack", addr)
+        if kind == REQUEST:
+            return self._on_request(msg_id, msg, addr)
+        if kind == RESPONSE:
+            return self._on_response(msg_id, msg, addr)
+        return self._drop("unknown message kind", addr)
+
+    def _on_request(self, msg_id: bytes, msg: Any, addr: Any) -> None:
+        if not (
+            isinstance(msg, list)
+            and len(msg) == 2
+            and isinstance(msg[0], str)
+            and isinstance(msg[1], list)
+        ):
+            return self._drop("malformed request", addr)
+        name, args = msg
+        if _ARITY.get(name) != len(args):
+            return self._drop(f"unknown rpc or wrong arity: {name[:32]!r}/{len(args)}", addr)
+        if self._mac_key is not None and self._is_replay(msg_id):
+            return self._drop("replayed request", addr)
+        result = getattr(self, f"rpc_{name}")(addr, *args)
+        if result is not None:  # None: the handler refused the arguments
+            self._send(RESPONSE, msg_id, [self.source_node.id, result], addr)
+        return None
+
+    def _on_response(self, msg_id: bytes, msg: Any, addr: Any) -> None:
+        entry = self._pending.get(msg_id)
+        if entry is None:
+            return self._drop("unsolicited response", addr)
+        fut, timer, expected = entry
+        if not _same_addr(addr, expected):
+            return self._drop("response from the wrong address", addr)
+        if not (isinstance(msg, list) and len(msg) == 2 and valid_key(msg[0])):
+            return self._drop("malformed response", addr)
+        del self._pending[msg_id]
+        timer.cancel()
+        if not fut.done():  # the caller may have been cancelled meanwhile
+            fut.set_result((True, (msg[0], msg[1])))
+        return None
+
+    def _welcome_sender(self, sender: Any, nodeid: Any) -> Node | None:
+        if not valid_key(nodeid):
+            self._drop("bad node id", sender)
+            return None
+        node = Node(nodeid, sender[0], sender[1])
+        self.welcome_if_new(node)
+        return node
+
+    def _neighbors(self, key: bytes, exclude: Node | None) -> list[list[Any]]:
+        k = min(self.router.ksize, MAX_NODES_PER_REPLY)
+        return [list(n) for n in self.router.find_neighbors(Node(key), k, exclude)]
+
+    def rpc_ping(self, sender: Any, nodeid: Any) -> bool | None:
+        return None if self._welcome_sender(sender, nodeid) is None else True
+
+    def rpc_find_node(self, sender: Any, nodeid: Any, key: Any) -> list[list[Any]] | None:
+        source = self._welcome_sender(sender, nodeid)
+        if source is None:
+            return None
+        if not valid_key(key):
+            self._drop("bad key", sender)
+            return None
+        return self._neighbors(key, source)
+
+    def rpc_add_provider(self, sender: Any, nodeid: Any, key: Any, port: Any) -> bool | None:
+        source = self._welcome_sender(sender, nodeid)
+        if source is None:
+            return None
+        if not valid_key(key) or not valid_port(port):
+            self._drop("bad add_provider arguments", sender)
+            return None
+        # the holder is whoever sent this datagram: the message cannot name another host
+        return self.providers.add(key, sender[0], port, time.monotonic())
+
+    def rpc_get_providers(self, sender: Any, nodeid: Any, key: Any) -> dict[str, Any] | None:
+        source = self._welcome_sender(sender, nodeid)
+        if source is None:
+            return None
+        if not valid_key(key):
+            self._drop("bad key", sender)
+            return None
+        now = time.monotonic()
+        holders = self.providers.get(key, now, REPLY_LIMIT)
+        # Nodes always come too (unlike find_value): a crawl passing a node that holds
+        # records still needs its neighbours to reach the true k closest.
+        return {
+            "providers": [[p.host, p.port, math.ceil(p.ttl(now))] for p in holders],
+            "nodes": self._neighbors(key, source),
+        }
+
+    def welcome_if_new(self, node: Node) -> None:
+        """Add or refresh a contact. Unlike kademlia, push no stored values to
+        newcomers (and hash no hashed keys): holders re-announce to the new
+        closest nodes themselves, and a record can't be relayed anyway since its
+        holder is the announcement's source address."""
+        if node.id == self.source_node.id:
+            return
+        if self.router.is_new_node(node):
+            self.router.forget_address(node)
+            log.debug("new contact %s", node)
+        self.router.add_contact(node)  # also moves a known one to most-recently-seen
+
+    # -- outgoing ------------------------------------------------------------
+
+    async def _request(self, address: Any, name: str, *args: Any) -> tuple[bool, Any]:
+        """(True, (responder_id, result)) or (False, None) on timeout or stop."""
+        if self.transport is None or self.transport.is_closing():
+            return (False, None)
+        loop = asyncio.get_running_loop()
+        msg_id = secrets.token_bytes(20)
+        fut: asyncio.Future[Any] = loop.create_future()
+        timer = loop.call_later(self._wait_timeout, self._request_timed_out, msg_id)
+        self._pending[msg_id] = (fut, timer, address)
+        try:
+            if not self._send(REQUEST, msg_id, [name, list(args)], address):
+                return (False, None)
+            return await fut
+        finally:  # also on cancellation: forget the request and its timer
+            entry = self._pending.pop(msg_id, None)
+            if entry is not None:
+                entry[1].cancel()
+
+    def _request_timed_out(self, msg_id: bytes) -> None:
+        entry = self._pending.pop(msg_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result((False, None))
+
+    async def _call_node(self, node: Node, name: str, *args: Any) -> tuple[bool, Any]:
+        ok, reply = await self._request((node.ip, node.port), name, self.source_node.id, *args)
+        if not ok:
+            log.debug("no reply from %s to %s", node, name)
+            self.router.remove_contact(node)
+            return (False, None)
+        responder_id, result = reply
+        if responder_id != node.id:  # the id we were told was stale or made up
+            self.router.remove_contact(node)
+        self.welcome_if_new(Node(responder_id, node.ip, node.port))
+        return (True, result)
+
+    async def ping_address(self, address: Addr) -> Node | None:
+        ok, reply = await self._request(address, "ping", self.source_node.id)
+        if not ok or reply[0] == self.source_node.id:
+            return None
+        node = Node(reply[0], address[0], address[1])
+        self.welcome_if_new(node)
+        return node
+
+    async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
+        return await self._call_node(node_to_ask, "ping")
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        ok, result = await self._call_node(node_to_ask, "find_node", node_to_find.id)
+        nodes = self._parse_nodes(result, node_to_ask) if ok else None
+        return (False, None) if nodes is None else (True, nodes)
+
+    async def call_get_providers(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        ok, result = await self._call_node(node_to_ask, "get_providers", node_to_find.id)
+        if not ok:
+            return (False, None)
+        if not isinstance(result, dict):
+            self._drop("malformed get_providers reply", node_to_ask)
+            return (False, None)
+        providers = self._parse_providers(result.get("providers"), node_to_ask)
+        nodes = self._parse_nodes(result.get("nodes"), node_to_ask)
+        if providers is None or nodes is None:
+            return (False, None)
+        return (True, (providers, nodes))
+
+    async def call_add_provider(self, node_to_ask: Node, key: bytes, port: int) -> bool:
+        ok, result = await self._call_node(node_to_ask, "add_provider", key, port)
+        return ok and result is True
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> NoReturn:
+        raise NotImplementedError("one value per key: use provide / find_providers")
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> NoReturn:
+        raise NotImplementedError("one value per key: use provide / find_providers")
+
+    def _parse_nodes(self, raw: Any, peer: Any) -> list[Node] | None:
+        """Validated contacts from a reply; bad entries are skipped, a bad list is None."""
+        if not isinstance(raw, list):
+            self._drop("malformed node list", peer)
+            return None
+        nodes = []
+        for item in raw[:MAX_NODES_PER_REPLY]:
+            if (
+                isinstance(item, list)
+                and len(item) == 3
+                and valid_key(item[0])
+                and normalize_host(item[1]) is not None
+                and valid_port(item[2])
+            ):
+                if item[0] != self.source_node.id:
+                    nodes.append(Node(item[0], normalize_host(item[1]), item[2]))
+            else:
+                self._drop("bad node entry", peer)
+        return nodes
+
+    def _parse_providers(self, raw: Any, peer: Any) -> list[Provider] | None:
+        if not isinstance(raw, list):
+            self._drop("malformed provider list", peer)
+            return None
+        now = time.monotonic()
+        found = []
+        for item in raw[:REPLY_LIMIT]:
+            host = normalize_host(item[0]) if isinstance(item, list) and len(item) == 3 else None
+            ttl = item[2] if host is not None else None
+            if (
+                host is not None
+                and valid_port(item[1])
+                and type(ttl) in (int, float)
+                and ttl > 0  # NaN fails this too
+            ):
+                found.append(Provider(host, item[1], now + min(ttl, self.providers.ttl)))
+            else:
+                self._drop("bad provider entry", peer)
+        return found
+
+
+class ProviderCrawl(SpiderCrawl):
+    """Iterative get_providers lookup that unions the holders from every node it
+    reaches until the k closest have all answered (kademlia's ValueSpiderCrawl
+    stops at the first round holding a value and keeps only the most common)."""
+
+    protocol: DHTProtocol
+
+    def __init__(
+        self, protocol: DHTProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
+    ):
+        super().__init__(protocol, node, peers, ksize, alpha)
+        self.providers: list[Provider] = []
+        self.rounds = 0
+        self.queried = 0
+        self.first_hit_round: int | None = None
+
+    async def find(self) -> list[Provider]:
+        return await self._find(self._ask)
+
+    async def _ask(self, peer: Node, node: Node) -> tuple[bool, Any]:
+        self.queried += 1
+        return await self.protocol.call_get_providers(peer, node)
+
+    async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> list[Provider]:
+        self.rounds += 1
+        failed = []
+        for peer_id, (ok, reply) in responses.items():
+            if not ok:
+                failed.append(peer_id)
+                continue
+            providers, nodes = reply
+            if providers:
+                self.providers = merge(self.providers, providers)
+                if self.first_hit_round is None:
+                    self.first_hit_round = self.rounds
+            self.nearest.push(nodes)
+        self.nearest.remove(failed)
+        if self.nearest.have_contacted_all():
+            return self.providers
+        return await self.find()
+
+
+class DHTNode(Server):
+    """A DHT participant that announces and finds content holders.
+
+    >>> node = DHTNode(ttl=1800, secret=b"swarm secret")
+    >>> await node.listen(9009, interface="127.0.0.2")
+    >>> await node.bootstrap([("127.0.0.1", 9009)])
+    >>> await node.provide(dht_key("file", sha256_hex), port=9009)
+    >>> await node.find_providers(key)
+    """
+
+    protocol: DHTProtocol | None
+
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_TTL,
+        ksize: int = 20,
+        alpha: int = 3,
+        secret: bytes | None = None,
+        node_id: bytes | None = None,
+        timeout: float = 5.0,
+        store: ProviderStore | None = None,
+    ) -> None:
+        if node_id is not None and not valid_key(node_id):
+            raise ValueError("node_id must be 20 bytes")
+        if secret is not None and not secret:
+            raise ValueError("an empty secret protects nothing")
+        # node ids are self-chosen (kademlia's flaw too); at least make them unpredictable
+        super().__init__(ksize=ksize, alpha=alpha, node_id=node_id or secrets.token_bytes(KEY_LEN))
+        self.ttl = ttl
+        self.store = store or ProviderStore(ttl=ttl)
+        self.secret = secret
+        self.timeout = timeout
+
+    def _create_protocol(self) -> DHTProtocol:
+        return DHTProtocol(
+            self.node, self.store, self.ksize, secret=self.secret, timeout=self.timeout
+        )
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id.hex()
+
+    @property
+    def address(self) -> Addr | None:
+        """The bound UDP (ip, port), once listening."""
+        if self.transport is None:
+            return None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return (host, port)
+
+    def _proto(self) -> DHTProtocol:
+        if self.protocol is None:
+            raise RuntimeError("DHTNode is not listening")
+        return self.protocol
+
+    def routing_size(self) -> int:
+        return 0 if self.protocol is None else len(self.protocol.router.contacts())
+
+    async def listen(self, port: int = 0, interface: str = "0.0.0.0") -> Addr:
+        """Bind UDP (port 0: any free port) and return the bound address. Starts
+        no background task: run :meth:`maintain` in the caller's task group."""
+        ipaddress.ip_address(interface)
+        loop = asyncio.get_running_loop()
+        self.transport, self.protocol = await loop.create_datagram_endpoint(
+            self._create_protocol, local_addr=(interface, port)
+        )
+        addr = self.address
+        assert addr is not None
+        log.info("DHT node %s listening on %s:%d", self.node_id[:12], *addr)
+        return addr
+
+    def stop(self) -> None:
+        if self.protocol is not None:
+            self.protocol.shutdown()
+        super().stop()
+
+    async def bootstrap(self, addrs: Iterable[tuple[str, int]]) -> int:
+        """Ping the given (ip, port)s, then look up our own id through those that
+        answered. Returns the number of contacts known afterwards."""
+        proto = self._proto()
+        checked = [_check_addr(a) for a in addrs]
+        found = await asyncio.gather(*(proto.ping_address(a) for a in checked))
+        nodes = [n for n in found if n is not None]
+        if nodes:
+            await NodeSpiderCrawl(proto, self.node, nodes, self.ksize, self.alpha).find()
+        return self.routing_size()
+
+    async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
+        return await self._proto().ping_address(_check_addr(addr))
+
+    async def _closest_nodes(self, key: bytes) -> list[Node]:
+        proto = self._proto()
+        target = Node(key)
+        nearest = proto.router.find_neighbors(target, self.alpha)
+        if not nearest:
+            return []
+        return await NodeSpiderCrawl(proto, target, nearest, self.ksize, self.alpha).find()
+
+    async def provide(self, key: bytes, port: int) -> int:
+        """Announce this machine (as peers see its IP) holding key on TCP ``port``
+        to the k closest nodes. Returns how many accepted. Records expire after
+        the ttl: call again (see :meth:`maintain`) well before that."""
+        if not valid_key(key) or not valid_port(port):
+            raise ValueError("key must be 20 bytes and port 1..65535")
+        proto = self._proto()
+        nodes = await self._closest_nodes(key)
+        oks = await asyncio.gather(*(proto.call_add_provider(n, key, port) for n in nodes))
+        return sum(oks)
+
+    async def lookup(self, key: bytes) -> Lookup:
+        """Holders of key merged from our store and the k closest nodes, with the
+        crawl's cost (for benchmarks)."""
+        if not valid_key(key):
+            raise ValueError("key must be 20 bytes")
+        proto = self._proto()
+        local = self.store.get(key, time.monotonic(), limit=None)
+        target = Node(key)
+        nearest = proto.router.find_neighbors(target, self.alpha)
+        if not nearest:
+            return Lookup(local)
+        crawl = ProviderCrawl(proto, target, nearest, self.ksize, self.alpha)
+        found = await crawl.find()
+        return Lookup(merge(local, found), crawl.rounds, crawl.queried, crawl.first_hit_round)
+
+    async def find_providers(self, key: bytes, limit: int | None = None) -> list[Provider]:
+        """Live holders of key, freshest first (at most ``limit``)."""
+        providers = (await self.lookup(key)).providers
+        return providers if limit is None else providers[:limit]
+
+    async def announce(self, keys: Iterable[bytes], port: int, *, concurrency: int = 8) -> int:
+        """provide() every key, a few at a time; returns how many reached a node."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(key: bytes) -> bool:
+            async with sem:
+                return await self.provide(key, port) > 0
+
+        return sum(await asyncio.gather(*(one(k) for k in keys)))
+
+    async def refresh(self, max_age: float = 3600.0) -> None:
+        """Look up a random id in every bucket not used for ``max_age`` seconds
+        (Kademlia's bucket refresh), so the routing table follows churn."""
+        proto = self._proto()
+        stale = time.monotonic() - max_age
+        lows = [b.range for b in proto.router.buckets if b.last_updated < stale]
+        for lo, hi in lows:
+            rid = secrets.randbelow(hi - lo + 1) + lo
+            await self._closest_nodes(min(rid, 2**160 - 1).to_bytes(KEY_LEN, "big"))
+
+    async def maintain(
+        self,
+        keys: Callable[[], Iterable[bytes]],
+        port: int,
+        *,
+        interval: float | None = None,
+        refresh_age: float = 3600.0,
+    ) -> NoReturn:
+        """Forever: drop expired records, re-announce ``keys()`` (re-read each time,
+        so cache changes show) and refresh quiet buckets, every ``interval`` seconds
+        (default ttl/3: a record survives two lost rounds). Cancel to stop."""
+        period = self.ttl / 3 if interval is None else interval
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self.store.expire(time.monotonic())
+            await self.announce(list(keys()), port)
+            await self.refresh(refresh_age)
+            await asyncio.sleep(max(0.0, started + period - loop.time()))
+
+    # kademlia's single-value API and pickle state are disabled on purpose
+    async def get(self, key: Any) -> NoReturn:
+        raise NotImplementedError("one value per key: use find_providers")
+
+    async def set(self, key: Any, value: Any) -> NoReturn:
+        raise NotImplementedError("one value per key: use provide")
+
+    async def set_digest(self, dkey: Any, value: Any) -> NoReturn:
+        raise NotImplementedError("one value per key: use provide")
+
+    def refresh_table(self, interval: int = 3600) -> NoReturn:
+        raise NotImplementedError("run maintain() in a task group instead")
+
+    def save_state(self, fname: Any) -> NoReturn:
+        raise NotImplementedError("persist bootstrappable_neighbors() as plain data instead")
+
+    def save_state_regularly(self, fname: Any, frequency: int = 600) -> NoReturn:
+        raise NotImplementedError("persist bootstrappable_neighbors() as plain data instead")
+
+    @classmethod
+    async def load_state(cls, fname: Any, port: int, interface: str = "0.0.0.0") -> NoReturn:
+        raise NotImplementedError("state files are pickles: never loaded")

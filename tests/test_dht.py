@@ -1,0 +1,283 @@
+"""DHT nodes over real UDP on loopback addresses (127.0.0.x), in one process."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import pytest
+import umsgpack
+from kademlia.node import Node
+
+from swarm.dht import DHTNode, DHTProtocol, dht_key
+from swarm.providers import ProviderStore
+
+pytestmark = pytest.mark.anyio
+
+Start = Callable[..., Awaitable[DHTNode]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # kademlia is asyncio-only; the daemon runs anyio on asyncio
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Starts nodes on loopback addresses; stops them while the loop still runs."""
+    made: list[DHTNode] = []
+
+    async def start(ip: str, **kw: object) -> DHTNode:
+        kw.setdefault("timeout", 1.0)
+        node = DHTNode(**kw)  # type: ignore[arg-type]
+        await node.listen(0, ip)
+        made.append(node)
+        return node
+
+    yield start
+    for node in made:
+        node.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged(caplog: pytest.LogCaptureFixture):
+    """Nothing may raise in a callback or an unawaited task (asyncio logs those)."""
+    caplog.set_level(logging.WARNING)
+    yield
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def test_dht_key() -> None:
+    assert len(dht_key("file", "ab" * 32)) == 20
+    assert dht_key("a", "bc") != dht_key("ab", "c")
+    assert dht_key("model", "org/name", "c0ffee") == dht_key(b"model", "org/name", b"c0ffee")
+    assert dht_key() != dht_key("")
+    with pytest.raises(TypeError):
+        dht_key(1)  # type: ignore[arg-type]
+
+
+async def test_chain_bootstrap(start: Start) -> None:
+    with anyio.fail_after(10):
+        a = await start("127.0.0.2")
+        b = await start("127.0.0.3")
+        assert await b.bootstrap([a.address]) == 1
+        key = dht_key("file", "a" * 64)
+        assert await a.provide(key, 8001) == 1  # only B is known to A
+        c = await start("127.0.0.4")
+        assert await c.bootstrap([b.address]) == 2  # learnt A through B
+        found = await c.find_providers(key)
+        assert [(p.host, p.port) for p in found] == [("127.0.0.2", 8001)]
+        assert found[0].ttl(time.monotonic()) > 60
+        assert a.routing_size() == 2 and len(a.node_id) == 40
+
+
+async def test_twenty_nodes_every_node_finds_every_provider(start: Start) -> None:
+    with anyio.fail_after(20):
+        nodes = [await start(f"127.0.0.{10 + i}") for i in range(20)]
+        rng = random.Random(7)
+        for i, node in enumerate(nodes[1:], 1):
+            await node.bootstrap([nodes[rng.randrange(i)].address])
+        shared = dht_key("model", "org/name", "0" * 40)
+        singles = {dht_key("file", str(i)): nodes[i] for i in (2, 5, 17)}
+        for holder in (nodes[3], nodes[7], nodes[11]):
+            assert await holder.provide(shared, 9000) > 0
+        for key, holder in singles.items():
+            assert await holder.provide(key, 9001) > 0
+
+        async def check(node: DHTNode) -> None:
+            got = {(p.host, p.port) for p in await node.find_providers(shared)}
+            # three holders of one key merge, none overwrites another
+            assert got == {("127.0.0.13", 9000), ("127.0.0.17", 9000), ("127.0.0.21", 9000)}
+            for key, holder in singles.items():
+                found = [(p.host, p.port) for p in await node.find_providers(key)]
+                assert found == [(holder.address[0], 9001)]
+
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                tg.start_soon(check, node)
+        # no node id was learnt wrong, and one table entry per address
+        for node in nodes:
+            contacts = node.protocol.router.contacts()
+            assert len({(c.ip, c.port) for c in contacts}) == len(contacts)
+
+
+async def test_provider_that_stops_reannouncing_expires(start: Start) -> None:
+    with anyio.fail_after(15):
+        nodes = [await start(f"127.0.0.{40 + i}", ttl=2.0) for i in range(5)]
+        for node in nodes[1:]:
+            await node.bootstrap([nodes[0].address])
+        key = dht_key("file", "expiring")
+        keeper, quitter, seeker = nodes[1], nodes[2], nodes[4]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: keeper.maintain(lambda: [key], 7001, interval=0.5))
+            await quitter.provide(key, 7002)
+            await anyio.sleep(0.3)
+            assert {p.port for p in await seeker.find_providers(key)} == {7001, 7002}
+            await anyio.sleep(2.5)  # > ttl: only the re-announced record survives
+            assert [(p.host, p.port) for p in await seeker.find_providers(key)] == [
+                ("127.0.0.41", 7001)
+            ]
+            tg.cancel_scope.cancel()
+
+
+def _request(msg: object, msg_id: bytes = b"\x07" * 20) -> bytes:
+    return b"\x00" + msg_id + umsgpack.packb(msg)
+
+
+async def test_malformed_datagrams_are_dropped_and_node_keeps_serving(start: Start) -> None:
+    with anyio.fail_after(10):
+        node = await start("127.0.0.60", timeout=0.5)
+        helper = await start("127.0.0.61", timeout=0.5)
+        host, port = node.address
+        me, key = b"\x11" * 20, dht_key("file", "x")
+        bad = [
+            b"\xff" * 50,  # garbage
+            b"\x00" * 5,  # too short
+            b"\x00" + b"\x01" * 20 + b"\x90" * 9000,  # oversized
+            b"\x00" + b"\x01" * 20 + b"\xc1",  # invalid msgpack
+            b"\x00" + b"\x01" * 20 + b"\x91" * 4000 + b"\xc0",  # deep nesting
+            b"\x05" + b"\x01" * 20 + umsgpack.packb(1),  # unknown kind
+            b"\x01" + b"\x09" * 20 + umsgpack.packb([me, True]),  # unsolicited response
+            _request({"a": 1}),
+            _request(["ping"]),
+            _request(["ping", me]),
+            _request(["nosuch", [me]]),
+            _request(["store", [me, key, b"v"]]),  # kademlia's own rpc: not served
+            _request(["find_value", [me, key]]),
+            _request(["ping", [me, me]]),
+            _request(["ping", [b"short"]]),
+            _request(["find_node", [me, b"x" * 19]]),
+            _request(["add_provider", [me, key, 0]]),
+            _request(["add_provider", [me, key, True]]),
+            _request(["add_provider", [me, key, "10.9.9.9", 9000]]),  # forged holder
+            _request(["add_provider", [me, b"k", 9000]]),
+            _request(["get_providers", [me, None]]),
+            _request([1, [me]]),
+        ]
+        async with await anyio.create_udp_socket(local_host="127.0.0.62") as sock:
+            for data in bad:
+                await sock.sendto(data, host, port)
+            await anyio.sleep(0.3)
+            assert node.protocol.drops.total() == len(bad)
+            with anyio.move_on_after(0.2) as quiet:
+                await sock.receive()
+            assert quiet.cancelled_caught, "a dropped datagram was answered"
+
+            # a well-formed announcement is stored under the UDP source address
+            await sock.sendto(_request(["add_provider", [me, key, 9000]]), host, port)
+            reply, _ = await sock.receive()
+            assert reply[:21] == b"\x01" + b"\x07" * 20
+            assert umsgpack.unpackb(reply[21:]) == [node.node.id, True]
+            await sock.sendto(_request(["get_providers", [me, key]]), host, port)
+            reply, _ = await sock.receive()
+            body = umsgpack.unpackb(reply[21:])[1]
+            assert body["providers"] == [["127.0.0.62", 9000, 1800]]
+            assert len(reply) < 1400
+
+        # the node still works for real peers
+        assert await helper.bootstrap([node.address]) >= 1
+        assert await helper.provide(key, 9100) == 1
+        got = {(p.host, p.port) for p in await helper.find_providers(key)}
+        assert got == {("127.0.0.62", 9000), ("127.0.0.61", 9100)}
+
+
+async def test_bad_replies_from_a_peer_are_dropped(start: Start) -> None:
+    """A peer answering with junk node lists / provider entries cannot poison a crawl."""
+    with anyio.fail_after(10):
+        node = await start("127.0.0.65", timeout=0.5)
+        async with await anyio.create_udp_socket(local_host="127.0.0.66") as liar:
+            liar_id = b"\x22" * 20
+            lport = liar.extra(anyio.abc.SocketAttribute.local_port)
+            node.protocol.welcome_if_new(Node(liar_id, "127.0.0.66", lport))
+            key = dht_key("file", "y")
+
+            async def answer() -> None:
+                data, addr = await liar.receive()
+                junk = {
+                    "providers": [
+                        ["0.0.0.0", 1, 10],
+                        ["example.com", 80, 10],
+                        ["10.0.0.1", 70000, 10],
+                        ["10.0.0.2", 80, -5],
+                        ["10.0.0.3", 80, 10],
+                        "x",
+                    ],
+                    "nodes": [[b"x", "10.0.0.1", 1], [b"\x33" * 20, "::ffff:127.0.0.67", 5]],
+                }
+                reply = b"\x01" + data[1:21] + umsgpack.packb([liar_id, junk])
+                await liar.sendto(reply, *addr[:2])
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(answer)
+                lookup = await node.lookup(key)
+            assert [(p.host, p.port) for p in lookup.providers] == [("10.0.0.3", 80)]
+            assert node.protocol.drops.total() >= 6
+
+
+async def test_swarm_secret_blocks_outsiders(start: Start) -> None:
+    with anyio.fail_after(15):
+        secret = b"correct horse battery staple"
+        a = await start("127.0.0.80", secret=secret, timeout=0.5)
+        b = await start("127.0.0.81", secret=secret, timeout=0.5)
+        plain = await start("127.0.0.82", timeout=0.5)
+        wrong = await start("127.0.0.83", secret=b"guess", timeout=0.5)
+        assert await b.bootstrap([a.address]) == 1
+        key = dht_key("file", "secret")
+        assert await a.provide(key, 7000) == 1
+        assert [p.host for p in await b.find_providers(key)] == ["127.0.0.80"]
+        for outsider in (plain, wrong):
+            assert await outsider.bootstrap([a.address, b.address]) == 0
+            assert await outsider.find_providers(key) == []
+            fake = Node(a.node.id, *a.address)
+            assert not await outsider.protocol.call_add_provider(fake, key, 6666)
+        assert a.protocol.drops["no tag"] + a.protocol.drops["bad tag"] >= 2
+        assert {p.port for p in a.store.get(key, time.monotonic())} == set()
+        assert all(c.ip in ("127.0.0.80", "127.0.0.81") for c in a.protocol.router.contacts())
+
+        # a captured request cannot be replayed, nor kept for later
+        forger = DHTProtocol(a.node, ProviderStore(), 20, secret=secret)
+        me = b"\x44" * 20
+        fresh = forger._frame(b"\x00", b"\x05" * 20, umsgpack.packb(["ping", [me]]))
+        old_body = (int(time.time()) - 1000).to_bytes(8, "big") + b"\x00" + b"\x06" * 20
+        old_body += umsgpack.packb(["ping", [me]])
+        stale = forger._tag(old_body) + old_body
+        async with await anyio.create_udp_socket(local_host="127.0.0.84") as sock:
+            await sock.sendto(fresh, *a.address)
+            reply, _ = await sock.receive()
+            assert forger._unframe(reply, None) is not None
+            await sock.sendto(fresh, *a.address)
+            await sock.sendto(stale, *a.address)
+            with anyio.move_on_after(0.3) as quiet:
+                await sock.receive()
+            assert quiet.cancelled_caught
+        assert a.protocol.drops["replayed request"] == 1
+        assert a.protocol.drops["stale timestamp"] == 1
+
+
+async def test_stop_fails_pending_requests_and_api_guards(start: Start) -> None:
+    with anyio.fail_after(5):
+        a = await start("127.0.0.90", timeout=30)
+        async with await anyio.create_udp_socket(local_host="127.0.0.91") as silent:
+            port = silent.extra(anyio.abc.SocketAttribute.local_port)
+            async with anyio.create_task_group() as tg:
+                result: list[object] = []
+
+                async def ask() -> None:
+                    result.append(await a.bootstrap([("127.0.0.91", port)]))
+
+                tg.start_soon(ask)
+                await anyio.sleep(0.1)
+                a.stop()  # the 30 s request must end now, not at its timeout
+            assert result == [0]
+        with pytest.raises(ValueError):
+            await a.bootstrap([("localhost", 1)])
+        with pytest.raises(ValueError):
+            await a.provide(b"short", 80)
+        with pytest.raises(NotImplementedError):
+            await a.get("k")
+        with pytest.raises(NotImplementedError):
+            await DHTNode.load_state("state.pickle", 0)
