@@ -43,7 +43,7 @@ FileOpt = Annotated[str | None, typer.Option("--file", help="Path of one file in
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -8,15 +8,17 @@ exactly as huggingface_hub writes them.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import httpx
 from rich.console import Console
 
 from hffs import config, managed
-from hffs.cache import HubCache, is_commit
+from hffs.cache import CacheError, HubCache, is_commit
 from hffs.discovery import Discovery, discovery_for
 from hffs.hub import HubClient, HubError, RemoteFile, RemoteRevision, file_url
 from hffs.progress import DownloadProgress
@@ -78,6 +80,8 @@ async def add_model_async(
 ) -> AddReport:
     cfg = cfg or config.Config.load()
     cache = HubCache(config.hub_cache_dir())
+    check_writable(cache.root)
+    check_writable(cfg.partial_dir)
     hub = HubClient(cfg.upstream_endpoints(), config.hf_token())
     started = time.monotonic()
     async with httpx.AsyncClient(
@@ -133,6 +137,19 @@ async def add_model_async(
         await discovery.announce_revision(repo_type, repo_id, rev.commit)
     report.seconds = time.monotonic() - started
     return report
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any byte is fetched if ``folder`` cannot take files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise CacheError(
+            f"cannot write to {folder} ({exc.strerror or exc}); "
+            "point HF_HUB_CACHE / HFFS_HOME at a writable folder"
+        ) from None
 
 
 def first_leaf(group: BaseExceptionGroup) -> BaseException:

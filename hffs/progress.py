@@ -68,15 +68,19 @@ class DownloadProgress:
 
     def callback(self, f: RemoteFile) -> Callable[[str, bool, int], None]:
         task = self._task(f)
+        got = 0
 
         def on_bytes(source: str, upstream: bool, n: int) -> None:
+            nonlocal got
             if upstream:
                 self.upstream_bytes += n
             else:
                 self.peer_bytes += n
             split = f"peers {human_bytes(self.peer_bytes)} · hub {human_bytes(self.upstream_bytes)}"
-            self._progress.update(task, advance=n)
-            self._progress.update(self._total, advance=n, split=split)
+            step = min(n, f.size - got)  # a retried file does not run past its size
+            got += step
+            self._progress.update(task, advance=step)
+            self._progress.update(self._total, advance=step, split=split)
 
         return on_bytes
 

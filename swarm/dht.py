@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import umsgpack
-from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl
+from kademlia.crawling import SpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
@@ -65,6 +65,7 @@ __all__ = [
     "DHTNode",
     "DHTProtocol",
     "Lookup",
+    "NodeCrawl",
     "Provider",
     "ProviderCrawl",
     "dht_key",
@@ -535,46 +536,92 @@ class DHTProtocol(KademliaProtocol):
         return found
 
 
-class ProviderCrawl(SpiderCrawl):
-    """Iterative get_providers lookup that unions the holders from every node it
-    reaches until the k closest have all answered (kademlia's ValueSpiderCrawl
-    stops at the first round holding a value and keeps only the most common)."""
+class _Crawl(SpiderCrawl):
+    """kademlia's iterative lookup loop (``SpiderCrawl._find``) with two fixes:
+    a node that failed to answer is never re-admitted (kademlia's heap forgets
+    removals, so a later reply naming a dead node put it back, already marked
+    contacted, into the result), and rounds and RPCs are counted."""
 
     protocol: DHTProtocol
 
     def __init__(
         self, protocol: DHTProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
-    ):
+    ) -> None:
         super().__init__(protocol, node, peers, ksize, alpha)
-        self.providers: list[Provider] = []
+        self.failed: set[bytes] = set()
         self.rounds = 0
         self.queried = 0
-        self.first_hit_round: int | None = None
 
-    async def find(self) -> list[Provider]:
+    async def find(self) -> Any:
         return await self._find(self._ask)
 
     async def _ask(self, peer: Node, node: Node) -> tuple[bool, Any]:
         self.queried += 1
+        return await self._rpc(peer, node)
+
+    async def _rpc(self, peer: Node, node: Node) -> tuple[bool, Any]:
+        raise NotImplementedError
+
+    def _absorb(self, reply: Any) -> None:
+        raise NotImplementedError
+
+    def _result(self) -> Any:
+        raise NotImplementedError
+
+    def _push(self, nodes: list[Node]) -> None:
+        self.nearest.push([n for n in nodes if n.id not in self.failed])
+
+    async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> Any:
+        self.rounds += 1
+        for peer_id, (ok, reply) in responses.items():
+            if ok:
+                self._absorb(reply)
+            else:
+                self.failed.add(peer_id)
+        self.nearest.remove(self.failed)
+        if self.nearest.have_contacted_all():
+            return self._result()
+        return await self.find()
+
+
+class NodeCrawl(_Crawl):
+    """The k closest live nodes to a target id."""
+
+    async def _rpc(self, peer: Node, node: Node) -> tuple[bool, Any]:
+        return await self.protocol.call_find_node(peer, node)
+
+    def _absorb(self, reply: list[Node]) -> None:
+        self._push(reply)
+
+    def _result(self) -> list[Node]:
+        return list(self.nearest)
+
+
+class ProviderCrawl(_Crawl):
+    """Iterative get_providers lookup that unions the holders from every node it
+    reaches until the k closest have all answered (kademlia's ValueSpiderCrawl
+    stops at the first round holding a value and keeps only the most common)."""
+
+    def __init__(
+        self, protocol: DHTProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
+    ) -> None:
+        super().__init__(protocol, node, peers, ksize, alpha)
+        self.providers: list[Provider] = []
+        self.first_hit_round: int | None = None
+
+    async def _rpc(self, peer: Node, node: Node) -> tuple[bool, Any]:
         return await self.protocol.call_get_providers(peer, node)
 
-    async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> list[Provider]:
-        self.rounds += 1
-        failed = []
-        for peer_id, (ok, reply) in responses.items():
-            if not ok:
-                failed.append(peer_id)
-                continue
-            providers, nodes = reply
-            if providers:
-                self.providers = merge(self.providers, providers)
-                if self.first_hit_round is None:
-                    self.first_hit_round = self.rounds
-            self.nearest.push(nodes)
-        self.nearest.remove(failed)
-        if self.nearest.have_contacted_all():
-            return self.providers
-        return await self.find()
+    def _absorb(self, reply: tuple[list[Provider], list[Node]]) -> None:
+        providers, nodes = reply
+        if providers:
+            self.providers = merge(self.providers, providers)
+            if self.first_hit_round is None:
+                self.first_hit_round = self.rounds
+        self._push(nodes)
+
+    def _result(self) -> list[Provider]:
+        return self.providers
 
 
 class DHTNode(Server):
@@ -655,14 +702,17 @@ class DHTNode(Server):
         super().stop()
 
     async def bootstrap(self, addrs: Iterable[tuple[str, int]]) -> int:
-        """Ping the given (ip, port)s, then look up our own id through those that
-        answered. Returns the number of contacts known afterwards."""
+        """Ping the given (ip, port)s, look up our own id through those that
+        answered, then refresh every bucket (Kademlia's join: without it a
+        newcomer knows little beyond its own neighbourhood and lookups from it
+        stall early). Returns the number of contacts known afterwards."""
         proto = self._proto()
         checked = [_check_addr(a) for a in addrs]
         found = await asyncio.gather(*(proto.ping_address(a) for a in checked))
         nodes = [n for n in found if n is not None]
         if nodes:
-            await NodeSpiderCrawl(proto, self.node, nodes, self.ksize, self.alpha).find()
+            await NodeCrawl(proto, self.node, nodes, self.ksize, self.alpha).find()
+            await self.refresh(max_age=0)
         return self.routing_size()
 
     async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
@@ -671,10 +721,10 @@ class DHTNode(Server):
     async def _closest_nodes(self, key: bytes) -> list[Node]:
         proto = self._proto()
         target = Node(key)
-        nearest = proto.router.find_neighbors(target, self.alpha)
+        nearest = proto.router.find_neighbors(target)
         if not nearest:
             return []
-        return await NodeSpiderCrawl(proto, target, nearest, self.ksize, self.alpha).find()
+        return await NodeCrawl(proto, target, nearest, self.ksize, self.alpha).find()
 
     async def provide(self, key: bytes, port: int) -> int:
         """Announce this machine (as peers see its IP) holding key on TCP ``port``
@@ -695,7 +745,7 @@ class DHTNode(Server):
         proto = self._proto()
         local = self.store.get(key, time.monotonic(), limit=None)
         target = Node(key)
-        nearest = proto.router.find_neighbors(target, self.alpha)
+        nearest = proto.router.find_neighbors(target)
         if not nearest:
             return Lookup(local)
         crawl = ProviderCrawl(proto, target, nearest, self.ksize, self.alpha)
@@ -722,10 +772,9 @@ class DHTNode(Server):
         (Kademlia's bucket refresh), so the routing table follows churn."""
         proto = self._proto()
         stale = time.monotonic() - max_age
-        lows = [b.range for b in proto.router.buckets if b.last_updated < stale]
-        for lo, hi in lows:
-            rid = secrets.randbelow(hi - lo + 1) + lo
-            await self._closest_nodes(min(rid, 2**160 - 1).to_bytes(KEY_LEN, "big"))
+        ranges = [b.range for b in proto.router.buckets if b.last_updated <= stale]
+        ids = [min(lo + secrets.randbelow(hi - lo + 1), 2**160 - 1) for lo, hi in ranges]
+        await asyncio.gather(*(self._closest_nodes(i.to_bytes(KEY_LEN, "big")) for i in ids))
 
     async def maintain(
         self,

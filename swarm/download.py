@@ -23,9 +23,16 @@ from typing import Protocol
 import anyio
 import httpx
 
-from swarm.manifest import Manifest
-from swarm.scheduler import Request, Scheduler, SchedulerConfig
-from swarm.sources import PeerAddr, Source, SourceError, fetch_have, fetch_manifest, fetch_range
+from swarm.scheduler import Request, Scheduler, SchedulerConfig, State
+from swarm.sources import (
+    PeerAddr,
+    Source,
+    SourceError,
+    fetch_have,
+    fetch_manifest,
+    fetch_range,
+    stream_range,
+)
 from swarm.store import PartialFile
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,7 @@ TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnotice
 MAX_ROUNDS = 3
 MEMORY_BUDGET = 256 << 20  # bytes of chunks in flight at once, whatever the file size
 PROBE_TIMEOUT = 5.0
+STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
 
 
 class DownloadError(Exception):
@@ -61,6 +69,10 @@ class FileReport:
     rounds: int = 1
 
 
+class _Restart(Exception):
+    """A holder's manifest showed some chunks we hold are wrong: plan again."""
+
+
 class _Round:
     """One pass at filling the missing chunks, driving one Scheduler."""
 
@@ -83,146 +95,200 @@ class _Round:
         self.banned = banned
         self.report = report
         self.on_bytes = on_bytes
+        self.rng = rng
+        self.upstream = upstream
         self.sources: dict[str, Source] = {s.id: s for s in upstream}
         self.peers: dict[str, PeerAddr] = {}
-        # Digests a peer without the full manifest vouched for (transport check only;
-        # the whole-file hash is what guards against a liar).
+        # Digests that a holder without the full manifest vouched for: a transport check
+        # only; the whole-file hash is what catches a liar.
         self.peer_digests: dict[str, tuple[bytes | None, ...]] = {}
         self.peer_chunks: dict[int, str] = {}
         self.announced = False
-        cap = max(4, MEMORY_BUDGET // max(pf.chunk_size, 1))
-        self.sched = Scheduler(
-            pf.n_chunks,
-            done=[i for i in range(pf.n_chunks) if pf.has(i)],
-            rng=rng,
-            config=SchedulerConfig(),
-        )
-        self.max_in_flight = cap
-        for s in upstream:
-            self.sched.add_upstream(s.id)
+        self.max_in_flight = max(4, MEMORY_BUDGET // max(pf.chunk_size, 1))
+        self.sched: Scheduler | None = None
         self.running: dict[Request, anyio.CancelScope] = {}
         self.wake = anyio.Event()
+        self.restart = False
 
     # -- holders -------------------------------------------------------------
 
-    async def _probe(self, peer: PeerAddr) -> None:
+    async def _probe(self, peer: PeerAddr, found: dict[str, set[int]]) -> None:
         pid = str(peer)
         fid = self.pf.file_id
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
-                if pid not in self.peers:
+                if pid not in self.peer_digests:
                     manifest = await fetch_manifest(
                         self.client, peer, fid, self.pf.size, self.peer_headers
                     )
-                    self._adopt_manifest(pid, manifest)
+                    self.peer_digests[pid] = manifest.digests
+                    if manifest.complete and self.pf.manifest is None:
+                        dropped = self.pf.set_manifest(manifest)
+                        # Chunks the scheduler counts as done are gone: plan again.
+                        self.restart |= bool(dropped) and self.sched is not None
                 have = await fetch_have(self.client, peer, fid, self.pf.n_chunks, self.peer_headers)
         except (SourceError, TimeoutError) as exc:
             log.debug("holder %s: %s", pid, exc)
             return
-        if pid in self.banned:
-            return
-        if pid not in self.peers:
+        if pid not in self.banned:
             self.peers[pid] = peer
-            self.sources[pid] = Source(pid, peer.blob_url(fid), False, self.peer_headers)
-            self.sched.add_peer(pid, have)
-        else:
-            self.sched.set_have(pid, have)
+            found[pid] = have
+
+    async def _discover(self) -> dict[str, set[int]]:
+        """Ask for holders and probe each (new or known) for its bitmap."""
+        if self.holders is None:
+            return {}
+        try:
+            with anyio.fail_after(PROBE_TIMEOUT):
+                listed = await self.holders.holders(self.pf.file_id)
+        except Exception as exc:  # discovery is best effort: upstream still works
+            log.warning("looking up holders of %s failed: %s", self.pf.file_id[:12], exc)
+            listed = []
+        wanted = {str(p): p for p in listed if str(p) not in self.banned}
+        wanted.update((k, v) for k, v in self.peers.items() if k not in self.banned)
+        found: dict[str, set[int]] = {}
+        async with anyio.create_task_group() as tg:
+            for peer in wanted.values():
+                tg.start_soon(self._probe, peer, found)
+        return found
+
+    def _add_holders(self, found: dict[str, set[int]]) -> None:
+        assert self.sched is not None
+        for pid, have in found.items():
+            if pid not in self.sources:
+                self.sources[pid] = Source(
+                    pid, self.peers[pid].blob_url(self.pf.file_id), False, self.peer_headers
+                )
+                self.sched.add_peer(pid, have)
+            else:
+                self.sched.set_have(pid, have)
         self.wake.set()
 
-    def _adopt_manifest(self, pid: str, manifest: Manifest) -> None:
-        if manifest.complete and self.pf.manifest is None:
-            dropped = self.pf.set_manifest(manifest)
-            if dropped:
-                self.sched.reopen(dropped)
-        self.peer_digests[pid] = manifest.digests
-
     async def _refresh_loop(self) -> None:
-        if self.holders is None:
-            return
-        while not self.sched.done:
-            try:
-                found = await self.holders.holders(self.pf.file_id)
-            except Exception as exc:  # discovery is best effort: upstream still works
-                log.warning("looking up holders of %s failed: %s", self.pf.file_id[:12], exc)
-                found = []
-            wanted = {str(p): p for p in found if str(p) not in self.banned}
-            wanted.update(self.peers)
-            async with anyio.create_task_group() as tg:
-                for peer in wanted.values():
-                    tg.start_soon(self._probe, peer)
+        while self.holders is not None:
             await anyio.sleep(REFRESH_SECONDS)
+            self._add_holders(await self._discover())
 
     # -- requests ------------------------------------------------------------
 
     async def _fetch(self, req: Request, scope: anyio.CancelScope) -> None:
+        assert self.sched is not None
         source = self.sources[req.source]
-        start, end = self.pf.span(req.chunk)
         try:
             with scope:
                 try:
-                    data, digest = await fetch_range(self.client, source, start, end)
+                    if source.upstream:
+                        ok, nbytes = await self._stream_upstream(req, source)
+                    else:
+                        ok, nbytes = await self._fetch_peer(req, source)
                 except SourceError as exc:
                     log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
-                    self.sched.on_failure(req, anyio.current_time(), bad_data=False)
+                    self._cancel(self.sched.on_failure(req, anyio.current_time()))
                     return
-                if not source.upstream and self.pf.manifest is None:
-                    vouched = self.peer_digests.get(req.source, ())
-                    if req.chunk >= len(vouched) or vouched[req.chunk] != digest:
-                        self._bad(req)
-                        return
-                if self.pf.has(req.chunk):  # an endgame twin got here first
-                    self.sched.on_cancelled(req)
-                    return
-                if not await anyio.to_thread.run_sync(self.pf.write_chunk, req.chunk, data, digest):
+                if not ok:
                     self._bad(req)
                     return
-                if not source.upstream:
-                    self.peer_chunks[req.chunk] = req.source
-                self.report.bytes_by_source[req.source] += len(data)
-                if self.on_bytes:
-                    self.on_bytes(req.source, source.upstream, len(data))
-                for loser in self.sched.on_success(req, anyio.current_time(), len(data)):
-                    if loser in self.running:
-                        self.running[loser].cancel()
+                if not nbytes:  # an endgame twin got here first
+                    self.sched.on_cancelled(req)
+                    return
+                self.report.bytes_by_source[req.source] += nbytes
+                self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
                 if not self.announced and self.holders is not None:
-                    self.announced = True
+                    self.announced = True  # partial seeding: serve verified chunks at once
                     await self.holders.announce_partial(self.pf.file_id)
         finally:
             self.running.pop(req, None)
             self.wake.set()
 
+    async def _fetch_peer(self, req: Request, source: Source) -> tuple[bool, int]:
+        """A peer's chunk is held in memory until verified: a liar never touches the file."""
+        start, end = self.pf.span(req.chunk)
+        data, digest = await fetch_range(self.client, source, start, end)
+        if self.on_bytes:
+            self.on_bytes(req.source, False, len(data))
+        if self.pf.manifest is None:
+            vouched = self.peer_digests.get(req.source, ())
+            if req.chunk >= len(vouched) or vouched[req.chunk] != digest:
+                return False, 0
+        if self.pf.has(req.chunk):
+            return True, 0
+        if not await anyio.to_thread.run_sync(self.pf.write_chunk, req.chunk, data, digest):
+            return False, 0
+        self.peer_chunks[req.chunk] = req.source
+        return True, len(data)
+
+    async def _stream_upstream(self, req: Request, source: Source) -> tuple[bool, int]:
+        """Upstream bytes go to disk as they arrive (one writer per chunk: upstream is
+        never duplicated), so a kill loses almost nothing and memory stays flat."""
+        pf, chunk = self.pf, req.chunk
+        start, end = pf.span(chunk)
+        done = pf.progress(chunk)
+
+        def sink(block: bytes) -> None:
+            pf.write_streamed(chunk, pf.progress(chunk), block)
+            if self.on_bytes:
+                self.on_bytes(req.source, True, len(block))
+
+        if done < end - start:
+            await stream_range(self.client, source, start + done, end, sink)
+        if pf.finish_streamed(chunk) is None:
+            return False, 0
+        return True, end - start - done
+
+    def _cancel(self, requests: list[Request]) -> None:
+        for req in requests:
+            scope = self.running.get(req)
+            if scope is not None:
+                scope.cancel()
+
     def _bad(self, req: Request) -> None:
+        assert self.sched is not None
         log.warning("chunk %d from %s failed verification", req.chunk, req.source)
         self.report.bad_chunks += 1
         if not self.sources[req.source].upstream:
             self.banned.add(req.source)
-        self.sched.on_failure(req, anyio.current_time(), bad_data=True)
+        self._cancel(self.sched.on_failure(req, anyio.current_time(), bad_data=True))
 
     async def run(self) -> None:
+        found = await self._discover()
+        pf = self.pf
+        self.sched = sched = Scheduler(
+            pf.n_chunks,
+            pf.chunk_size,
+            done=[i for i in range(pf.n_chunks) if pf.has(i)],
+            rng=self.rng,
+            config=SchedulerConfig(),
+        )
+        for s in self.upstream:
+            sched.add_upstream(s.id)
+        self._add_holders(found)
+        stuck_since: float | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._refresh_loop)
-            while not self.sched.done:
+            while not sched.done and not self.restart:
                 now = anyio.current_time()
-                room = self.max_in_flight - len(self.running)
-                for req in self.sched.next_requests(now, limit=room):
-                    scope = anyio.CancelScope()
+                self._cancel(sched.expire(now))
+                for req in sched.next_requests(now)[
+                    : max(0, self.max_in_flight - len(self.running))
+                ]:
+                    scope = anyio.CancelScope(deadline=req.deadline)
                     self.running[req] = scope
                     tg.start_soon(self._fetch, req, scope)
-                live = set(self.sched.in_flight)
-                for req, scope in list(self.running.items()):
-                    if req not in live:  # the scheduler gave up on it (timeout)
-                        scope.cancel()
-                if self.sched.failed_chunks:
-                    tg.cancel_scope.cancel()
-                    break
+                if sched.state is State.STUCK:
+                    # Holders may still appear (or gain chunks): give discovery a chance.
+                    stuck_since = now if stuck_since is None else stuck_since
+                    if self.holders is None or now - stuck_since > STUCK_GRACE:
+                        break
+                else:
+                    stuck_since = None
                 self.wake = anyio.Event()
                 with anyio.move_on_after(TICK_SECONDS):
                     await self.wake.wait()
             tg.cancel_scope.cancel()
-        if self.sched.failed_chunks:
-            failed = sorted(self.sched.failed_chunks)
+        if not sched.done and not self.restart:
+            missing = sched.failed_chunks or list(range(sched.remaining))
             raise DownloadError(
-                f"{len(failed)} chunk(s) of {self.pf.file_id[:12]}… could not be fetched from any "
+                f"{len(missing)} chunk(s) of {pf.file_id[:12]}… could not be fetched from any "
                 "peer or endpoint (is the mirror or huggingface.co reachable?)"
             )
 
@@ -250,7 +316,10 @@ async def download_file(
     banned: set[str] = set()
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
     try:
-        for round_no in range(1, MAX_ROUNDS + 1):
+        round_no = 0
+        restarts = 0
+        while round_no < MAX_ROUNDS:
+            round_no += 1
             report.rounds = round_no
             last = round_no == MAX_ROUNDS
             rnd = _Round(
@@ -265,6 +334,10 @@ async def download_file(
                 rng,
             )
             await rnd.run()
+            if rnd.restart and restarts < MAX_ROUNDS:
+                restarts += 1
+                round_no -= 1
+                continue
             if await anyio.to_thread.run_sync(pf.verify_whole):
                 await anyio.to_thread.run_sync(pf.publish, dest)
                 report.seconds = anyio.current_time() - started

@@ -7,6 +7,7 @@ the URL and in the headers (an upstream token is never sent to a peer).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -46,14 +47,14 @@ class Source:
     headers: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
-async def fetch_range(
-    client: httpx.AsyncClient, source: Source, start: int, end: int
-) -> tuple[bytes, bytes]:
-    """Fetch bytes ``[start, end)``; returns (data, xxh3-128 digest).
+async def stream_range(
+    client: httpx.AsyncClient, source: Source, start: int, end: int, sink: Callable[[bytes], None]
+) -> None:
+    """Fetch bytes ``[start, end)``, handing each block to ``sink`` as it arrives.
 
-    Refuses an answer of the wrong range or length rather than trusting it.
-    """
+    Refuses an answer of the wrong range or length rather than trusting it."""
     want = end - start
+    got = 0
     headers = {**source.headers, "range": f"bytes={start}-{end - 1}", "accept-encoding": "identity"}
     try:
         async with client.stream("GET", source.url, headers=headers) as resp:
@@ -63,19 +64,31 @@ async def fetch_range(
                     raise SourceError(f"{source.id} answered another range")
             elif resp.status_code != 200 or start != 0:
                 raise SourceError(f"{source.id} answered HTTP {resp.status_code}")
-            hasher = xxhash.xxh3_128()
-            buf = bytearray()
             async for block in resp.aiter_bytes():
-                room = want - len(buf)
-                block = block[:room]  # a 200 carries the whole file: keep our range
-                buf += block
-                hasher.update(block)
-                if len(buf) >= want:
+                block = block[: want - got]  # a 200 carries the whole file: keep our range
+                if block:
+                    sink(block)
+                    got += len(block)
+                if got >= want:
                     break
     except httpx.HTTPError as exc:
         raise SourceError(f"{source.id}: {type(exc).__name__}") from exc
-    if len(buf) != want:
-        raise SourceError(f"{source.id} sent {len(buf)} of {want} bytes")
+    if got != want:
+        raise SourceError(f"{source.id} sent {got} of {want} bytes")
+
+
+async def fetch_range(
+    client: httpx.AsyncClient, source: Source, start: int, end: int
+) -> tuple[bytes, bytes]:
+    """Fetch bytes ``[start, end)`` into memory; returns (data, xxh3-128 digest)."""
+    hasher = xxhash.xxh3_128()
+    buf = bytearray()
+
+    def sink(block: bytes) -> None:
+        buf.extend(block)
+        hasher.update(block)
+
+    await stream_range(client, source, start, end, sink)
     return bytes(buf), hasher.digest()
 
 

@@ -32,9 +32,12 @@ import xxhash
 from swarm.ids import check_file_id, content_hasher
 from swarm.manifest import DIGEST_SIZE, Manifest, ManifestError, chunk_digest
 
-_MAGIC = b"HFFSPRT1"
+_MAGIC = b"HFFSPRT2"
 _HEADER = struct.Struct("<8sQQ")
-_RECORD = 1 + DIGEST_SIZE
+_PROGRESS = struct.Struct("<I")
+# Per chunk: a "have" flag, the chunk's digest, and how many leading bytes of a chunk
+# still being streamed in are on disk (so a killed download resumes mid-chunk).
+_RECORD = 1 + DIGEST_SIZE + _PROGRESS.size
 _READ_BLOCK = 1 << 20
 
 
@@ -53,6 +56,7 @@ class PartialFile:
         self.chunk_size = base.chunk_size
         self.n_chunks = base.n_chunks
         self._digests: list[bytes | None] = [None] * self.n_chunks
+        self._progress = [0] * self.n_chunks
         self.manifest: Manifest | None = None
         root.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
@@ -94,12 +98,18 @@ class PartialFile:
         records = os.pread(self._state_fd, _RECORD * self.n_chunks, _HEADER.size)
         for i in range(self.n_chunks):
             rec = records[i * _RECORD : (i + 1) * _RECORD]
-            if len(rec) == _RECORD and rec[0] == 1:
-                digest = rec[1:]
+            if len(rec) != _RECORD:
+                continue
+            if rec[0] == 1:
+                digest = rec[1 : 1 + DIGEST_SIZE]
                 if self._expected(i) in (None, digest) and self._digest_on_disk(i) == digest:
                     self._digests[i] = digest
                 else:
                     self._set_record(i, None)
+            else:
+                (done,) = _PROGRESS.unpack_from(rec, 1 + DIGEST_SIZE)
+                start, end = self.span(i)
+                self._progress[i] = done if done < end - start else 0
 
     def _digest_on_disk(self, index: int) -> bytes:
         start, end = self.span(index)
@@ -192,9 +202,45 @@ class PartialFile:
         for i in indexes:
             self._set_record(i, None)
 
+    def progress(self, index: int) -> int:
+        """Leading bytes of chunk ``index`` already on disk from an interrupted stream."""
+        return self._progress[index]
+
+    def write_streamed(self, index: int, offset: int, data: bytes) -> None:
+        """Write part of chunk ``index`` as it arrives from a single trusted stream.
+
+        Progress is recorded after the bytes, so a kill leaves it at most behind them.
+        The chunk counts as held only after ``finish_streamed`` checked it."""
+        start, end = self.span(index)
+        if offset != self._progress[index] or start + offset + len(data) > end:
+            raise StoreError(
+                f"chunk {index}: write at {offset} does not follow {self._progress[index]}"
+            )
+        try:
+            os.pwrite(self._fd, data, start + offset)
+            self._progress[index] = offset + len(data)
+            os.pwrite(
+                self._state_fd,
+                _PROGRESS.pack(self._progress[index]),
+                _HEADER.size + index * _RECORD + 1 + DIGEST_SIZE,
+            )
+        except OSError as exc:
+            raise StoreError(f"cannot write {self._path('.part')}: {exc.strerror}") from exc
+
+    def finish_streamed(self, index: int) -> bytes | None:
+        """Check a fully streamed chunk; returns its digest, or None (and forgets it) if bad."""
+        start, end = self.span(index)
+        digest = self._digest_on_disk(index)
+        if self._progress[index] != end - start or self._expected(index) not in (None, digest):
+            self._set_record(index, None)
+            return None
+        self._set_record(index, digest)
+        return digest
+
     def _set_record(self, index: int, digest: bytes | None) -> None:
         self._digests[index] = digest
-        record = b"\x01" + digest if digest is not None else bytes(_RECORD)
+        self._progress[index] = 0
+        record = b"\x01" + digest + bytes(_PROGRESS.size) if digest is not None else bytes(_RECORD)
         try:
             os.pwrite(self._state_fd, record, _HEADER.size + index * _RECORD)
         except OSError as exc:
@@ -281,5 +327,5 @@ def partial_digests(root: Path, file_id: str) -> list[bytes | None]:
     raw = (root / f"{check_file_id(file_id)}.state").read_bytes()
     out: list[bytes | None] = []
     for pos in range(_HEADER.size, len(raw) - _RECORD + 1, _RECORD):
-        out.append(raw[pos + 1 : pos + _RECORD] if raw[pos] == 1 else None)
+        out.append(raw[pos + 1 : pos + 1 + DIGEST_SIZE] if raw[pos] == 1 else None)
     return out

@@ -889,6 +889,8 @@ class LocalHub:
         id) into the repo, if it exists and the token may see it, and the rest of the path."""
         n = 1 if len(parts) < 2 or parts[1] in keywords else 2
         with self._lock:
+            if n == 1 and len(parts) >= 2 and (repo_type, "/".join(parts[:2])) in self._repos:
+                n = 2  # an existing org/name wins over a legacy name followed by a keyword
             repo = self._repos.get((repo_type, "/".join(parts[:n])))
         if repo is None or (repo.private and (token is None or token not in self.tokens)):
             return None, parts[n:]

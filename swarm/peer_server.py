@@ -1,0 +1,461 @@
+"""The peer wire protocol, server side: serve held content by content id over HTTP.
+
+Routes (all GET; HEAD works too):
+
+- ``/v1/ping``: ``{"service": "hffs-peer", "protocol": 1}``, for liveness probes.
+- ``/v1/blobs/{id}``: the bytes. ``Range: bytes=a-b`` (one range) gives 206 with
+  Content-Range; 416 when unsatisfiable (or several ranges), 400 when malformed.
+  A partial file serves only ranges lying wholly inside verified chunks (else 416).
+- ``/v1/blobs/{id}/manifest``: the Manifest JSON (digests ``null`` where not held).
+- ``/v1/blobs/{id}/have``: the verified-chunk bitmap, one bit per chunk, MSB first,
+  ``application/octet-stream``, with headers ``X-Chunk-Count`` and ``X-File-Size``.
+
+Ids are validated before anything else; the only paths ever opened are those the
+content index returns and ``<partial root>/<validated id>.part|.state``. Nothing
+here knows about Hugging Face: the daemon adds its own routes through
+``extra_routes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from swarm.chunking import chunk_count, chunk_size_for
+from swarm.ids import is_file_id
+from swarm.manifest import Manifest, ManifestError, build_manifest
+from swarm.store import partial_digests, read_partial_state
+
+PROTOCOL_VERSION = 1
+SEND_BLOCK = 256 * 1024  # bytes per read/send: bounds memory per upload
+
+
+class ContentIndex(Protocol):
+    """Where complete files live; must be cheap (it is called per request, in a thread)."""
+
+    def complete_path(self, file_id: str) -> Path | None: ...
+
+
+# -- plain decisions (no I/O) ----------------------------------------------------
+
+
+class RangeError(Exception):
+    """A Range header we refuse: ``status`` is 400 (malformed) or 416 (unsatisfiable)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The byte span ``[start, end)`` a Range header asks of a ``size``-byte file.
+
+    None when there is no header (the whole file)."""
+    if header is None:
+        return None
+    spec = header.strip().replace(" ", "")
+    if spec.lower().startswith("bytes=") and "," in spec:
+        raise RangeError(416, "only one range per request is supported")
+    m = _RANGE.fullmatch(spec)
+    if m is None or not (m[1] or m[2]):
+        raise RangeError(400, f"malformed Range header: {header[:80]!r}")
+    first, last = m[1], m[2]
+    if not first:  # suffix range: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise RangeError(416, "empty suffix range")
+        return max(0, size - n), size
+    start = int(first)
+    if last and int(last) < start:
+        raise RangeError(400, "range end before its start")
+    if start >= size:
+        raise RangeError(416, f"range starts at or past the end ({size} bytes)")
+    end = min(int(last) + 1, size) if last else size
+    return start, end
+
+
+def span_is_held(start: int, end: int, chunk_size: int, have: Sequence[bool]) -> bool:
+    """True when every chunk touching ``[start, end)`` is verified."""
+    if end <= start:
+        return False
+    first, last = start // chunk_size, (end - 1) // chunk_size
+    return last < len(have) and all(have[first : last + 1])
+
+
+def encode_have(have: Sequence[bool]) -> bytes:
+    """One bit per chunk, MSB first; trailing bits of the last byte are zero."""
+    out = bytearray((len(have) + 7) // 8)
+    for i, flag in enumerate(have):
+        if flag:
+            out[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(out)
+
+
+def decode_have(raw: bytes, n_chunks: int) -> list[bool]:
+    """Inverse of ``encode_have``; ValueError when ``raw`` has the wrong length."""
+    if len(raw) != (n_chunks + 7) // 8:
+        raise ValueError(f"have-bitmap of {len(raw)} bytes for {n_chunks} chunks")
+    return [bool(raw[i >> 3] & (0x80 >> (i & 7))) for i in range(n_chunks)]
+
+
+def auth_headers(secret: str | None) -> dict[str, str]:
+    """Headers a client sends to peers of a swarm protected by ``secret``."""
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
+class RateLimiter:
+    """A token bucket (as GCRA) shared by every upload: ``rate`` bytes/s, ``burst`` bytes."""
+
+    def __init__(self, rate: int, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate
+        self._tau = burst / rate  # how far ahead of the steady rate a sender may get
+        self._tat = 0.0  # "theoretical arrival time" of the next byte
+        self._clock = clock
+
+    def reserve(self, n: int, now: float) -> float:
+        """Book ``n`` bytes; return how long the caller must wait before sending them."""
+        self._tat = max(self._tat, now) + n / self.rate
+        return max(0.0, self._tat - self._tau - now)
+
+    async def consume(self, n: int) -> None:
+        delay = self.reserve(n, self._clock())
+        if delay > 0:
+            await anyio.sleep(delay)
+
+
+@dataclass
+class UploadStats:
+    """Bytes sent per remote host, and the uploads running now."""
+
+    by_host: dict[str, int] = field(default_factory=dict)
+    active: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_host.values())
+
+    def add(self, host: str, n: int) -> None:
+        self.by_host[host] = self.by_host.get(host, 0) + n
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_rate: int = 0  # bytes/s over all uploads; 0 = unlimited
+    max_uploads: int = 32  # concurrent blob responses; 0 = unlimited
+
+
+# -- what we hold ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Held:
+    """A file we can serve from: complete (``have`` is None) or partial."""
+
+    path: Path
+    size: int
+    have: list[bool] | None
+
+    @property
+    def chunk_size(self) -> int:
+        return chunk_size_for(self.size)
+
+    def flags(self) -> list[bool]:
+        n = chunk_count(self.size, self.chunk_size)
+        return [True] * n if self.have is None else self.have
+
+
+def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | None:
+    """Blocking: find a complete copy, else a partial one with a sane state."""
+    path = index.complete_path(file_id)
+    if path is not None:
+        try:
+            return Held(path, path.stat().st_size, None)
+        except OSError:
+            pass
+    state = read_partial_state(partial_root, file_id)
+    if state is None:
+        return None
+    size, have = state
+    if len(have) != chunk_count(size, chunk_size_for(size)) or not any(have):
+        return None
+    return Held(partial_root / f"{file_id}.part", size, have)
+
+
+# -- the app ---------------------------------------------------------------------
+
+
+class _SecretGuard:
+    """Refuse every request without ``Authorization: Bearer <swarm secret>``."""
+
+    def __init__(self, app: ASGIApp, secret: str) -> None:
+        self.app = app
+        self._secret = secret.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scheme, _, value = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), self._secret
+            ):
+                response = PlainTextResponse("swarm secret required\n", status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _ManifestCache:
+    """Manifests of complete files, built once in a worker thread and kept on disk.
+
+    A cache entry is keyed by id, size and mtime, so a replaced file is re-digested."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._locks: dict[str, anyio.Lock] = {}
+
+    async def get(self, file_id: str, path: Path) -> Manifest:
+        lock = self._locks.setdefault(file_id, anyio.Lock())
+        try:
+            async with lock:
+                return await anyio.to_thread.run_sync(self._get_blocking, file_id, path)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(file_id, None)
+
+    def _get_blocking(self, file_id: str, path: Path) -> Manifest:
+        st = path.stat()
+        entry = self.root / f"{file_id}-{st.st_size}-{st.st_mtime_ns}.json"
+        with contextlib.suppress(OSError, ManifestError):
+            return Manifest.from_json(entry.read_bytes(), file_id=file_id, size=st.st_size)
+        manifest = build_manifest(path, file_id)
+        after = path.stat()
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise ManifestError(f"{file_id[:12]}… changed while being digested")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(f"{file_id}-*.json"):
+            stale.unlink(missing_ok=True)
+        tmp = entry.with_suffix(".tmp")
+        tmp.write_bytes(manifest.to_json())
+        os.replace(tmp, entry)
+        return manifest
+
+
+class _BlobResponse(Response):
+    """Streams ``[start, end)`` of a file block by block, paced by the shared limiter."""
+
+    def __init__(
+        self,
+        path: Path,
+        start: int,
+        end: int,
+        *,
+        status_code: int,
+        headers: dict[str, str],
+        host: str,
+        server: PeerServer,
+    ) -> None:
+        super().__init__(status_code=status_code, headers=headers)
+        self._path, self._start, self._end = path, start, end
+        self._host, self._server = host, server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self._server
+        try:
+            fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError:
+            server.stats.active -= 1
+            await PlainTextResponse("not held\n", 404)(scope, receive, send)
+            return
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            if scope["method"] != "HEAD":
+                async with anyio.create_task_group() as tg:
+                    # uvicorn drops sends after a disconnect silently: watch for it, or a
+                    # gone client would hold an upload slot until the whole span was read.
+                    tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                    await self._stream(fd, send)
+                    tg.cancel_scope.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            os.close(fd)
+            server.stats.active -= 1
+
+    async def _stream(self, fd: int, send: Send) -> None:
+        server, pos = self._server, self._start
+        while pos < self._end:
+            n = min(server.block_size, self._end - pos)
+            if server.limiter is not None:
+                await server.limiter.consume(n)
+            data = await anyio.to_thread.run_sync(os.pread, fd, n, pos)
+            if not data:  # the file shrank under us: the client sees a short body
+                return
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            server.stats.add(self._host, len(data))
+            pos += len(data)
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(detail + "\n", status_code=status, headers=headers)
+
+
+class PeerServer:
+    """State shared by the routes: where content is, limits, counters."""
+
+    def __init__(
+        self,
+        index: ContentIndex,
+        partial_root: Path,
+        manifest_dir: Path,
+        limits: UploadLimits = UploadLimits(),
+        stats: UploadStats | None = None,
+    ) -> None:
+        self.index = index
+        self.partial_root = partial_root
+        self.limits = limits
+        self.stats = stats if stats is not None else UploadStats()
+        self.limiter: RateLimiter | None = None
+        self.block_size = SEND_BLOCK
+        if limits.max_rate > 0:  # small blocks at low rates, so pacing stays smooth
+            self.block_size = min(SEND_BLOCK, max(4096, limits.max_rate // 16))
+            self.limiter = RateLimiter(limits.max_rate, max(limits.max_rate // 4, self.block_size))
+        self.manifests = _ManifestCache(manifest_dir)
+
+    async def held(self, file_id: str) -> Held | None:
+        return await anyio.to_thread.run_sync(_lookup, self.index, self.partial_root, file_id)
+
+    # -- routes ------------------------------------------------------------------
+
+    async def ping(self, request: Request) -> Response:
+        return JSONResponse({"service": "hffs-peer", "protocol": PROTOCOL_VERSION})
+
+    async def blob(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        if not is_file_id(file_id):
+            return _error(400, "bad content id")
+        held = await self.held(file_id)
+        if held is None:
+            return _error(404, "not held")
+        try:
+            span = parse_range(request.headers.get("range"), held.size)
+        except RangeError as exc:
+            extra = {"Content-Range": f"bytes */{held.size}"} if exc.status == 416 else None
+            return _error(exc.status, exc.detail, extra)
+        start, end = span if span is not None else (0, held.size)
+        if held.have is not None and not span_is_held(start, end, held.chunk_size, held.have):
+            if span is None:
+                return _error(404, "only part of this file is held; ask for a Range")
+            return _error(416, "range not held", {"Content-Range": f"bytes */{held.size}"})
+        limit = self.limits.max_uploads
+        if limit > 0 and self.stats.active >= limit:
+            return _error(503, "too many uploads; retry later", {"Retry-After": "1"})
+        headers = {
+            "Content-Length": str(end - start),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        }
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{held.size}"
+        host = request.client.host if request.client else "?"
+        self.stats.active += 1  # released by the response, whatever happens to it
+        return _BlobResponse(
+            held.path,
+            start,
+            end,
+            status_code=206 if span is not None else 200,
+            headers=headers,
+            host=host,
+            server=self,
+        )
+
+    async def manifest(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        if not is_file_id(file_id):
+            return _error(400, "bad content id")
+        held = await self.held(file_id)
+        if held is None:
+            return _error(404, "not held")
+        try:
+            if held.have is None:
+                manifest = await self.manifests.get(file_id, held.path)
+            else:
+                manifest = await anyio.to_thread.run_sync(self._partial_manifest, file_id, held)
+        except (OSError, ManifestError):
+            return _error(404, "not held (file changed or vanished)")
+        return Response(manifest.to_json(), media_type="application/json")
+
+    def _partial_manifest(self, file_id: str, held: Held) -> Manifest:
+        digests = partial_digests(self.partial_root, file_id)
+        base = Manifest.empty(file_id, held.size)
+        if len(digests) != base.n_chunks:
+            raise ManifestError("partial state changed")
+        return Manifest(file_id, held.size, base.chunk_size, tuple(digests))
+
+    async def have(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        if not is_file_id(file_id):
+            return _error(400, "bad content id")
+        held = await self.held(file_id)
+        if held is None:
+            return _error(404, "not held")
+        flags = held.flags()
+        return Response(
+            encode_have(flags),
+            media_type="application/octet-stream",
+            headers={"X-Chunk-Count": str(len(flags)), "X-File-Size": str(held.size)},
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/ping", self.ping, methods=["GET"]),
+            Route("/v1/blobs/{file_id}", self.blob, methods=["GET"]),
+            Route("/v1/blobs/{file_id}/manifest", self.manifest, methods=["GET"]),
+            Route("/v1/blobs/{file_id}/have", self.have, methods=["GET"]),
+        ]
+
+
+def create_peer_app(
+    index: ContentIndex,
+    partial_root: Path,
+    manifest_dir: Path,
+    *,
+    limits: UploadLimits = UploadLimits(),
+    stats: UploadStats | None = None,
+    secret: str | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> ASGIApp:
+    """The peer app: blob routes plus ``extra_routes``, all behind the swarm secret if set."""
+    server = PeerServer(index, partial_root, manifest_dir, limits, stats)
+    app: ASGIApp = Starlette(routes=[*server.routes(), *extra_routes])
+    return _SecretGuard(app, secret) if secret else app

@@ -1,0 +1,37 @@
+"""Shared fixtures: an isolated hffs home and HF cache per test, and the local hub."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.localhub import LocalHub
+
+
+@pytest.fixture
+def hffs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """HFFS_HOME, HF_HUB_CACHE and every user dir under tmp_path; no real endpoint."""
+    env = {
+        "HFFS_HOME": str(tmp_path / "home"),
+        "HF_HUB_CACHE": str(tmp_path / "hub-cache"),
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+        # Port 9 (discard) on loopback: nothing listens, so no test can reach the internet.
+        "HFFS_ENDPOINTS": "http://127.0.0.1:9",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    return {**os.environ, **env}
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[LocalHub]:
+    with LocalHub() as h:
+        yield h
