@@ -1,0 +1,283 @@
+"""``hffs daemon ...``, ``hffs peer ...`` and ``hffs model search`` (mounted by hffs/cli.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hffs import config
+from hffs.cache import HubCache, is_commit
+from hffs.config import Config, ConfigError, Peer
+from hffs.daemon.client import DaemonClient, DaemonError, DaemonNotRunning
+
+daemon_app = typer.Typer(help="Start, stop and inspect the daemon.", no_args_is_help=True)
+peer_app = typer.Typer(help="Saved peers: bootstrap nodes, always probed.", no_args_is_help=True)
+
+out = Console()
+err = Console(stderr=True)
+
+PEER_PROBE_TIMEOUT = 1.5
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _expected_failures() -> Iterator[None]:
+    from hffs.daemon.process import DaemonProcessError
+
+    try:
+        yield
+    except (DaemonNotRunning, DaemonError, DaemonProcessError, ConfigError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_peer(host: str, port: int | None) -> Peer:
+    from hffs.daemon.service import parse_hostport
+
+    try:
+        h, p = parse_hostport(host, port or config.DEFAULT_PORT)
+    except ValueError as exc:
+        _fail(str(exc))
+    if port is not None and p != port:
+        _fail(f"two ports given: {host} and --port {port}")
+    return Peer(h, p)
+
+
+def _tell_daemon_peers_changed() -> None:
+    # no daemon is fine; it re-reads saved peers on its own every probe round anyway
+    with contextlib.suppress(DaemonNotRunning, DaemonError):
+        DaemonClient.from_home(config.home_dir(), timeout=5.0).refresh_peers()
+
+
+# -- daemon ----------------------------------------------------------------------
+
+
+@daemon_app.command("start")
+def daemon_start(
+    host: Annotated[
+        str, typer.Option(help="Address to bind and announce (default: all interfaces)")
+    ] = "0.0.0.0",
+    port: Annotated[
+        int | None, typer.Option(help="TCP (peers) and UDP (DHT) port [default: 9009]")
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None,
+        typer.Option(help="A DHT node to join through, HOST[:PORT]; repeatable"),
+    ] = None,
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops)")
+    ] = False,
+) -> None:
+    """Start the daemon: serve the cache to peers, join the DHT, announce every file."""
+    from hffs.daemon.process import start
+    from hffs.daemon.service import DaemonSettings, parse_hostport
+
+    with _expected_failures():
+        cfg = Config.load(config.home_dir())
+        port = cfg.port if port is None else port
+        if not 0 < port < 65536:
+            _fail(f"--port must be 1..65535, not {port}")
+        try:
+            boot = tuple(parse_hostport(b) for b in bootstrap or [])
+        except ValueError as exc:
+            _fail(f"--bootstrap: {exc}")
+        settings = DaemonSettings(cfg.home, host, port, boot)
+        if foreground:
+            err.print(f"hffs daemon on {_addr(host, port)} (Ctrl-C stops)", highlight=False)
+        info = start(settings, foreground=foreground)
+    if info is not None:
+        out.print(
+            f"hffs daemon started (pid {info.pid}): peers and DHT on {_addr(info.host, info.port)}"
+            f", control on 127.0.0.1:{info.control_port}; log {cfg.home / 'daemon.log'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@daemon_app.command("stop")
+def daemon_stop() -> None:
+    """Stop the daemon cleanly (downloads in progress resume later)."""
+    from hffs.daemon.process import stop
+
+    with _expected_failures():
+        pid = stop(config.home_dir())
+    out.print(f"hffs daemon stopped (pid {pid})", highlight=False)
+
+
+@daemon_app.command("status")
+def daemon_status() -> None:
+    """Port, node id, DHT size, peers, files shared and transfer totals."""
+    with _expected_failures():
+        s = DaemonClient.from_home(config.home_dir(), timeout=10.0).status()
+    up_since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["started_at"]))
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("pid", str(s["pid"])),
+        ("listening", f"{_addr(s['host'], s['port'])} (TCP peers, UDP DHT)"),
+        ("control", f"127.0.0.1:{s['control_port']}"),
+        ("node id", s["node_id"]),
+        ("DHT contacts", str(s["routing_size"])),
+        ("files shared", f"{s['files_shared']} complete, {s['partials_shared']} partial"),
+        ("revisions shared", str(s["repos_shared"])),
+        ("uploaded", f"{_human(s['bytes_up'])} ({s['uploads_active']} upload(s) now)"),
+        (
+            "downloaded",
+            f"{_human(s['bytes_down_peers'])} from peers, "
+            f"{_human(s['bytes_down_upstream'])} from mirror/hub",
+        ),
+        ("up since", up_since),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+    if s["peers"]:
+        peers = Table("peer", "status", "last seen")
+        for p in s["peers"]:
+            state = {True: "active", False: "inactive", None: "not probed yet"}[p["active"]]
+            seen = (
+                time.strftime("%H:%M:%S", time.localtime(p["last_seen"])) if p["last_seen"] else "-"
+            )
+            peers.add_row(_addr(p["host"], p["port"]), state, seen)
+        out.print(peers)
+
+
+# -- peer ------------------------------------------------------------------------
+
+
+@peer_app.command("add")
+def peer_add(
+    host: str,
+    port: Annotated[int | None, typer.Option(help="Its daemon's port [default: 9009]")] = None,
+) -> None:
+    """Save a peer: a DHT bootstrap node, probed and asked directly."""
+    peer = _parse_peer(host, port)
+    with _expected_failures():
+        cfg = Config.load(config.home_dir())
+        if peer in cfg.peers:
+            out.print(f"{peer} is already a saved peer", highlight=False)
+            return
+        cfg.peers.append(peer)
+        cfg.save()
+    out.print(f"added peer {peer}", highlight=False)
+    _tell_daemon_peers_changed()
+
+
+@peer_app.command("rm")
+def peer_rm(
+    host: str,
+    port: Annotated[int | None, typer.Option(help="Its daemon's port [default: 9009]")] = None,
+) -> None:
+    """Forget a saved peer."""
+    peer = _parse_peer(host, port)
+    with _expected_failures():
+        cfg = Config.load(config.home_dir())
+        if peer not in cfg.peers:
+            _fail(f"{peer} is not a saved peer (see `hffs peer ls`)")
+        cfg.peers.remove(peer)
+        cfg.save()
+    out.print(f"removed peer {peer}", highlight=False)
+    _tell_daemon_peers_changed()
+
+
+async def _probe_all(peers: list[Peer], secret: str | None) -> list[bool]:
+    from hffs.daemon.peers import PeerClient
+
+    results = [False] * len(peers)
+
+    async def one(i: int, peer: Peer) -> None:
+        results[i] = await http.ping(peer.host, peer.port)
+
+    async with (
+        PeerClient(secret, timeout=PEER_PROBE_TIMEOUT) as http,
+        anyio.create_task_group() as tg,
+    ):
+        for i, peer in enumerate(peers):
+            tg.start_soon(one, i, peer)
+    return results
+
+
+@peer_app.command("ls")
+def peer_ls() -> None:
+    """Saved peers, each probed now: active when its daemon answers."""
+    with _expected_failures():
+        cfg = Config.load(config.home_dir())
+    if not cfg.peers:
+        err.print("no saved peers; add one with `hffs peer add HOST [--port P]`")
+        return
+    alive = anyio.run(_probe_all, cfg.peers, cfg.swarm_secret)
+    table = Table("host", "port", "status")
+    for peer, ok in zip(cfg.peers, alive, strict=True):
+        table.add_row(peer.host, str(peer.port), "[green]active[/green]" if ok else "inactive")
+    out.print(table)
+
+
+# -- model search ----------------------------------------------------------------
+
+
+def _resolve_by_peers(
+    holders: list[dict[str, Any]], revision: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """Peers may disagree on where a ref points: take the newest commit reported."""
+    newest = max(holders, key=lambda h: h.get("fetched_at", 0.0))["commit"]
+    n = sum(h["commit"] == newest for h in holders)
+    err.print(
+        f"note: {revision} is not in the local cache; {n} peer(s) report it as {newest[:12]}"
+        " (the newest commit peers report)",
+        highlight=False,
+    )
+    return newest, [h for h in holders if h["commit"] == newest]
+
+
+def search_command(repo_id: str, file: str | None, revision: str, repo_type: str) -> None:
+    """Print ``host:port, repo-id, file`` for every peer holding the revision (or the file).
+
+    A 40-hex revision is searched as is; a ref is resolved by the local cache if it
+    knows it, else by the peers holding any revision of the repo (newest commit)."""
+    home = config.home_dir()
+    with _expected_failures():
+        daemon = DaemonClient.from_home(home, timeout=60.0)
+        commit = revision if is_commit(revision) else None
+        if commit is None:
+            commit = HubCache(config.hub_cache_dir()).read_ref(repo_type, repo_id, revision)
+        holders = daemon.search(repo_type, repo_id, commit or revision)
+    if commit is None and holders:
+        commit, holders = _resolve_by_peers(holders, revision)
+    lines = [
+        f"{_addr(h['host'], h['port'])}, {repo_id}, {f['path']}"
+        for h in holders
+        for f in h["files"]
+        if file is None or f["path"] == file
+    ]
+    if not lines:
+        what = f"{file} of {repo_id}" if file else repo_id
+        at = commit[:12] if commit else revision
+        _fail(f"no peer holds {what} at {at}; is the daemon in the DHT? (`hffs daemon status`)")
+    for line in lines:
+        out.print(line, highlight=False, soft_wrap=True)

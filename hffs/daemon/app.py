@@ -1,0 +1,190 @@
+"""The daemon's peer-facing app: the swarm's blob routes plus what only HF knows,
+``GET /v1/repos/{type}/{repo_id}/{revision}``: the files this peer holds of a
+revision (a commit, or a ref its cache knows), as
+``{"commit", "fetched_at", "files": [{"path", "file_id", "size"}]}``.
+
+Also the content index over the HF cache, and the DHT keys of what is held.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
+
+from hffs.cache import REPO_TYPES, HubCache, is_commit
+from swarm.dht import dht_key
+from swarm.ids import is_file_id
+from swarm.peer_server import UploadLimits, UploadStats, create_peer_app
+from swarm.store import read_partial_state
+
+RepoRev = tuple[str, str, str]  # (repo type, repo id, commit)
+
+_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def valid_repo_id(repo_id: str) -> bool:
+    """``name`` or ``org/name`` as the hub allows them; nothing that could walk a path."""
+    parts = repo_id.split("/")
+    return (
+        1 <= len(parts) <= 2
+        and all(_REPO_PART.fullmatch(p) for p in parts)
+        and ".." not in repo_id
+        and "--" not in repo_id
+    )
+
+
+def valid_revision(revision: str) -> bool:
+    """A commit, or a ref name of one path segment (``main``, ``v1.0``)."""
+    return is_commit(revision) or (
+        _REPO_PART.fullmatch(revision) is not None and ".." not in revision
+    )
+
+
+# -- DHT keys: one per file id, per repo revision, and per repo (to resolve refs) ---
+
+
+def file_key(file_id: str) -> bytes:
+    return dht_key("file", file_id)
+
+
+def repo_key(repo_type: str, repo_id: str, commit: str) -> bytes:
+    return dht_key("repo", repo_type, repo_id, commit)
+
+
+def any_revision_key(repo_type: str, repo_id: str) -> bytes:
+    """Holders of any revision of a repo: asked when a ref must be resolved by peers."""
+    return dht_key("repo", repo_type, repo_id)
+
+
+# -- what this peer holds ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A snapshot of the cache and the partial store, taken by ``scan_inventory``."""
+
+    files: dict[str, Path] = field(default_factory=dict)  # complete blob id -> blob
+    repos: frozenset[RepoRev] = frozenset()
+    partials: frozenset[str] = frozenset()  # ids with at least one verified chunk
+
+    def keys(self) -> set[bytes]:
+        keys = {file_key(i) for i in (*self.files, *self.partials)}
+        for repo_type, repo_id, commit in self.repos:
+            keys.add(repo_key(repo_type, repo_id, commit))
+            keys.add(any_revision_key(repo_type, repo_id))
+        return keys
+
+
+def scan_inventory(cache: HubCache, partial_dir: Path) -> Inventory:
+    """Blocking: every complete file of every revision, and every seedable partial."""
+    files: dict[str, Path] = {}
+    repos: set[RepoRev] = set()
+    for repo_type, repo_id in cache.iter_repos():
+        if not valid_repo_id(repo_id):
+            continue  # a folder we could not name on the wire
+        for f in cache.files(repo_type, repo_id):
+            blob = cache.blob_path(repo_type, repo_id, f.blob_id)
+            files.setdefault(f.blob_id, blob)
+            repos.add((repo_type, repo_id, f.commit))
+    partials: set[str] = set()
+    if partial_dir.is_dir():
+        for state in partial_dir.glob("*.state"):
+            file_id = state.name.removesuffix(".state")
+            if is_file_id(file_id) and file_id not in files:
+                parsed = read_partial_state(partial_dir, file_id)
+                if parsed is not None and any(parsed[1]):
+                    partials.add(file_id)
+    return Inventory(files, frozenset(repos), frozenset(partials))
+
+
+class CacheIndex:
+    """The peer server's content index over the HF cache.
+
+    The last inventory answers at once; a blob published since (a download just
+    finished) is still found by a direct look in the cache."""
+
+    def __init__(self, cache: HubCache) -> None:
+        self.cache = cache
+        self.inventory = Inventory()
+
+    def complete_path(self, file_id: str) -> Path | None:
+        path = self.inventory.files.get(file_id)
+        if path is not None and path.is_file():
+            return path
+        return self.cache.find_blob(file_id)
+
+
+# -- HF routes ---------------------------------------------------------------------
+
+
+def _bad(detail: str, status: int = 400) -> Response:
+    return JSONResponse({"error": detail}, status_code=status)
+
+
+def read_revision(
+    cache: HubCache, repo_type: str, repo_id: str, revision: str
+) -> dict[str, Any] | None:
+    """Blocking: what we hold of a revision (a commit, or a ref our cache knows)."""
+    commit = cache.read_ref(repo_type, repo_id, revision)
+    if commit is None:
+        return None
+    files = cache.files(repo_type, repo_id, commit)
+    if not files:
+        return None
+    try:  # when we got it: lets a downloader prefer the newest commit peers report
+        fetched_at = cache.snapshot_dir(repo_type, repo_id, commit).stat().st_mtime
+    except OSError:
+        fetched_at = 0.0
+    return {
+        "commit": commit,
+        "fetched_at": fetched_at,
+        "files": [{"path": f.path, "file_id": f.blob_id, "size": f.size} for f in files],
+    }
+
+
+def repo_routes(cache: HubCache) -> list[BaseRoute]:
+    async def revision_files(request: Request) -> Response:
+        repo_type, repo_id = request.path_params["repo_type"], request.path_params["repo_id"]
+        revision = request.path_params["revision"]
+        if repo_type not in REPO_TYPES:
+            return _bad("repo type must be model, dataset or space")
+        if not valid_repo_id(repo_id):
+            return _bad("bad repo id")
+        if not valid_revision(revision):
+            return _bad("bad revision")
+        listing = await anyio.to_thread.run_sync(read_revision, cache, repo_type, repo_id, revision)
+        if listing is None:
+            return _bad("revision not held", 404)
+        return JSONResponse(listing)
+
+    return [
+        Route("/v1/repos/{repo_type}/{repo_id:path}/{revision}", revision_files, methods=["GET"])
+    ]
+
+
+def create_app(
+    index: CacheIndex,
+    partial_dir: Path,
+    manifest_dir: Path,
+    *,
+    limits: UploadLimits,
+    stats: UploadStats,
+    secret: str | None,
+) -> ASGIApp:
+    return create_peer_app(
+        index,
+        partial_dir,
+        manifest_dir,
+        limits=limits,
+        stats=stats,
+        secret=secret,
+        extra_routes=repo_routes(index.cache),
+    )

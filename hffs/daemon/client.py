@@ -1,0 +1,140 @@
+"""The CLI's client of the daemon's control API (blocking; wrap in a thread from async code)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hffs.config import home_dir
+from hffs.daemon.runfiles import TOKEN_HEADER, DaemonInfo, is_running, read_info
+
+RepoSpec = str | tuple[str, str, str]  # "type/org/name/revision" or (type, repo id, revision)
+
+
+class DaemonNotRunning(Exception):
+    """No daemon answers for this home; the message says what to do."""
+
+
+class DaemonError(Exception):
+    """The daemon refused a request or did not answer in time."""
+
+
+def _repo_params(repo: RepoSpec) -> dict[str, str]:
+    if isinstance(repo, str):
+        repo_type, _, rest = repo.partition("/")
+        repo_id, _, revision = rest.rpartition("/")
+    else:
+        repo_type, repo_id, revision = repo
+    return {"repo_type": repo_type, "repo_id": repo_id, "revision": revision}
+
+
+def _repo_body(repo: RepoSpec | Mapping[str, str]) -> dict[str, str]:
+    if isinstance(repo, Mapping):
+        return {k: repo[k] for k in ("repo_type", "repo_id", "commit")}
+    p = _repo_params(repo)
+    return {"repo_type": p["repo_type"], "repo_id": p["repo_id"], "commit": p["revision"]}
+
+
+class DaemonClient:
+    def __init__(self, info: DaemonInfo, timeout: float = 30.0) -> None:
+        self.info = info
+        self.timeout = timeout
+
+    @classmethod
+    def from_home(cls, home: Path | None = None, timeout: float = 30.0) -> DaemonClient:
+        home = home or home_dir()
+        info = read_info(home)
+        if info is None or not is_running(home):
+            raise DaemonNotRunning(
+                "the hffs daemon is not running; start it with `hffs daemon start`"
+            )
+        return cls(info, timeout)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+    ) -> Any:
+        try:
+            with httpx.Client(trust_env=False, timeout=timeout or self.timeout) as http:
+                r = http.request(
+                    method,
+                    self.info.control_url + path,
+                    params=params,
+                    json=body,
+                    headers={TOKEN_HEADER: self.info.token},
+                )
+        except httpx.ConnectError:
+            raise DaemonNotRunning(
+                f"the hffs daemon (pid {self.info.pid}) does not answer; "
+                "restart it with `hffs daemon stop` and `hffs daemon start`"
+            ) from None
+        except httpx.TimeoutException:
+            raise DaemonError(f"the daemon did not answer {path} in time") from None
+        except httpx.HTTPError as exc:
+            raise DaemonError(f"the daemon connection failed: {exc}") from None
+        try:
+            data = r.json()
+        except ValueError:
+            data = None
+        if r.status_code != 200:
+            detail = data.get("error") if isinstance(data, dict) else r.text[:200]
+            raise DaemonError(f"the daemon refused {path}: {detail}")
+        return data
+
+    def status(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/status")
+
+    def find_providers(
+        self, file_id: str | None = None, *, repo: RepoSpec | None = None
+    ) -> list[tuple[str, int]]:
+        """(host, port) of peers holding a file, or a repo revision (a commit), or any
+        revision of a repo (a ref); from the DHT and the probed saved peers."""
+        if (file_id is None) == (repo is None):
+            raise ValueError("give exactly one of file_id and repo")
+        params = {"file_id": file_id} if file_id is not None else _repo_params(repo)  # type: ignore[arg-type]
+        found = self._call("GET", "/v1/providers", params=params)["providers"]
+        return [(p["host"], p["port"]) for p in found]
+
+    def search(self, repo_type: str, repo_id: str, revision: str) -> list[dict[str, Any]]:
+        """Holders of a revision with what each holds:
+        ``[{"host", "port", "commit", "fetched_at", "files": [{"path", "file_id", "size"}]}]``."""
+        params = {"repo_type": repo_type, "repo_id": repo_id, "revision": revision}
+        return self._call("GET", "/v1/search", params=params)["holders"]
+
+    def announce(
+        self,
+        file_ids: Iterable[str] = (),
+        repos: Iterable[RepoSpec | Mapping[str, str]] = (),
+        *,
+        wait: bool = False,
+    ) -> dict[str, Any]:
+        """Tell the swarm we hold these now (a file's first verified chunk, a finished
+        file, a finished revision: commits only). Returns at once unless ``wait``."""
+        body = {
+            "file_ids": list(file_ids),
+            "repos": [_repo_body(r) for r in repos],
+            "wait": wait,
+        }
+        return self._call("POST", "/v1/announce", body=body)
+
+    def rescan(self) -> dict[str, int]:
+        return self._call("POST", "/v1/rescan")
+
+    def report_transfer(self, from_peers: int = 0, from_upstream: int = 0) -> None:
+        self._call(
+            "POST", "/v1/transfer", body={"from_peers": from_peers, "from_upstream": from_upstream}
+        )
+
+    def refresh_peers(self) -> None:
+        self._call("POST", "/v1/peers/refresh")
+
+    def stop(self) -> None:
+        self._call("POST", "/v1/stop")

@@ -1,0 +1,104 @@
+"""The daemon's questions to other peers over their HTTP port, each with a short timeout.
+
+Every answer that does not come back well-formed counts as "no": a peer that is
+down, slow or misbehaving must never stall or break the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from hffs.cache import CacheError, check_repo_path, is_commit
+from swarm.ids import is_file_id
+from swarm.peer_server import auth_headers
+
+PROBE_TIMEOUT = 2.0
+MAX_LISTING = 1 << 22  # bytes of a repo listing we accept from a peer
+
+
+def peer_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _repo_path(repo_type: str, repo_id: str) -> str:
+    return f"{quote(repo_type, safe='')}/" + "/".join(quote(p, safe="") for p in repo_id.split("/"))
+
+
+def _valid_path(path: Any) -> bool:
+    try:
+        check_repo_path(path)
+    except (CacheError, TypeError):
+        return False
+    return True
+
+
+def _valid_file_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and _valid_path(entry.get("path"))
+        and isinstance(entry.get("file_id"), str)
+        and is_file_id(entry["file_id"])
+        and type(entry.get("size")) is int
+        and entry["size"] >= 0
+    )
+
+
+class PeerClient:
+    """One pooled HTTP client for all peers; use as an async context manager."""
+
+    def __init__(self, secret: str | None, timeout: float = PROBE_TIMEOUT) -> None:
+        self._http = httpx.AsyncClient(
+            timeout=timeout, headers=auth_headers(secret), trust_env=False
+        )
+
+    async def __aenter__(self) -> PeerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def _get(self, host: str, port: int, path: str) -> httpx.Response | None:
+        try:
+            return await self._http.get(peer_url(host, port) + path)
+        except (httpx.HTTPError, OSError, ValueError):
+            return None
+
+    async def ping(self, host: str, port: int) -> bool:
+        r = await self._get(host, port, "/v1/ping")
+        return r is not None and r.status_code == 200
+
+    async def has_file(self, host: str, port: int, file_id: str) -> bool:
+        """True when the peer holds at least one verified chunk of the file."""
+        r = await self._get(host, port, f"/v1/blobs/{file_id}/have")
+        return r is not None and r.status_code == 200 and any(r.content)
+
+    async def revision(
+        self, host: str, port: int, repo_type: str, repo_id: str, revision: str
+    ) -> dict[str, Any] | None:
+        """``{"commit", "fetched_at", "files"}`` the peer holds of a revision, else None."""
+        path = f"/v1/repos/{_repo_path(repo_type, repo_id)}/{quote(revision, safe='')}"
+        r = await self._get(host, port, path)
+        if r is None or r.status_code != 200 or len(r.content) > MAX_LISTING:
+            return None
+        try:
+            body = r.json()
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("files"), list):
+            return None
+        commit, fetched_at = body.get("commit"), body.get("fetched_at", 0.0)
+        if not isinstance(commit, str) or not is_commit(commit):
+            return None
+        if not isinstance(fetched_at, int | float):
+            fetched_at = 0.0
+        files = [
+            {"path": f["path"], "file_id": f["file_id"], "size": f["size"]}
+            for f in body["files"]
+            if _valid_file_entry(f)
+        ]
+        return (
+            {"commit": commit, "fetched_at": float(fetched_at), "files": files} if files else None
+        )

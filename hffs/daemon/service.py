@@ -1,0 +1,636 @@
+"""The daemon process: peer server (TCP) and DHT (UDP) on one port, the control
+API on loopback, and the loops that keep the swarm told what we hold.
+
+Run as ``python -m hffs.daemon.service --home H [--host A] [--port P] [--bootstrap H:P]...``
+(``process.py`` does it). Everything runs in one anyio task group on the asyncio
+backend (kademlia is asyncio-only); SIGTERM/SIGINT or the control API's stop end it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import ipaddress
+import logging
+import math
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import uvicorn
+
+from hffs.cache import HubCache, is_commit
+from hffs.config import DEFAULT_PORT, Config, ConfigError, Peer, hub_cache_dir
+from hffs.daemon.app import (
+    CacheIndex,
+    Inventory,
+    RepoRev,
+    any_revision_key,
+    create_app,
+    file_key,
+    repo_key,
+    scan_inventory,
+)
+from hffs.daemon.control import Query, create_control_app
+from hffs.daemon.peers import PeerClient
+from hffs.daemon.runfiles import (
+    DaemonInfo,
+    InstanceLock,
+    read_pid,
+    remove_run_files,
+    write_info,
+    write_pid,
+)
+from swarm.dht import DEFAULT_TTL, DHTNode
+from swarm.peer_server import UploadLimits, UploadStats
+
+log = logging.getLogger("hffs.daemon")
+
+TICK = 1.0  # how often the announce loop looks at the routing table
+ANNOUNCE_PERIOD = DEFAULT_TTL / 3  # a record survives two lost rounds
+ANNOUNCE_MIN_GAP = 2.0  # between full announces triggered by new contacts
+SMALL_SWARM = 20  # below this many contacts, every newcomer triggers a re-announce
+PROBE_PERIOD = 30.0  # saved peers are probed this often
+BOOTSTRAP_RETRY = 5.0  # while the routing table is empty
+RESCAN_PERIOD = 300.0  # catches cache changes nobody told us about
+LOOKUP_TIMEOUT = 15.0  # one DHT lookup
+BOOTSTRAP_TIMEOUT = 15.0
+QUERY_PARALLEL = 16  # peers asked at once over HTTP
+
+T = TypeVar("T")
+
+
+class DaemonStartError(Exception):
+    """The daemon cannot start; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    home: Path
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    bootstrap: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass
+class PeerState:
+    active: bool | None = None  # None: not probed yet
+    last_seen: float | None = None  # unix time of the last good probe
+
+
+# -- plain decisions ---------------------------------------------------------------
+
+
+def announce_due(now: float, last_at: float, last_size: int, size: int) -> bool:
+    """Whether to re-announce everything now.
+
+    Periodically, before records expire; and, in a small swarm, whenever the
+    routing table grew since the last round: the new node may be the one closest
+    to our keys (and a lone node's first announce reached nobody)."""
+    if size == 0:
+        return False
+    if now - last_at >= ANNOUNCE_PERIOD:
+        return True
+    return now - last_at >= ANNOUNCE_MIN_GAP and size > last_size and last_size < SMALL_SWARM
+
+
+def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address; ValueError if bad."""
+    value = value.strip()
+    host, port = value, default_port
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {value!r}")
+        if rest:
+            port = int(rest[1:])
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+        port = int(port_text)
+    if not host or any(c.isspace() or c in "/?#@" for c in host):
+        raise ValueError(f"bad host in {value!r}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, port
+
+
+def _is_unspecified(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_unspecified
+
+
+# -- sockets -----------------------------------------------------------------------
+
+
+def bind_tcp(ip: str, port: int, what: str = "TCP") -> socket.socket:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only
+        sock.bind((ip, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise DaemonStartError(
+                f"{what} port {port} on {ip} is already in use; choose another with --port"
+            ) from None
+        raise DaemonStartError(f"cannot listen on {ip}:{port} ({exc.strerror or exc})") from None
+    return sock
+
+
+async def resolve(host: str, port: int) -> str | None:
+    """An IP literal for host (the DHT never resolves names itself)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        log.warning("cannot resolve %s: %s", host, exc)
+        return None
+    return str(infos[0][4][0]) if infos else None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon's task group owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn(app: Any) -> _Server:
+    return _Server(
+        uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            ws="none",
+            timeout_graceful_shutdown=2,
+            server_header=False,
+        )
+    )
+
+
+async def _gather(items: Iterable[T], fn: Callable[[T], Awaitable[Any]]) -> list[Any]:
+    """``fn`` over items, QUERY_PARALLEL at a time, results in order."""
+    items = list(items)
+    results: list[Any] = [None] * len(items)
+    limiter = anyio.CapacityLimiter(QUERY_PARALLEL)
+
+    async def one(i: int, item: T) -> None:
+        async with limiter:
+            results[i] = await fn(item)
+
+    async with anyio.create_task_group() as tg:
+        for i, item in enumerate(items):
+            tg.start_soon(one, i, item)
+    return results
+
+
+# -- the daemon --------------------------------------------------------------------
+
+
+class Daemon:
+    """State and behaviour of a running daemon; the control API's ``DaemonOps``."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        config: Config,
+        node: DHTNode,
+        bind_ip: str,
+        port: int,
+        control_port: int,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.node = node
+        self.bind_ip = bind_ip
+        self.port = port
+        self.control_port = control_port
+        self.index = CacheIndex(HubCache(hub_cache_dir()))
+        self.uploads = UploadStats()
+        self.bytes_from_peers = 0
+        self.bytes_from_upstream = 0
+        self.started_at = time.time()
+        self.announced_at: float | None = None  # unix time of the last full announce
+        self.saved_peers: list[Peer] = list(config.peers)
+        self.peer_states: dict[Peer, PeerState] = {}
+        self.bootstrap_ips: list[tuple[str, int]] = []
+        # Announced through the control API since the last scan: kept re-announced
+        # until a scan shows whether they are still held (value: when added).
+        self._extra_files: dict[str, float] = {}
+        self._extra_repos: dict[RepoRev, float] = {}
+        self._pending: set[bytes] = set()
+        self._wake_announce = anyio.Event()
+        self._wake_peers = anyio.Event()
+        self._stop = anyio.Event()
+        self._peers_http: PeerClient | None = None
+
+    # -- what we hold ----------------------------------------------------------
+
+    async def scan(self) -> Inventory:
+        started = time.monotonic()
+        inventory = await anyio.to_thread.run_sync(
+            scan_inventory, self.index.cache, self.config.partial_dir
+        )
+        self.index.inventory = inventory
+        self._extra_files = {k: t for k, t in self._extra_files.items() if t >= started}
+        self._extra_repos = {k: t for k, t in self._extra_repos.items() if t >= started}
+        return inventory
+
+    def held_keys(self) -> set[bytes]:
+        keys = self.index.inventory.keys()
+        keys.update(file_key(f) for f in self._extra_files)
+        for repo_type, repo_id, commit in self._extra_repos:
+            keys.add(repo_key(repo_type, repo_id, commit))
+            keys.add(any_revision_key(repo_type, repo_id))
+        return keys
+
+    async def _provide(self, keys: Iterable[bytes]) -> int:
+        keys = list(keys)
+        if not keys or self.node.routing_size() == 0:
+            return 0
+        reached = await self.node.announce(keys, self.port)
+        log.info("announced %d key(s), %d reached the DHT", len(keys), reached)
+        return reached
+
+    # -- loops -----------------------------------------------------------------
+
+    async def _announce_loop(self) -> None:
+        last_at, last_size = -math.inf, 0
+        while True:
+            with anyio.move_on_after(TICK):
+                await self._wake_announce.wait()
+            self._wake_announce = anyio.Event()
+            pending, self._pending = self._pending, set()
+            size, now = self.node.routing_size(), time.monotonic()
+            if announce_due(now, last_at, last_size, size):
+                last_at, last_size = now, size
+                await self._provide(self.held_keys())
+                self.announced_at = time.time()
+                self.node.store.expire(time.monotonic())
+                with anyio.move_on_after(BOOTSTRAP_TIMEOUT):
+                    await self.node.refresh()
+            elif pending:  # with nobody to tell, the next full round covers them
+                await self._provide(pending)
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await anyio.sleep(RESCAN_PERIOD)
+            before = self.held_keys()
+            await self.scan()
+            new = self.held_keys() - before
+            if new:
+                self._queue(new)
+
+    async def _peer_loop(self) -> None:
+        await self._bootstrap(self.settings.bootstrap)
+        last_probe = -math.inf
+        while True:
+            if time.monotonic() - last_probe >= PROBE_PERIOD or self._wake_peers.is_set():
+                self._wake_peers = anyio.Event()
+                last_probe = time.monotonic()
+                came_up = await self._probe_saved_peers()
+                if came_up:
+                    await self._bootstrap([], came_up)
+            if self.node.routing_size() == 0:
+                await self._bootstrap(self.settings.bootstrap)
+            with anyio.move_on_after(BOOTSTRAP_RETRY):
+                await self._wake_peers.wait()
+
+    async def _bootstrap(
+        self, extra: Iterable[tuple[str, int]], peers: Iterable[Peer] | None = None
+    ) -> None:
+        """Join the DHT through the given nodes and the saved peers (or ``peers``)."""
+        wanted = [
+            *extra,
+            *((p.host, p.port) for p in (self.saved_peers if peers is None else peers)),
+        ]
+        addrs: list[tuple[str, int]] = []
+        for host, port in wanted:
+            ip = await resolve(host, port)
+            if ip is not None and not self.is_self(ip, port) and (ip, port) not in addrs:
+                addrs.append((ip, port))
+        if not addrs:
+            return
+        with anyio.move_on_after(BOOTSTRAP_TIMEOUT):
+            size = await self.node.bootstrap(addrs)
+            log.info("bootstrapped through %d node(s): %d contact(s)", len(addrs), size)
+
+    async def _probe_saved_peers(self) -> list[Peer]:
+        """Re-read the saved peers and probe each; return those that just came up."""
+        with contextlib.suppress(ConfigError):
+            loaded = await anyio.to_thread.run_sync(Config.load, self.settings.home)
+            self.saved_peers = list(loaded.peers)
+        http = self._http()
+        peers = list(self.saved_peers)
+        alive = await _gather(peers, lambda p: http.ping(p.host, p.port))
+        came_up = []
+        for peer, ok in zip(peers, alive, strict=True):
+            state = self.peer_states.setdefault(peer, PeerState())
+            if ok and not state.active:
+                came_up.append(peer)
+            state.active = ok
+            if ok:
+                state.last_seen = time.time()
+        self.peer_states = {p: s for p, s in self.peer_states.items() if p in peers}
+        return came_up
+
+    async def _watch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("got %s: stopping", signal.Signals(signum).name)
+                self.request_stop()
+                return
+
+    def _http(self) -> PeerClient:
+        assert self._peers_http is not None, "used outside run()"
+        return self._peers_http
+
+    def is_self(self, host: str, port: int) -> bool:
+        if port != self.port:
+            return False
+        if host == self.bind_ip:
+            return True
+        try:
+            return _is_unspecified(self.bind_ip) and ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def _queue(self, keys: Iterable[bytes]) -> None:
+        self._pending.update(keys)
+        self._wake_announce.set()
+
+    # -- DaemonOps (the control API) ---------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        inv = self.index.inventory
+        return {
+            "pid": os.getpid(),
+            "host": self.settings.host,
+            "port": self.port,
+            "control_port": self.control_port,
+            "node_id": self.node.node_id,
+            "routing_size": self.node.routing_size(),
+            "bootstrap": [f"{h}:{p}" for h, p in self.settings.bootstrap],
+            "peers": [
+                {
+                    "host": p.host,
+                    "port": p.port,
+                    "active": self.peer_states.get(p, PeerState()).active,
+                    "last_seen": self.peer_states.get(p, PeerState()).last_seen,
+                }
+                for p in self.saved_peers
+            ],
+            "files_shared": len(inv.files),
+            "partials_shared": len(inv.partials),
+            "repos_shared": len(inv.repos),
+            "uploads_active": self.uploads.active,
+            "bytes_up": self.uploads.total,
+            "bytes_up_by_host": dict(self.uploads.by_host),
+            "bytes_down_peers": self.bytes_from_peers,
+            "bytes_down_upstream": self.bytes_from_upstream,
+            "started_at": self.started_at,
+            "announced_at": self.announced_at,
+        }
+
+    def _lookup_key(self, query: Query) -> bytes:
+        if query[0] == "file":
+            return file_key(query[1])
+        _, repo_type, repo_id, revision = query
+        if is_commit(revision):
+            return repo_key(repo_type, repo_id, revision)
+        return any_revision_key(repo_type, repo_id)
+
+    async def _candidates(self, key: bytes) -> tuple[list[tuple[str, int]], list[Peer]]:
+        """Holders the DHT names (self excluded), and the saved peers not among them."""
+        found: list[tuple[str, int]] = []
+        if self.node.routing_size():
+            with anyio.move_on_after(LOOKUP_TIMEOUT):
+                providers = await self.node.find_providers(key)
+                found = [(p.host, p.port) for p in providers if not self.is_self(p.host, p.port)]
+        saved = [
+            p
+            for p in self.saved_peers
+            if (p.host, p.port) not in found and not self.is_self(p.host, p.port)
+        ]
+        return found, saved
+
+    async def _ask(self, query: Query, host: str, port: int) -> Any:
+        http = self._http()
+        if query[0] == "file":
+            return await http.has_file(host, port, query[1])
+        return await http.revision(host, port, *query[1:])
+
+    async def find_providers(self, query: Query) -> list[dict[str, Any]]:
+        found, saved = await self._candidates(self._lookup_key(query))
+        answers = await _gather(saved, lambda p: self._ask(query, p.host, p.port))
+        out = [{"host": h, "port": p, "source": "dht"} for h, p in found]
+        out += [
+            {"host": p.host, "port": p.port, "source": "peer"}
+            for p, ok in zip(saved, answers, strict=True)
+            if ok
+        ]
+        return out
+
+    async def search(self, repo_type: str, repo_id: str, revision: str) -> list[dict[str, Any]]:
+        query: Query = ("repo", repo_type, repo_id, revision)
+        found, saved = await self._candidates(self._lookup_key(query))
+        everyone = [*found, *((p.host, p.port) for p in saved)]
+        listings = await _gather(everyone, lambda a: self._ask(query, *a))
+        return [
+            {"host": host, "port": port, **listing}
+            for (host, port), listing in zip(everyone, listings, strict=True)
+            if listing
+        ]
+
+    async def announce(self, file_ids: list[str], repos: list[RepoRev], wait: bool) -> int | None:
+        now = time.monotonic()
+        keys: set[bytes] = set()
+        for f in file_ids:
+            self._extra_files[f] = now
+            keys.add(file_key(f))
+        for repo_type, repo_id, commit in repos:
+            self._extra_repos[(repo_type, repo_id, commit)] = now
+            keys.update(
+                (repo_key(repo_type, repo_id, commit), any_revision_key(repo_type, repo_id))
+            )
+        if wait:
+            return await self._provide(keys)
+        self._queue(keys)
+        return None
+
+    async def rescan(self) -> dict[str, int]:
+        inventory = await self.scan()
+        self._queue(self.held_keys())
+        return {
+            "files": len(inventory.files),
+            "partials": len(inventory.partials),
+            "repos": len(inventory.repos),
+        }
+
+    def report_transfer(self, from_peers: int, from_upstream: int) -> None:
+        self.bytes_from_peers += from_peers
+        self.bytes_from_upstream += from_upstream
+
+    def refresh_peers(self) -> None:
+        self._wake_peers.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- running -----------------------------------------------------------------
+
+    async def run(self, tcp: socket.socket, control: socket.socket, token: str) -> None:
+        cfg = self.config
+        peer_app = create_app(
+            self.index,
+            cfg.partial_dir,
+            cfg.state_dir / "manifests",
+            limits=UploadLimits(cfg.max_upload_rate, cfg.max_uploads),
+            stats=self.uploads,
+            secret=cfg.swarm_secret,
+        )
+        peer_server, control_server = _uvicorn(peer_app), _uvicorn(create_control_app(self, token))
+        async with PeerClient(cfg.swarm_secret) as http, anyio.create_task_group() as tg:
+            self._peers_http = http
+            tg.start_soon(peer_server.serve, [tcp])
+            tg.start_soon(control_server.serve, [control])
+            async with anyio.create_task_group() as loops:
+                loops.start_soon(self._watch_signals)
+                loops.start_soon(self._announce_loop)
+                loops.start_soon(self._peer_loop)
+                loops.start_soon(self._rescan_loop)
+                await self._stop.wait()
+                loops.cancel_scope.cancel()
+            # uvicorn finishes in-flight requests (the stop reply among them), bounded
+            # by timeout_graceful_shutdown, then the task group ends.
+            peer_server.should_exit = control_server.should_exit = True
+
+
+async def run_daemon(settings: DaemonSettings) -> None:
+    """Start, serve until stopped, clean up. DaemonStartError: one line for the user."""
+    home = settings.home
+    try:
+        config = Config.load(home)
+        home.mkdir(parents=True, exist_ok=True)
+    except (ConfigError, OSError) as exc:
+        raise DaemonStartError(str(exc)) from None
+    lock = InstanceLock(home)
+    if not lock.acquire():
+        raise DaemonStartError(
+            f"a daemon already runs for {home} (pid {read_pid(home) or '?'}); "
+            "stop it with `hffs daemon stop`"
+        )
+    try:
+        await _run_locked(settings, config)
+    finally:
+        lock.release()
+
+
+async def _run_locked(settings: DaemonSettings, config: Config) -> None:
+    ip = await resolve(settings.host, settings.port)
+    if ip is None:
+        raise DaemonStartError(f"cannot resolve --host {settings.host}")
+    tcp = bind_tcp(ip, settings.port)
+    port = tcp.getsockname()[1]
+    secret = config.swarm_secret.encode() if config.swarm_secret else None
+    node = DHTNode(secret=secret)
+    try:
+        try:
+            await node.listen(port, interface=ip)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise DaemonStartError(
+                    f"UDP port {port} on {ip} is already in use; choose another with --port"
+                ) from None
+            raise DaemonStartError(f"cannot open UDP {ip}:{port} ({exc.strerror or exc})") from None
+        control = bind_tcp("127.0.0.1", 0, "control")
+        daemon = Daemon(settings, config, node, ip, port, control.getsockname()[1])
+        await daemon.scan()
+        info = DaemonInfo(
+            pid=os.getpid(),
+            host=ip,
+            port=port,
+            control_host="127.0.0.1",
+            control_port=daemon.control_port,
+            token=secrets.token_urlsafe(32),
+            node_id=node.node_id,
+            started_at=daemon.started_at,
+        )
+        write_pid(settings.home, info.pid)
+        write_info(settings.home, info)
+        log.info(
+            "hffs daemon %d listening on %s:%d (TCP+UDP), control on 127.0.0.1:%d, node %s",
+            info.pid,
+            ip,
+            port,
+            info.control_port,
+            info.node_id[:12],
+        )
+        try:
+            await daemon.run(tcp, control, info.token)
+        finally:
+            remove_run_files(settings.home, info.pid)
+            log.info("hffs daemon %d stopped", info.pid)
+    finally:
+        node.stop()
+        tcp.close()
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # one line per crawl, request or server start would drown what matters
+    for noisy in ("kademlia", "httpx", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_foreground(settings: DaemonSettings) -> None:
+    """Serve in this process until stopped; DaemonStartError when it cannot start."""
+    setup_logging()
+    anyio.run(run_daemon, settings, backend="asyncio")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hffs-daemon")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--bootstrap", action="append", default=[], metavar="HOST[:PORT]")
+    args = parser.parse_args(argv)
+    try:
+        boot = tuple(parse_hostport(b) for b in args.bootstrap)
+        settings = DaemonSettings(args.home, args.host, args.port, boot)
+        run_foreground(settings)
+    except (DaemonStartError, ValueError) as exc:
+        # process.py shows the user the last "error:" line of the log
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
