@@ -20,6 +20,7 @@ from hffs.daemon.client import DaemonClient, DaemonNotRunning
 from hffs.hub import RemoteFile, RemoteRevision
 from swarm.ids import is_file_id
 from swarm.sources import PeerAddr
+from swarm.wire import auth_headers
 
 log = logging.getLogger(__name__)
 
@@ -118,5 +119,4 @@ async def discovery_for(cfg: config.Config, client: httpx.AsyncClient) -> Discov
         own = status.get("node_id")
     except DaemonNotRunning:
         daemon, own = None, None
-    headers = {"authorization": f"Bearer {cfg.swarm_secret}"} if cfg.swarm_secret else {}
-    return Discovery(cfg, client, daemon, own, headers)
+    return Discovery(cfg, client, daemon, own, auth_headers(cfg.swarm_secret))

@@ -78,6 +78,11 @@ MAX_NODES_PER_REPLY = 20  # with REPLY_LIMIT holders a reply stays ~1.5 KB over 
 TAG_LEN = 16  # bytes of HMAC-SHA256 kept: 128 bits is plenty against forgery
 MAX_SKEW = 120.0  # seconds of clock difference tolerated between secret holders
 REPLAY_CACHE_MAX = 100_000  # request ids remembered within the time window
+# After a timeout, skip that address for a while: peers keep naming a dead node
+# until they notice, and each lookup waiting out its timeout again is what makes
+# lookups slow after churn. Any datagram from it clears the mark.
+UNRESPONSIVE_FOR = 30.0
+UNRESPONSIVE_MAX = 4096
 REQUEST, RESPONSE = b"\x00", b"\x01"  # rpcudp's framing: kind, 20-byte msg id, msgpack
 _HEADER = 1 + 20
 _STAMP = struct.Struct(">Q")
@@ -204,6 +209,7 @@ class DHTProtocol(KademliaProtocol):
         self._tasks: set[asyncio.Task[Any]] = set()
         self.drops: Counter[str] = Counter()
         self._last_drop_log = -math.inf
+        self._unresponsive: OrderedDict[Addr, float] = OrderedDict()
 
     def __getattr__(self, name: str) -> Any:
         # rpcudp turns any unknown attribute into a remote call; here a typo is an error
@@ -318,6 +324,8 @@ class DHTProtocol(KademliaProtocol):
             msg = umsgpack.unpackb(frame[_HEADER:])
         except Exception:  # umsgpack raises many types, RecursionError included
             return self._drop("bad msgpack", addr)
+        if self._unresponsive:
+            self._unresponsive.pop((normalize_host(addr[0]) or "", addr[1]), None)
         if kind == REQUEST:
             return self._on_request(msg_id, msg, addr)
         if kind == RESPONSE:
@@ -445,10 +453,18 @@ class DHTProtocol(KademliaProtocol):
             entry[0].set_result((False, None))
 
     async def _call_node(self, node: Node, name: str, *args: Any) -> tuple[bool, Any]:
+        mark = (normalize_host(node.ip) or "", node.port)
+        if self._unresponsive.get(mark, -math.inf) > time.monotonic():
+            self.router.remove_contact(node)
+            return (False, None)
         ok, reply = await self._request((node.ip, node.port), name, self.source_node.id, *args)
         if not ok:
             log.debug("no reply from %s to %s", node, name)
             self.router.remove_contact(node)
+            self._unresponsive[mark] = time.monotonic() + UNRESPONSIVE_FOR
+            self._unresponsive.move_to_end(mark)
+            while len(self._unresponsive) > UNRESPONSIVE_MAX:
+                self._unresponsive.popitem(last=False)
             return (False, None)
         responder_id, result = reply
         if responder_id != node.id:  # the id we were told was stale or made up

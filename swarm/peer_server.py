@@ -40,6 +40,7 @@ from swarm.chunking import chunk_count, chunk_size_for
 from swarm.ids import is_file_id
 from swarm.manifest import Manifest, ManifestError, build_manifest
 from swarm.store import partial_digests, read_partial_state
+from swarm.wire import encode_have
 
 PROTOCOL_VERSION = 1
 SEND_BLOCK = 256 * 1024  # bytes per read/send: bounds memory per upload
@@ -99,27 +100,6 @@ def span_is_held(start: int, end: int, chunk_size: int, have: Sequence[bool]) ->
         return False
     first, last = start // chunk_size, (end - 1) // chunk_size
     return last < len(have) and all(have[first : last + 1])
-
-
-def encode_have(have: Sequence[bool]) -> bytes:
-    """One bit per chunk, MSB first; trailing bits of the last byte are zero."""
-    out = bytearray((len(have) + 7) // 8)
-    for i, flag in enumerate(have):
-        if flag:
-            out[i >> 3] |= 0x80 >> (i & 7)
-    return bytes(out)
-
-
-def decode_have(raw: bytes, n_chunks: int) -> list[bool]:
-    """Inverse of ``encode_have``; ValueError when ``raw`` has the wrong length."""
-    if len(raw) != (n_chunks + 7) // 8:
-        raise ValueError(f"have-bitmap of {len(raw)} bytes for {n_chunks} chunks")
-    return [bool(raw[i >> 3] & (0x80 >> (i & 7))) for i in range(n_chunks)]
-
-
-def auth_headers(secret: str | None) -> dict[str, str]:
-    """Headers a client sends to peers of a swarm protected by ``secret``."""
-    return {"Authorization": f"Bearer {secret}"} if secret else {}
 
 
 class RateLimiter:

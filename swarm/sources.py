@@ -14,6 +14,7 @@ import httpx
 import xxhash
 
 from swarm.manifest import Manifest, ManifestError
+from swarm.wire import decode_have
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAX_MANIFEST_BYTES = 1 << 20
@@ -118,26 +119,12 @@ async def fetch_manifest(
         raise SourceError(f"{peer}: {exc}") from exc
 
 
-def decode_have(raw: bytes, n_chunks: int) -> set[int]:
-    """Bits MSB first, one per chunk: the encoding ``/have`` answers with."""
-    if len(raw) != (n_chunks + 7) // 8:
-        raise ValueError(f"have-bitmap of {len(raw)} bytes for {n_chunks} chunks")
-    return {i for i in range(n_chunks) if raw[i >> 3] & (0x80 >> (i & 7))}
-
-
-def encode_have(flags: list[bool]) -> bytes:
-    out = bytearray((len(flags) + 7) // 8)
-    for i, flag in enumerate(flags):
-        if flag:
-            out[i >> 3] |= 0x80 >> (i & 7)
-    return bytes(out)
-
-
 async def fetch_have(
     client: httpx.AsyncClient, peer: PeerAddr, file_id: str, n_chunks: int, headers: dict[str, str]
 ) -> set[int]:
     resp = await _get_small(client, peer.blob_url(file_id) + "/have", MAX_HAVE_BYTES, headers)
     try:
-        return decode_have(resp.content, n_chunks)
+        flags = decode_have(resp.content, n_chunks)
     except ValueError as exc:
         raise SourceError(f"{peer}: {exc}") from exc
+    return {i for i, held in enumerate(flags) if held}

@@ -19,14 +19,12 @@ from swarm.peer_server import (
     RateLimiter,
     UploadLimits,
     UploadStats,
-    auth_headers,
     create_peer_app,
-    decode_have,
-    encode_have,
     parse_range,
     span_is_held,
 )
 from swarm.store import PartialFile
+from swarm.wire import auth_headers, decode_have, encode_have
 
 pytestmark = pytest.mark.anyio
 SIZE = 2 * MIN_CHUNK_SIZE + 1000  # three chunks, the last one short

@@ -13,7 +13,7 @@ import httpx
 
 from hffs.cache import CacheError, check_repo_path, is_commit
 from swarm.ids import is_file_id
-from swarm.peer_server import auth_headers
+from swarm.wire import auth_headers
 
 PROBE_TIMEOUT = 2.0
 MAX_LISTING = 1 << 22  # bytes of a repo listing we accept from a peer
