@@ -57,6 +57,7 @@ class Holders(Protocol):
 
 
 OnBytes = Callable[[str, bool, int], None]  # (source id, upstream?, bytes)
+OnChunk = Callable[[int], None]  # a chunk is verified and on disk
 
 
 @dataclass
@@ -86,6 +87,7 @@ class _Round:
         banned: set[str],
         report: FileReport,
         on_bytes: OnBytes | None,
+        on_chunk: OnChunk | None,
         rng: random.Random,
     ) -> None:
         self.pf = pf
@@ -95,6 +97,7 @@ class _Round:
         self.banned = banned
         self.report = report
         self.on_bytes = on_bytes
+        self.on_chunk = on_chunk
         self.rng = rng
         self.upstream = upstream
         self.sources: dict[str, Source] = {s.id: s for s in upstream}
@@ -192,6 +195,8 @@ class _Round:
                     self.sched.on_cancelled(req)
                     return
                 self.report.bytes_by_source[req.source] += nbytes
+                if self.on_chunk:
+                    self.on_chunk(req.chunk)
                 self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
                 if not self.announced and self.holders is not None:
                     self.announced = True  # partial seeding: serve verified chunks at once
@@ -304,6 +309,7 @@ async def download_file(
     holders: Holders | None = None,
     peer_headers: dict[str, str] | None = None,
     on_bytes: OnBytes | None = None,
+    on_chunk: OnChunk | None = None,
     rng: random.Random | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
@@ -331,6 +337,7 @@ async def download_file(
                 banned,
                 report,
                 on_bytes,
+                on_chunk,
                 rng,
             )
             await rnd.run()
