@@ -14,7 +14,7 @@ from pathlib import Path
 import xxhash
 
 from swarm.chunking import chunk_count, chunk_size_for, chunk_span
-from swarm.ids import check_file_id
+from swarm.ids import check_file_id, content_hasher
 
 DIGEST_SIZE = 16
 READ_BLOCK = 1 << 20
@@ -85,10 +85,14 @@ class Manifest:
 
 
 def build_manifest(path: Path, file_id: str) -> Manifest:
-    """Digest every chunk of a complete local file (memory bounded by one chunk)."""
+    """Digest every chunk of a complete local file (memory bounded by one block).
+
+    The whole file is checked against its id in the same pass: a holder never vouches
+    for a blob that rotted on disk or was altered."""
     size = path.stat().st_size
     base = Manifest.empty(file_id, size)
     digests: list[bytes | None] = []
+    whole = content_hasher(file_id, size)
     with path.open("rb") as f:
         for i in range(base.n_chunks):
             start, end = base.span(i)
@@ -99,6 +103,9 @@ def build_manifest(path: Path, file_id: str) -> Manifest:
                 if not block:
                     raise ManifestError(f"{path} shrank while being read")
                 hasher.update(block)
+                whole.update(block)
                 remaining -= len(block)
             digests.append(hasher.digest())
+    if whole.hexdigest() != file_id:
+        raise ManifestError(f"{path} does not match its id {file_id[:12]}…")
     return Manifest(file_id, size, base.chunk_size, tuple(digests))

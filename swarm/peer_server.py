@@ -227,13 +227,13 @@ class _ManifestCache:
         entry = self.root / f"{file_id}-{st.st_size}-{st.st_mtime_ns}.json"
         with contextlib.suppress(OSError, ManifestError):
             return Manifest.from_json(entry.read_bytes(), file_id=file_id, size=st.st_size)
-        manifest = build_manifest(path, file_id)
+        for stale in self.root.glob(f"{file_id}-*.json"):
+            stale.unlink(missing_ok=True)
+        manifest = build_manifest(path, file_id)  # refuses a blob that does not match its id
         after = path.stat()
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise ManifestError(f"{file_id[:12]}… changed while being digested")
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(f"{file_id}-*.json"):
-            stale.unlink(missing_ok=True)
         tmp = entry.with_suffix(".tmp")
         tmp.write_bytes(manifest.to_json())
         os.replace(tmp, entry)
