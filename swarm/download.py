@@ -23,6 +23,7 @@ from typing import Protocol
 import anyio
 import httpx
 
+from swarm.manifest import Manifest
 from swarm.scheduler import Request, Scheduler, SchedulerConfig, State
 from swarm.sources import (
     PeerAddr,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 2.0  # how often holders' bitmaps and the holder list are refreshed
 TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnoticed
-MAX_ROUNDS = 3
+MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
 MEMORY_BUDGET = 256 << 20  # bytes of chunks in flight at once, whatever the file size
 PROBE_TIMEOUT = 5.0
 STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
@@ -102,8 +103,8 @@ class _Round:
         self.upstream = upstream
         self.sources: dict[str, Source] = {s.id: s for s in upstream}
         self.peers: dict[str, PeerAddr] = {}
-        # Digests that a holder without the full manifest vouched for: a transport check
-        # only; the whole-file hash is what catches a liar.
+        # What each holder's manifest says; for a holder still downloading, a transport
+        # check only: the whole-file hash is what catches a liar.
         self.peer_digests: dict[str, tuple[bytes | None, ...]] = {}
         self.peer_chunks: dict[int, str] = {}
         self.announced = False
@@ -112,6 +113,7 @@ class _Round:
         self.running: dict[Request, anyio.CancelScope] = {}
         self.wake = anyio.Event()
         self.restart = False
+        self.manifest_suspect = False
 
     # -- holders -------------------------------------------------------------
 
@@ -120,15 +122,12 @@ class _Round:
         fid = self.pf.file_id
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
-                if pid not in self.peer_digests:
+                known = self.peer_digests.get(pid)
+                if known is None or None in known:  # a holder still downloading learns more
                     manifest = await fetch_manifest(
                         self.client, peer, fid, self.pf.size, self.peer_headers
                     )
                     self.peer_digests[pid] = manifest.digests
-                    if manifest.complete and self.pf.manifest is None:
-                        dropped = self.pf.set_manifest(manifest)
-                        # Chunks the scheduler counts as done are gone: plan again.
-                        self.restart |= bool(dropped) and self.sched is not None
                 have = await fetch_have(self.client, peer, fid, self.pf.n_chunks, self.peer_headers)
         except (SourceError, TimeoutError) as exc:
             log.debug("holder %s: %s", pid, exc)
@@ -137,8 +136,41 @@ class _Round:
             self.peers[pid] = peer
             found[pid] = have
 
+    def _trust_a_manifest(self) -> None:
+        """Adopt the full manifest most holders agree on, if we have none yet.
+
+        A liar can only win by outnumbering honest holders, and then only until the
+        whole-file check fails and the round bans whoever vouched for it."""
+        if self.pf.manifest is not None:
+            return
+        votes = Counter(
+            d for pid, d in self.peer_digests.items() if pid not in self.banned and None not in d
+        )
+        if not votes:
+            return
+        digests, _ = votes.most_common(1)[0]
+        pf = self.pf
+        dropped = pf.set_manifest(Manifest(pf.file_id, pf.size, pf.chunk_size, digests))
+        # Chunks the scheduler counts as done are gone: plan again.
+        self.restart |= bool(dropped) and self.sched is not None
+
+    def _agrees(self, pid: str) -> bool:
+        """A holder whose digests contradict the trusted manifest sits this round out."""
+        trusted = self.pf.manifest
+        mine = self.peer_digests.get(pid, ())
+        if trusted is None:
+            return True
+        return all(d is None or d == t for d, t in zip(mine, trusted.digests, strict=True))
+
+    def vouchers(self) -> set[str]:
+        """Holders that vouched for the manifest this round trusted."""
+        trusted = self.pf.manifest
+        if trusted is None:
+            return set()
+        return {pid for pid, d in self.peer_digests.items() if d == trusted.digests}
+
     async def _discover(self) -> dict[str, set[int]]:
-        """Ask for holders and probe each (new or known) for its bitmap."""
+        """Ask for holders, probe each (new or known) for its bitmap, keep those we trust."""
         if self.holders is None:
             return {}
         try:
@@ -153,7 +185,8 @@ class _Round:
         async with anyio.create_task_group() as tg:
             for peer in wanted.values():
                 tg.start_soon(self._probe, peer, found)
-        return found
+        self._trust_a_manifest()
+        return {pid: have for pid, have in found.items() if self._agrees(pid)}
 
     def _add_holders(self, found: dict[str, set[int]]) -> None:
         assert self.sched is not None
@@ -237,6 +270,9 @@ class _Round:
         if done < end - start:
             await stream_range(self.client, source, start + done, end, sink)
         if pf.finish_streamed(chunk) is None:
+            if pf.manifest is not None:
+                # Upstream disagrees with what peers vouched for: doubt the peers first.
+                self.manifest_suspect = self.restart = True
             return False, 0
         return True, end - start - done
 
@@ -322,18 +358,16 @@ async def download_file(
     banned: set[str] = set()
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
     try:
-        round_no = 0
-        restarts = 0
-        while round_no < MAX_ROUNDS:
-            round_no += 1
-            report.rounds = round_no
-            last = round_no == MAX_ROUNDS
+        for attempt in range(MAX_ROUNDS):
+            report.rounds = attempt + 1
+            # The last attempt trusts upstream alone, when there is one.
+            alone = attempt == MAX_ROUNDS - 1 and bool(upstream)
             rnd = _Round(
                 pf,
                 upstream,
                 client,
                 peer_headers or {},
-                None if last else holders,
+                None if alone else holders,
                 banned,
                 report,
                 on_bytes,
@@ -341,26 +375,21 @@ async def download_file(
                 rng,
             )
             await rnd.run()
-            if rnd.restart and restarts < MAX_ROUNDS:
-                restarts += 1
-                round_no -= 1
-                continue
-            if await anyio.to_thread.run_sync(pf.verify_whole):
+            if rnd.restart and not rnd.manifest_suspect:
+                continue  # a trusted manifest dropped chunks we held: plan again
+            if not rnd.manifest_suspect and await anyio.to_thread.run_sync(pf.verify_whole):
                 await anyio.to_thread.run_sync(pf.publish, dest)
                 report.seconds = anyio.current_time() - started
                 return report
-            # A consistent lie got past the chunk checks: keep only what upstream gave.
-            liars = set(rnd.peer_chunks.values())
-            log.warning(
-                "%s failed its whole-file check; dropping chunks from %s", file_id[:12], liars
-            )
+            # A consistent lie got past the chunk checks: ban whoever gave chunks or vouched
+            # for the manifest, and keep only what upstream gave.
+            liars = set(rnd.peer_chunks.values()) | rnd.vouchers()
+            log.warning("%s: distrusting %s", file_id[:12], sorted(liars))
             banned |= liars
-            pf.drop_chunks(rnd.peer_chunks)
-            if not rnd.peer_chunks:
-                pf.drop_chunks(range(pf.n_chunks))
+            pf.drop_chunks(
+                rnd.peer_chunks if rnd.peer_chunks or rnd.manifest_suspect else range(pf.n_chunks)
+            )
             pf.clear_manifest()
-            if not upstream:
-                break
         raise DownloadError(
             f"{file_id[:12]}… did not match its hash after {report.rounds} attempt(s); "
             "nothing was published"
