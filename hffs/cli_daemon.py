@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +78,17 @@ def _tell_daemon_peers_changed() -> None:
 # -- daemon ----------------------------------------------------------------------
 
 
+_RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second from "20M", "512KiB", "1.5g" or a plain number."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?)?b?(?:/s)?\s*", text.lower())
+    if not m:
+        raise ValueError(f"not a rate: {text!r} (try 20M or 512K)")
+    return int(float(m[1]) * _RATE_UNITS[m[2] or ""])
+
+
 @daemon_app.command("start")
 def daemon_start(
     host: Annotated[
@@ -92,6 +104,13 @@ def daemon_start(
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops)")
     ] = False,
+    max_upload_rate: Annotated[
+        str | None,
+        typer.Option(help="Cap on upload to peers, bytes/s (e.g. 20M, 512K; 0 = none); saved"),
+    ] = None,
+    max_uploads: Annotated[
+        int | None, typer.Option(help="Most uploads served at once; saved")
+    ] = None,
 ) -> None:
     """Start the daemon: serve the cache to peers, join the DHT, announce every file."""
     from hffs.daemon.process import start
@@ -99,6 +118,17 @@ def daemon_start(
 
     with _expected_failures():
         cfg = Config.load(config.home_dir())
+        if max_upload_rate is not None or max_uploads is not None:
+            try:
+                if max_upload_rate is not None:
+                    cfg.max_upload_rate = parse_rate(max_upload_rate)
+            except ValueError as exc:
+                _fail(f"--max-upload-rate: {exc}")
+            if max_uploads is not None:
+                if max_uploads < 1:
+                    _fail("--max-uploads must be at least 1")
+                cfg.max_uploads = max_uploads
+            cfg.save()
         port = cfg.port if port is None else port
         if not 0 < port < 65536:
             _fail(f"--port must be 1..65535, not {port}")

@@ -35,3 +35,6 @@ def hffs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def hub() -> Iterator[LocalHub]:
     with LocalHub() as h:
         yield h
+
+
+from tests.nodes import nodes  # noqa: E402,F401  (the fixture, for every test module)
