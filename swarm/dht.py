@@ -17,6 +17,11 @@ by subclassing, what kademlia gets wrong for us (see DESIGN.md):
 - ``find_neighbors`` ranks every known contact (kademlia walks buckets outwards
   and can miss the true closest); ``welcome_if_new`` hashed an already hashed
   key and pushed values to newcomers: here owners re-announce instead.
+- Crawls start from the k nearest contacts (not alpha: three dead seeds ended a
+  lookup), never re-admit a node that timed out, and skip for a while any
+  address that just timed out; joining refreshes every bucket, as the paper says.
+- Replies hold at most 20 holders and 20 nodes (~1.5 KB), and every datagram
+  over 8192 bytes, either way, is refused.
 - No pickle: state files are never written nor loaded; callers bootstrap.
 - Optional swarm secret: each datagram carries a truncated HMAC-SHA256 over a
   timestamp and the message; requests out of the time window or seen before are
@@ -33,6 +38,7 @@ import ipaddress
 import logging
 import math
 import secrets
+import socket
 import struct
 import time
 from collections import Counter, OrderedDict
@@ -151,14 +157,18 @@ class _RoutingTable(RoutingTable):
     ) -> list[Node]:
         # rank every contact: a few hundred at most, and never misses the true closest
         self.buckets[self.get_bucket_for(node)].touch_last_updated()
-        candidates = [n for n in self.contacts() if exclude is None or not n.same_home_as(exclude)]
+        candidates = self.contacts()
+        if exclude is not None:
+            port, ip = exclude.port, exclude.ip
+            candidates = [n for n in candidates if n.port != port or n.ip != ip]
         return heapq.nsmallest(k or self.ksize, candidates, key=node.distance_to)
 
     def forget_address(self, node: Node) -> None:
         """Drop contacts at node's address under another id (a restarted peer)."""
-        for other in self.contacts():
-            if other.same_home_as(node) and other.id != node.id:
-                self.remove_contact(other)
+        port, ip, nid = node.port, node.ip, node.id
+        stale = [n for n in self.contacts() if n.port == port and n.ip == ip and n.id != nid]
+        for other in stale:
+            self.remove_contact(other)
 
     def add_contact(self, node: Node) -> None:
         index = self.get_bucket_for(node)
@@ -210,6 +220,7 @@ class DHTProtocol(KademliaProtocol):
         self.drops: Counter[str] = Counter()
         self._last_drop_log = -math.inf
         self._unresponsive: OrderedDict[Addr, float] = OrderedDict()
+        self._family = socket.AF_INET
 
     def __getattr__(self, name: str) -> Any:
         # rpcudp turns any unknown attribute into a remote call; here a typo is an error
@@ -232,6 +243,11 @@ class DHTProtocol(KademliaProtocol):
             timer.cancel()
             if not fut.done():
                 fut.set_result((False, None))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        self._family = sock.family if sock is not None else socket.AF_INET
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.shutdown()
@@ -299,6 +315,12 @@ class DHTProtocol(KademliaProtocol):
             return False
         if self.transport is None or self.transport.is_closing():
             return False
+        ipv6 = ":" in addr[0]
+        if self._family == socket.AF_INET6 and not ipv6:
+            # hosts are kept in canonical (plain IPv4) form; a dual-stack socket needs them mapped
+            addr = ("::ffff:" + addr[0], addr[1])
+        elif self._family == socket.AF_INET and ipv6:
+            return False  # unreachable from an IPv4 socket
         self.transport.sendto(data, addr)
         return True
 
@@ -518,17 +540,12 @@ class DHTProtocol(KademliaProtocol):
             return None
         nodes = []
         for item in raw[:MAX_NODES_PER_REPLY]:
-            if (
-                isinstance(item, list)
-                and len(item) == 3
-                and valid_key(item[0])
-                and normalize_host(item[1]) is not None
-                and valid_port(item[2])
-            ):
-                if item[0] != self.source_node.id:
-                    nodes.append(Node(item[0], normalize_host(item[1]), item[2]))
-            else:
+            ok = isinstance(item, list) and len(item) == 3 and valid_key(item[0])
+            host = normalize_host(item[1]) if ok else None
+            if host is None or not valid_port(item[2]):
                 self._drop("bad node entry", peer)
+            elif item[0] != self.source_node.id:
+                nodes.append(Node(item[0], host, item[2]))
         return nodes
 
     def _parse_providers(self, raw: Any, peer: Any) -> list[Provider] | None:
@@ -641,13 +658,16 @@ class ProviderCrawl(_Crawl):
 
 
 class DHTNode(Server):
-    """A DHT participant that announces and finds content holders.
+    """A DHT participant that announces and finds content holders::
 
-    >>> node = DHTNode(ttl=1800, secret=b"swarm secret")
-    >>> await node.listen(9009, interface="127.0.0.2")
-    >>> await node.bootstrap([("127.0.0.1", 9009)])
-    >>> await node.provide(dht_key("file", sha256_hex), port=9009)
-    >>> await node.find_providers(key)
+    node = DHTNode(ttl=1800, secret=b"swarm secret")
+    await node.listen(9009, interface="127.0.0.2")
+    await node.bootstrap([("127.0.0.1", 9009)])
+    key = dht_key("file", sha256_hex)
+    await node.provide(key, port=9009)  # TCP port peers fetch from
+    holders = await node.find_providers(key)
+    # in the daemon's task group: tg.start_soon(node.maintain, held_keys, 9009)
+    node.stop()
     """
 
     protocol: DHTProtocol | None

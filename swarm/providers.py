@@ -11,6 +11,7 @@ memory proportional to the caps, not to the flood.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -51,8 +52,13 @@ def normalize_host(host: object) -> str | None:
     IPv4-mapped IPv6 becomes plain IPv4 so one host has one spelling;
     unspecified, multicast and scoped addresses cannot be reached by a peer.
     """
-    if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_LEN:
+    if type(host) is not str or not 0 < len(host) <= MAX_HOST_LEN:
         return None
+    return _normalize_ip(host)
+
+
+@functools.lru_cache(maxsize=4096)  # every datagram names hosts: ipaddress is slow
+def _normalize_ip(host: str) -> str | None:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
