@@ -107,7 +107,6 @@ class _Round:
         # check only: the whole-file hash is what catches a liar.
         self.peer_digests: dict[str, tuple[bytes | None, ...]] = {}
         self.peer_chunks: dict[int, str] = {}
-        self.announced = False
         self.max_in_flight = max(4, MEMORY_BUDGET // max(pf.chunk_size, 1))
         self.sched: Scheduler | None = None
         self.running: dict[Request, anyio.CancelScope] = {}
@@ -231,9 +230,6 @@ class _Round:
                 if self.on_chunk:
                     self.on_chunk(req.chunk)
                 self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
-                if not self.announced and self.holders is not None:
-                    self.announced = True  # partial seeding: serve verified chunks at once
-                    await self.holders.announce_partial(self.pf.file_id)
         finally:
             self.running.pop(req, None)
             self.wake.set()
@@ -291,6 +287,10 @@ class _Round:
         self._cancel(self.sched.on_failure(req, anyio.current_time(), bad_data=True))
 
     async def run(self) -> None:
+        if self.holders is not None:
+            # Say we are a holder from the start (as a BitTorrent client tells its tracker):
+            # peers fetching the same file find us at once and take chunks as they verify.
+            await self.holders.announce_partial(self.pf.file_id)
         found = await self._discover()
         pf = self.pf
         self.sched = sched = Scheduler(

@@ -214,6 +214,7 @@ class Scheduler:
         order = list(range(num_chunks))
         self._rng.shuffle(order)
         self._by_rank = order  # random tie-break among equally rare chunks
+        self._upstream_start = self._rng.randrange(num_chunks) if num_chunks else 0
         self._rank = [0] * num_chunks
         for pos, c in enumerate(order):
             self._rank[c] = pos
@@ -326,7 +327,14 @@ class Scheduler:
         # 2. Upstream: what no live peer can serve at the chunk's lowest failure level.
         ups = [u for u in self._upstreams if u.state is SourceState.LIVE]
         if any(len(u.in_flight) < u.limit for u in ups):
-            cands = sorted((self._pool & self._unheld) | self._pool.intersection(self._fails))
+            # In file order from a random start: downloaders sharing a slow upstream fetch
+            # different stretches, which they then trade (a shared order would make them
+            # fetch the same chunks at the same time and have nothing to trade).
+            start, n = self._upstream_start, self.num_chunks
+            cands = sorted(
+                (self._pool & self._unheld) | self._pool.intersection(self._fails),
+                key=lambda c: (c - start) % n,
+            )
             for c in cands:
                 level = self._level(c, levels)
                 if level is None or self._peer_at_level(c, level):

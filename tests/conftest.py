@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import os
+import socket
+
+# Before anything imports huggingface_hub: its telemetry would look up huggingface.co.
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.localhub import LocalHub
+from tests.nodes import nodes  # noqa: F401  (the fixture, for every test module)
+
+_LOOPBACK_NAMES = {"localhost", "::1", "ip6-localhost"}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_internet() -> Iterator[None]:
+    """Any name lookup that is not loopback fails the test that made it."""
+    real = socket.getaddrinfo
+
+    def loopback_only(host: object, *args: object, **kwargs: object) -> object:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name not in _LOOPBACK_NAMES and not name.startswith("127."):
+            raise AssertionError(f"a test tried to reach {name}: tests stay on loopback")
+        return real(host, *args, **kwargs)
+
+    socket.getaddrinfo = loopback_only  # type: ignore[assignment]
+    yield
+    socket.getaddrinfo = real
 
 
 @pytest.fixture
@@ -35,6 +58,3 @@ def hffs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def hub() -> Iterator[LocalHub]:
     with LocalHub() as h:
         yield h
-
-
-from tests.nodes import nodes  # noqa: E402,F401  (the fixture, for every test module)
