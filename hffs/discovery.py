@@ -8,6 +8,7 @@ announces it and serves the verified chunks to others while the download goes on
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -53,13 +54,18 @@ class Discovery:
         found = await self._from_daemon(file_id=file_id) + self._saved()
         return list(dict.fromkeys(found))
 
-    async def _announce(self, **what: object) -> None:
-        if self.daemon is None:
+    async def _call(self, action: Callable[[DaemonClient], object]) -> None:
+        """Tell the daemon something; the download does not depend on it."""
+        daemon = self.daemon
+        if daemon is None:
             return
         try:
-            await anyio.to_thread.run_sync(lambda: self.daemon.announce(**what))
+            await anyio.to_thread.run_sync(lambda: action(daemon))
         except Exception as exc:
-            log.warning("the daemon was not told what we hold: %s", exc)
+            log.warning("the daemon could not be told: %s", exc)
+
+    async def _announce(self, **what: object) -> None:
+        await self._call(lambda d: d.announce(**what))
 
     async def announce_partial(self, file_id: str) -> None:
         await self._announce(file_ids=[file_id])
@@ -69,6 +75,11 @@ class Discovery:
 
     async def announce_revision(self, repo_type: str, repo_id: str, commit: str) -> None:
         await self._announce(repos=[(repo_type, repo_id, commit)])
+
+    async def report_transfer(self, from_peers: int, from_upstream: int) -> None:
+        """Let the daemon count what this download took (shown by `hffs daemon status`)."""
+        if self.daemon is not None and (from_peers or from_upstream):
+            await self._call(lambda d: d.report_transfer(from_peers, from_upstream))
 
     async def revision_from_peers(
         self, repo_type: str, repo_id: str, revision: str

@@ -135,6 +135,12 @@ async def add_model_async(
         cache.write_ref(repo_type, repo_id, revision, rev.commit)
         managed.remember(cfg.home, repo_type, repo_id, rev.commit)
         await discovery.announce_revision(repo_type, repo_id, rev.commit)
+        upstream_ids = set(hub.endpoints)
+        totals = [0, 0]
+        for r in report.reports:
+            for source, n in r.bytes_by_source.items():
+                totals[source in upstream_ids] += n
+        await discovery.report_transfer(*totals)
     report.seconds = time.monotonic() - started
     return report
 

@@ -229,3 +229,18 @@ def test_resume_after_sigkill_fetches_only_the_missing_half(
     blob = Path(hffs_env["HF_HUB_CACHE"]) / "models--org--big" / "blobs"
     (published,) = blob.iterdir()
     assert hashlib.sha256(published.read_bytes()).hexdigest() == published.name
+
+
+def test_hf_token_goes_to_upstream(
+    hffs_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LocalHub(tokens={"hf_test"}) as private:
+        private.add_repo("org/private", {"w.bin": b"\x07" * 70_000}, private=True)
+        monkeypatch.setenv("HFFS_ENDPOINTS", private.url)
+        code, out = hffs("model", "add", "org/private")
+        assert code == 1 and "not found" in out  # no token: the hub hides the repo
+        monkeypatch.setenv("HF_TOKEN", "hf_test")
+        code, out = hffs("model", "add", "org/private")
+        assert code == 0, out
+        seen = [auth for path, auth in private.auth_log if "org/private" in path and auth]
+        assert seen and set(seen) == {"Bearer hf_test"}
