@@ -60,6 +60,7 @@ def start_swarm(seeds: list[Node], downloader: Node, *extra: str) -> None:
     assert downloader.start(*boot).returncode == 0
     for node in seeds:  # every seed's announce has reached the downloader's DHT
         file_ids = {f.blob_id for f in HubCache(node.hub).files("model", REPO)}
+        file_ids |= {p.stem for p in (node.home / "partial").glob("*.state")}
         for fid in file_ids:
             wait_for(
                 lambda fid=fid, node=node: (
