@@ -125,7 +125,8 @@ class HubCache:
         return entry
 
     def adopt(self, repo_type: str, repo_id: str, blob_id: str, src: Path, method: str) -> None:
-        """Bring a verified local file in as a blob: "mv", "cp" or "ln" (symlink to src)."""
+        """Bring a local file in as a blob: "mv", "cp", "ln" (symlink to src) or
+        "hardlink" (for a blob already in the cache: no second copy on disk)."""
         dest = self.blob_path(repo_type, repo_id, blob_id)
         if dest.exists():
             if method == "mv":
@@ -137,6 +138,11 @@ class HubCache:
         try:
             if method == "ln":
                 tmp.symlink_to(src.resolve())
+            elif method == "hardlink":
+                try:
+                    os.link(src, tmp)
+                except OSError:  # another filesystem
+                    shutil.copyfile(src, tmp)
             elif method == "mv":
                 shutil.move(src, tmp)
             else:

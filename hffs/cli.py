@@ -17,6 +17,7 @@ from rich.table import Table
 from hffs import config, importer, managed
 from hffs.cache import CacheError, HubCache
 from hffs.config import ConfigError
+from hffs.progress import human_bytes
 
 app = typer.Typer(
     help="Hugging Face models from your peers first, the mirror and huggingface.co last.",
@@ -74,14 +75,6 @@ def _check_repo_type(repo_type: str) -> None:
         fail(f"--repo-type must be model, dataset or space, not {repo_type!r}")
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
 # -- model -----------------------------------------------------------------
 
 
@@ -135,7 +128,7 @@ def model_ls(
             return
         table = Table("file", "size", "revision", "blob")
         for f in files:
-            table.add_row(f.path, _human(f.size), f.commit[:12], f.blob_id[:12])
+            table.add_row(f.path, human_bytes(f.size), f.commit[:12], f.blob_id[:12])
         out.print(table)
 
 
@@ -146,7 +139,7 @@ def _print_repos(cache: HubCache) -> None:
         refs = ", ".join(f"{r}→{c[:7]}" for r, c in s.refs.items()) or ", ".join(
             c[:7] for c in s.commits
         )
-        table.add_row(repo_id, repo_type, str(s.n_files), _human(s.size), refs)
+        table.add_row(repo_id, repo_type, str(s.n_files), human_bytes(s.size), refs)
     if not table.rows:
         err.print(f"no models in {cache.root}")
         return

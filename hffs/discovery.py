@@ -34,7 +34,6 @@ class Discovery:
     cfg: config.Config
     client: httpx.AsyncClient
     daemon: DaemonClient | None
-    own_node: str | None = None  # our daemon's node id: never download from ourselves
     peer_headers: dict[str, str] = field(default_factory=dict)
 
     def _saved(self) -> list[PeerAddr]:
@@ -123,11 +122,9 @@ class Discovery:
             return None
 
 
-async def discovery_for(cfg: config.Config, client: httpx.AsyncClient) -> Discovery:
+def discovery_for(cfg: config.Config, client: httpx.AsyncClient) -> Discovery:
     try:
-        daemon = DaemonClient.from_home(cfg.home)
-        status = await anyio.to_thread.run_sync(daemon.status)
-        own = status.get("node_id")
+        daemon: DaemonClient | None = DaemonClient.from_home(cfg.home)
     except DaemonNotRunning:
-        daemon, own = None, None
-    return Discovery(cfg, client, daemon, own, auth_headers(cfg.swarm_secret))
+        daemon = None
+    return Discovery(cfg, client, daemon, auth_headers(cfg.swarm_secret))

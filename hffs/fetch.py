@@ -35,6 +35,14 @@ class AddReport:
     cached: int = 0
     seconds: float = 0.0
 
+    def split(self, upstream: set[str]) -> tuple[int, int]:
+        """Bytes (from peers, from upstream) over every file downloaded."""
+        totals = [0, 0]
+        for r in self.reports:
+            for source, n in r.bytes_by_source.items():
+                totals[source in upstream] += n
+        return totals[0], totals[1]
+
 
 def upstream_sources(hub: HubClient, rev: RemoteRevision, f: RemoteFile) -> list[Source]:
     """The endpoints in order, each a source of every chunk of ``f``."""
@@ -89,7 +97,7 @@ async def add_model_async(
         limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
         follow_redirects=True,
     ) as client:
-        discovery = await discovery_for(cfg, client)
+        discovery = discovery_for(cfg, client)
         rev = await resolve(hub, discovery, repo_type, repo_id, revision, console)
         wanted = [rev.file(file)] if file else list(rev.files)
         report = AddReport(rev)
@@ -98,6 +106,7 @@ async def add_model_async(
             blob = cache.blob_path(repo_type, repo_id, f.file_id)
             if blob.is_file() and blob.stat().st_size == f.size:
                 report.cached += 1
+                cache.link(repo_type, repo_id, rev.commit, f.path, f.file_id)
             else:
                 todo.append(f)
         limiter = anyio.CapacityLimiter(FILES_AT_ONCE)
@@ -108,7 +117,8 @@ async def add_model_async(
                     existing = cache.find_blob(f.file_id)  # same content in another repo
                     dest = cache.blob_path(repo_type, repo_id, f.file_id)
                     if existing is not None and existing.stat().st_size == f.size:
-                        cache.adopt(repo_type, repo_id, f.file_id, existing, "cp")
+                        cache.adopt(repo_type, repo_id, f.file_id, existing, "hardlink")
+                        cache.link(repo_type, repo_id, rev.commit, f.path, f.file_id)
                         progress.file_done(f, from_cache=True)
                         return
                     rep = await download_file(
@@ -130,17 +140,10 @@ async def add_model_async(
             async with anyio.create_task_group() as tg:
                 for f in todo:
                     tg.start_soon(one, f)
-        for f in wanted:
-            cache.link(repo_type, repo_id, rev.commit, f.path, f.file_id)
         cache.write_ref(repo_type, repo_id, revision, rev.commit)
         managed.remember(cfg.home, repo_type, repo_id, rev.commit)
         await discovery.announce_revision(repo_type, repo_id, rev.commit)
-        upstream_ids = set(hub.endpoints)
-        totals = [0, 0]
-        for r in report.reports:
-            for source, n in r.bytes_by_source.items():
-                totals[source in upstream_ids] += n
-        await discovery.report_transfer(*totals)
+        await discovery.report_transfer(*report.split(set(hub.endpoints)))
     report.seconds = time.monotonic() - started
     return report
 
