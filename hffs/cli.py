@@ -5,18 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from hffs import config, importer, managed
-from hffs.cache import CacheError, HubCache
-from hffs.config import ConfigError
+from hffs.cache import HubCache
+from hffs.console import err, expected_failures, fail, out
 from hffs.progress import human_bytes
 
 app = typer.Typer(
@@ -36,34 +34,9 @@ app.add_typer(model_app, name="model")
 app.add_typer(conf_app, name="conf")
 conf_app.add_typer(cache_conf_app, name="cache")
 
-out = Console()
-err = Console(stderr=True)
 
 RepoType = Annotated[str, typer.Option("--repo-type", help="model, dataset or space")]
 FileOpt = Annotated[str | None, typer.Option("--file", help="Path of one file inside the repo")]
-
-
-def fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-@contextmanager
-def expected_failures() -> Iterator[None]:
-    """Turn the failures a user can meet into one clear line and exit code 1."""
-    from hffs.hub import HubError
-    from swarm.store import StoreError
-
-    try:
-        yield
-    except (CacheError, ConfigError, HubError, StoreError) as exc:
-        fail(str(exc))
-    except PermissionError as exc:
-        fail(f"permission denied: {exc.filename or exc}; choose a writable cache (HF_HUB_CACHE)")
-    except OSError as exc:
-        fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
-    except KeyboardInterrupt:
-        fail("interrupted; run the same command again to resume")
 
 
 def _cache() -> HubCache:

@@ -5,52 +5,24 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import anyio
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from hffs import config
 from hffs.cache import HubCache, is_commit
-from hffs.config import Config, ConfigError, Peer
+from hffs.config import Config, Peer
+from hffs.console import err, expected_failures, fail, out
 from hffs.daemon.client import DaemonClient, DaemonError, DaemonNotRunning
+from hffs.progress import human_bytes
 
 daemon_app = typer.Typer(help="Start, stop and inspect the daemon.", no_args_is_help=True)
 peer_app = typer.Typer(help="Saved peers: bootstrap nodes, always probed.", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
 
 PEER_PROBE_TIMEOUT = 1.5
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-@contextmanager
-def _expected_failures() -> Iterator[None]:
-    from hffs.daemon.process import DaemonProcessError
-
-    try:
-        yield
-    except (DaemonNotRunning, DaemonError, DaemonProcessError, ConfigError) as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def _addr(host: str, port: int) -> str:
@@ -63,9 +35,9 @@ def _parse_peer(host: str, port: int | None) -> Peer:
     try:
         h, p = parse_hostport(host, port or config.DEFAULT_PORT)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if port is not None and p != port:
-        _fail(f"two ports given: {host} and --port {port}")
+        fail(f"two ports given: {host} and --port {port}")
     return Peer(h, p)
 
 
@@ -111,31 +83,44 @@ def daemon_start(
     max_uploads: Annotated[
         int | None, typer.Option(help="Most uploads served at once; saved")
     ] = None,
+    swarm_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Shared secret of a private swarm: only daemons that know it may fetch from "
+            'or announce to this one; saved ("" removes it)'
+        ),
+    ] = None,
 ) -> None:
     """Start the daemon: serve the cache to peers, join the DHT, announce every file."""
     from hffs.daemon.process import start
     from hffs.daemon.service import DaemonSettings, parse_hostport
 
-    with _expected_failures():
+    with expected_failures():
         cfg = Config.load(config.home_dir())
-        if max_upload_rate is not None or max_uploads is not None:
+        if max_upload_rate is not None or max_uploads is not None or swarm_secret is not None:
+            if swarm_secret is not None:
+                # it travels in an HTTP header, which trims spaces and wants ASCII
+                ok = swarm_secret.isascii() and swarm_secret.isprintable()
+                if not ok or swarm_secret != swarm_secret.strip():
+                    fail("--swarm-secret must be printable ASCII without surrounding spaces")
+                cfg.swarm_secret = swarm_secret or None
             try:
                 if max_upload_rate is not None:
                     cfg.max_upload_rate = parse_rate(max_upload_rate)
             except ValueError as exc:
-                _fail(f"--max-upload-rate: {exc}")
+                fail(f"--max-upload-rate: {exc}")
             if max_uploads is not None:
                 if max_uploads < 1:
-                    _fail("--max-uploads must be at least 1")
+                    fail("--max-uploads must be at least 1")
                 cfg.max_uploads = max_uploads
             cfg.save()
         port = cfg.port if port is None else port
         if not 0 < port < 65536:
-            _fail(f"--port must be 1..65535, not {port}")
+            fail(f"--port must be 1..65535, not {port}")
         try:
             boot = tuple(parse_hostport(b) for b in bootstrap or [])
         except ValueError as exc:
-            _fail(f"--bootstrap: {exc}")
+            fail(f"--bootstrap: {exc}")
         settings = DaemonSettings(cfg.home, host, port, boot)
         if foreground:
             err.print(f"hffs daemon on {_addr(host, port)} (Ctrl-C stops)", highlight=False)
@@ -154,7 +139,7 @@ def daemon_stop() -> None:
     """Stop the daemon cleanly (downloads in progress resume later)."""
     from hffs.daemon.process import stop
 
-    with _expected_failures():
+    with expected_failures():
         pid = stop(config.home_dir())
     out.print(f"hffs daemon stopped (pid {pid})", highlight=False)
 
@@ -162,7 +147,7 @@ def daemon_stop() -> None:
 @daemon_app.command("status")
 def daemon_status() -> None:
     """Port, node id, DHT size, peers, files shared and transfer totals."""
-    with _expected_failures():
+    with expected_failures():
         s = DaemonClient.from_home(config.home_dir(), timeout=10.0).status()
     up_since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["started_at"]))
     table = Table(show_header=False, box=None)
@@ -176,11 +161,11 @@ def daemon_status() -> None:
         ("DHT contacts", str(s["routing_size"])),
         ("files shared", f"{s['files_shared']} complete, {s['partials_shared']} partial"),
         ("revisions shared", str(s["repos_shared"])),
-        ("uploaded", f"{_human(s['bytes_up'])} ({s['uploads_active']} upload(s) now)"),
+        ("uploaded", f"{human_bytes(s['bytes_up'])} ({s['uploads_active']} upload(s) now)"),
         (
             "downloaded",
-            f"{_human(s['bytes_down_peers'])} from peers, "
-            f"{_human(s['bytes_down_upstream'])} from mirror/hub",
+            f"{human_bytes(s['bytes_down_peers'])} from peers, "
+            f"{human_bytes(s['bytes_down_upstream'])} from mirror/hub",
         ),
         ("up since", up_since),
     ]
@@ -208,7 +193,7 @@ def peer_add(
 ) -> None:
     """Save a peer: a DHT bootstrap node, probed and asked directly."""
     peer = _parse_peer(host, port)
-    with _expected_failures():
+    with expected_failures():
         cfg = Config.load(config.home_dir())
         if peer in cfg.peers:
             out.print(f"{peer} is already a saved peer", highlight=False)
@@ -226,10 +211,10 @@ def peer_rm(
 ) -> None:
     """Forget a saved peer."""
     peer = _parse_peer(host, port)
-    with _expected_failures():
+    with expected_failures():
         cfg = Config.load(config.home_dir())
         if peer not in cfg.peers:
-            _fail(f"{peer} is not a saved peer (see `hffs peer ls`)")
+            fail(f"{peer} is not a saved peer (see `hffs peer ls`)")
         cfg.peers.remove(peer)
         cfg.save()
     out.print(f"removed peer {peer}", highlight=False)
@@ -256,7 +241,7 @@ async def _probe_all(peers: list[Peer], secret: str | None) -> list[bool]:
 @peer_app.command("ls")
 def peer_ls() -> None:
     """Saved peers, each probed now: active when its daemon answers."""
-    with _expected_failures():
+    with expected_failures():
         cfg = Config.load(config.home_dir())
     if not cfg.peers:
         err.print("no saved peers; add one with `hffs peer add HOST [--port P]`")
@@ -291,7 +276,7 @@ def search_command(repo_id: str, file: str | None, revision: str, repo_type: str
     A 40-hex revision is searched as is; a ref is resolved by the local cache if it
     knows it, else by the peers holding any revision of the repo (newest commit)."""
     home = config.home_dir()
-    with _expected_failures():
+    with expected_failures():
         daemon = DaemonClient.from_home(home, timeout=60.0)
         commit = revision if is_commit(revision) else None
         if commit is None:
@@ -308,6 +293,6 @@ def search_command(repo_id: str, file: str | None, revision: str, repo_type: str
     if not lines:
         what = f"{file} of {repo_id}" if file else repo_id
         at = commit[:12] if commit else revision
-        _fail(f"no peer holds {what} at {at}; is the daemon in the DHT? (`hffs daemon status`)")
+        fail(f"no peer holds {what} at {at}; is the daemon in the DHT? (`hffs daemon status`)")
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True)

@@ -1,0 +1,50 @@
+"""How every command talks to the user: results on stdout, messages and errors on
+stderr, and an expected failure as one clear line with exit code 1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> NoReturn:
+    # soft_wrap: one line even when stderr is not a terminal (rich would wrap at 80)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def expected_failures() -> Iterator[None]:
+    """Turn the failures a user can meet into one clear line and exit code 1."""
+    from hffs.cache import CacheError
+    from hffs.config import ConfigError
+    from hffs.daemon.client import DaemonError, DaemonNotRunning
+    from hffs.daemon.process import DaemonProcessError
+    from hffs.hub import HubError
+    from swarm.store import StoreError
+
+    try:
+        yield
+    except (
+        CacheError,
+        ConfigError,
+        HubError,
+        StoreError,
+        DaemonNotRunning,
+        DaemonError,
+        DaemonProcessError,
+    ) as exc:
+        fail(str(exc))
+    except PermissionError as exc:
+        fail(f"permission denied: {exc.filename or exc}; choose a writable folder")
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to resume")
