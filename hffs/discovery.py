@@ -72,8 +72,9 @@ class Discovery:
     async def announce_file(self, file_id: str) -> None:
         await self._announce(file_ids=[file_id])
 
-    async def announce_revision(self, repo_type: str, repo_id: str, commit: str) -> None:
-        await self._announce(repos=[(repo_type, repo_id, commit)])
+    async def cache_changed(self) -> None:
+        """The daemon re-reads the cache: it shares and announces all that is there now."""
+        await self._call(lambda d: d.rescan())
 
     async def report_transfer(self, from_peers: int, from_upstream: int) -> None:
         """Let the daemon count what this download took (shown by `hffs daemon status`)."""

@@ -142,7 +142,7 @@ async def add_model_async(
                     tg.start_soon(one, f)
         cache.write_ref(repo_type, repo_id, revision, rev.commit)
         managed.remember(cfg.home, repo_type, repo_id, rev.commit)
-        await discovery.announce_revision(repo_type, repo_id, rev.commit)
+        await discovery.cache_changed()
         await discovery.report_transfer(*report.split(set(hub.endpoints)))
     report.seconds = time.monotonic() - started
     return report
