@@ -316,6 +316,65 @@ def nodes(root: Path) -> Iterator[Callable[..., Node]]:
             node.kill()
 
 
+@dataclass
+class SwarmRun:
+    """Downloaders started at once; when each finished and how."""
+
+    seconds: float  # until the last one finished
+    finish: list[float]  # per downloader, from the common start
+    returncodes: list[int]
+    logs: list[str]
+    peak_rss: list[int]  # per downloader CLI, bytes
+
+    @property
+    def ok(self) -> bool:
+        return all(rc == 0 for rc in self.returncodes)
+
+
+def swarm_download(
+    downloaders: Sequence[Node], args: Sequence[str], log_dir: Path, timeout: float
+) -> SwarmRun:
+    """Run `hffs <args>` on every downloader at once; wait (bounded) for all to end."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logs = [log_dir / f"{d.host}.log" for d in downloaders]
+    started = time.perf_counter()
+    procs = [d.cli_popen(*args, log=log) for d, log in zip(downloaders, logs, strict=True)]
+    finish: list[float | None] = [None] * len(procs)
+    rss = [0] * len(procs)
+    while any(f is None for f in finish):
+        now = time.perf_counter() - started
+        for i, p in enumerate(procs):
+            if finish[i] is None:
+                rss[i] = max(rss[i], peak_rss(p.pid))
+                if p.poll() is not None:
+                    finish[i] = now
+                elif now > timeout:
+                    p.kill()
+                    p.wait(10)
+                    finish[i] = now
+        time.sleep(0.05)
+    done = [f or 0.0 for f in finish]
+    return SwarmRun(
+        max(done),
+        done,
+        [p.returncode for p in procs],
+        [log.read_text(errors="replace") for log in logs],
+        rss,
+    )
+
+
+def wait_providers(node: Node, file_id: str, want: int, timeout: float = 60.0) -> None:
+    """Until ``node``'s daemon finds at least ``want`` holders of file_id in the DHT."""
+
+    def found() -> bool:
+        try:
+            return len(node.client().find_providers(file_id)) >= want
+        except Exception:
+            return False
+
+    wait_for(found, timeout, f"{node.addr} to find {want} holder(s) of {file_id[:12]}")
+
+
 # -- nginx ---------------------------------------------------------------------------
 
 _NGINX_CONF = """\
