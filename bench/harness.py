@@ -378,7 +378,7 @@ def wait_providers(node: Node, file_id: str, want: int, timeout: float = 60.0) -
 # -- nginx ---------------------------------------------------------------------------
 
 _NGINX_CONF = """\
-daemon off;
+{user}daemon off;
 worker_processes 1;
 pid {run}/nginx.pid;
 error_log {run}/error.log warn;
@@ -417,7 +417,14 @@ class Nginx:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         conf = self.run_dir / "nginx.conf"
         conf.write_text(
-            _NGINX_CONF.format(run=self.run_dir, host=self.host, port=self.port, root=self.root)
+            _NGINX_CONF.format(
+                # as root, nginx's workers would drop to nobody and be refused our 0700 dirs
+                user="user root;\n" if os.geteuid() == 0 else "",
+                run=self.run_dir,
+                host=self.host,
+                port=self.port,
+                root=self.root,
+            )
         )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.proc = subprocess.Popen(

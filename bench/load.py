@@ -102,6 +102,8 @@ def main() -> None:
         "ratio_time_vs_size_over_limit": round(run.seconds / lower, 3),
         "seed_bytes_up": seed_up,
         "downloaders_bytes_up": peers_up,
+        "seed_limit_used": round(seed_up / run.seconds / rate, 3),
+        "aggregate_MBps": round((seed_up + peers_up) / run.seconds / 1e6, 1),
         "from_seed_share": round(seed_up / (seed_up + peers_up), 3) if seed_up + peers_up else 0,
         "seed_peak_rss_MiB": round(seed_rss / h.MIB, 1),
         "downloader_daemon_peak_rss_MiB": round(max(dl_daemon_rss) / h.MIB, 1),
@@ -120,6 +122,10 @@ def main() -> None:
         f"  bytes: {seed_up / h.MIB:.0f} MiB from the seed, {peers_up / h.MIB:.0f} MiB between "
         f"downloaders ({res['from_seed_share']:.0%} from the seed; "
         f"{n * size / h.MIB:.0f} MiB needed)"
+    )
+    print(
+        f"  the seed used {res['seed_limit_used']:.0%} of its limit on average; all uploads "
+        f"together {res['aggregate_MBps']} MB/s"
     )
     print(
         f"  peak RSS: seed daemon {res['seed_peak_rss_MiB']} MiB, downloader daemons up to "

@@ -26,7 +26,7 @@ NAME = "model.safetensors"
 
 def run_curl(url: str, dest: Path) -> h.CliRun:
     dest.unlink(missing_ok=True)
-    return h.run_timed(["curl", "-sS", "--noproxy", "*", "-o", str(dest), url], timeout=600)
+    return h.run_timed(["curl", "-fsS", "--noproxy", "*", "-o", str(dest), url], timeout=600)
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):  # alternate, so neither side gets a warmer machine
                 r = run_curl(f"{nginx.url}/{NAME}", root / "curl.out")
-                if not r.ok:
+                if not r.ok or h.sha256_file(root / "curl.out") != file_id:
                     raise SystemExit(f"curl failed: {r.tail()}")
                 curl_runs.append(r)
                 dl = make(f"127.0.0.{10 + i}", peers=[seed])
