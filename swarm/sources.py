@@ -65,13 +65,18 @@ async def stream_range(
                     raise SourceError(f"{source.id} answered another range")
             elif resp.status_code != 200 or start != 0:
                 raise SourceError(f"{source.id} answered HTTP {resp.status_code}")
+            whole = resp.status_code == 200
             async for block in resp.aiter_bytes():
-                block = block[: want - got]  # a 200 carries the whole file: keep our range
+                if len(block) > want - got:
+                    if not whole:
+                        raise SourceError(f"{source.id} sent more than the range asked")
+                    block = block[: want - got]  # a 200 carries the whole file: keep ours
                 if block:
                     sink(block)
                     got += len(block)
-                if got >= want:
-                    break
+                if whole and got >= want:
+                    break  # the rest of the file is not ours; this connection is dropped
+            # A 206 body is read to its end, so the connection goes back to the pool.
     except httpx.HTTPError as exc:
         raise SourceError(f"{source.id}: {type(exc).__name__}") from exc
     if got != want:
