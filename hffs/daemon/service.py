@@ -42,6 +42,7 @@ from hffs.daemon.app import (
     scan_inventory,
 )
 from hffs.daemon.control import Query, create_control_app
+from hffs.daemon.hub_proxy import HubEndpoint
 from hffs.daemon.peers import PeerClient
 from hffs.daemon.runfiles import (
     DaemonInfo,
@@ -53,6 +54,7 @@ from hffs.daemon.runfiles import (
 )
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import UploadLimits, UploadStats
+from swarm.wire import auth_headers
 
 log = logging.getLogger("hffs.daemon")
 
@@ -508,12 +510,22 @@ class Daemon:
             stats=self.uploads,
             secret=cfg.swarm_secret,
         )
-        peer_server, control_server = _uvicorn(peer_app), _uvicorn(create_control_app(self, token))
+        # The HF endpoint (HF_ENDPOINT=http://host:port) shares the port with the peer app.
+        hub = HubEndpoint(
+            self,
+            cfg.upstream_endpoints(),
+            self.index.cache,
+            cfg.partial_dir,
+            auth_headers(cfg.swarm_secret),
+        )
+        app = hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret))
+        peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
         async with PeerClient(cfg.swarm_secret) as http, anyio.create_task_group() as tg:
             self._peers_http = http
             tg.start_soon(peer_server.serve, [tcp])
             tg.start_soon(control_server.serve, [control])
             async with anyio.create_task_group() as loops:
+                loops.start_soon(hub.run)
                 loops.start_soon(self._watch_signals)
                 loops.start_soon(self._announce_loop)
                 loops.start_soon(self._peer_loop)

@@ -1,0 +1,620 @@
+"""HF_ENDPOINT pointed at a daemon: huggingface_hub's own downloads go through the swarm.
+
+The daemon under test (C) holds nothing; its peers (A, B: real daemons on 127.0.0.x)
+hold the repos in their HF caches; its upstream is a LocalHub that, like the real
+hub for Xet-backed repos, adds Xet headers and ``xetHash`` fields everywhere. If the
+daemon passed any of them on, huggingface_hub would try Xet storage and fail here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from huggingface_hub import hf_hub_download, snapshot_download
+
+from hffs.cache import HubCache
+from hffs.daemon.downloads import (
+    BLOCK,
+    DownloadManager,
+    FileJob,
+    SpanReader,
+    Transfer,
+    TransferFailed,
+)
+from hffs.daemon.hub_proxy import (
+    ApiCall,
+    HubEndpoint,
+    is_hub_path,
+    listing_from_holders,
+    parse_api,
+    parse_resolve,
+    rewrite_link,
+    strip_xet,
+    valid_revision,
+)
+from swarm.chunking import MIN_CHUNK_SIZE
+from swarm.store import PartialFile
+from tests.localhub import LocalHub, make_random_file
+from tests.nodes import Node, wait_for
+
+REPO, DATASET, PRIVATE, SHARED = "org/swarmed", "org/data", "org/secret", "org/shared"
+UPSTREAM_ONLY = "org/upstream-only"  # no peer holds it
+TOKEN = "hf_good_token"
+XET_HASH = "ab" * 32
+
+
+class XetLies:
+    """ASGI middleware for the LocalHub: what the real hub adds for Xet-backed repos."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] = {}
+        body = bytearray()
+        xet = [
+            (b"x-xet-hash", XET_HASH.encode()),
+            (b"x-xet-refresh-route", b"http://127.0.0.1:9/api/models/x/xet-read-token/main"),
+            (b"link", b'<http://127.0.0.1:9/api/xet-auth>; rel="xet-auth"'),
+        ]
+
+        async def lie(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message["headers"], *xet]
+                if (b"content-type", b"application/json") in headers:
+                    held["start"] = {**message, "headers": headers}
+                    return
+                await send({**message, "headers": headers})
+            elif "start" in held:
+                body.extend(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                data = json.loads(bytes(body) or b"null")
+                if isinstance(data, list):
+                    data = [
+                        {**e, "xetHash": XET_HASH} if e.get("type") == "file" else e for e in data
+                    ]
+                elif isinstance(data, dict) and "siblings" in data:
+                    data["xetEnabled"] = True
+                out = json.dumps(data).encode()
+                start = held["start"]
+                start["headers"] = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                start["headers"].append((b"content-length", str(len(out)).encode()))
+                await send(start)
+                await send({"type": "http.response.body", "body": out})
+            else:
+                await send(message)
+
+        await self.app(scope, receive, lie)
+
+
+@dataclass
+class World:
+    hub: LocalHub
+    files: dict[str, dict[str, bytes]]  # repo -> path -> bytes
+    commits: dict[str, str]
+    a: Node
+    b: Node
+    c: Node  # the endpoint under test: holds nothing, upstream is the hub
+    root: Path
+
+    def client_cache(self, name: str) -> Path:
+        return self.root / "clients" / name
+
+
+def seed(
+    node: Node, hub: LocalHub, repo_type: str, repo_id: str, commit: str, paths: list[str]
+) -> None:
+    """Put a hub repo into a node's HF cache exactly as huggingface_hub lays it out."""
+    cache = HubCache(node.hub)
+    for path in paths:
+        f = hub.get_file(repo_id, path, commit, repo_type=repo_type)
+        blob = cache.blob_path(repo_type, repo_id, f.etag)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(f.read())
+        cache.link(repo_type, repo_id, commit, path, f.etag)
+    cache.write_ref(repo_type, repo_id, "main", commit)
+
+
+def start_node(node: Node, *args: str) -> None:
+    r = node.start(*args)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("hf-endpoint")
+    big = make_random_file(root / "src" / "big", 3 * MIN_CHUNK_SIZE + 4321, seed=7).read_bytes()
+    shared = make_random_file(root / "src" / "shared", 2 * MIN_CHUNK_SIZE + 99, seed=8).read_bytes()
+    files = {
+        REPO: {
+            "config.json": b'{"model_type": "bert"}\n',
+            "model.safetensors": big,
+            "sub/dir/notes.txt": b"hello\n",
+            "ranges.bin": big[::-1],
+        },
+        DATASET: {"data/train.csv": b"a,b\n1,2\n", "data/big.parquet": big[: MIN_CHUNK_SIZE + 7]},
+        PRIVATE: {"config.json": b'{"secret": true}\n', "weights.bin": big[::2]},
+        SHARED: {"model.safetensors": shared},
+        UPSTREAM_ONLY: {"slow.bin": shared[::-1] + big},
+    }
+    hub = LocalHub(tokens=[TOKEN])
+    hub.app.add_middleware(XetLies)
+    nodes: list[Node] = []
+    with hub:
+        commits = {
+            REPO: hub.add_repo(REPO, files[REPO]),
+            DATASET: hub.add_repo(DATASET, files[DATASET], repo_type="dataset"),
+            PRIVATE: hub.add_repo(PRIVATE, files[PRIVATE], private=True),
+            SHARED: hub.add_repo(SHARED, files[SHARED]),
+            UPSTREAM_ONLY: hub.add_repo(UPSTREAM_ONLY, files[UPSTREAM_ONLY]),
+        }
+        try:
+            a, b, c = (Node(root / h, h) for h in ("127.0.0.2", "127.0.0.3", "127.0.0.4"))
+            nodes += [a, b, c]
+            for repo in (REPO, PRIVATE, SHARED):
+                seed(a, hub, "model", repo, commits[repo], list(files[repo]))
+            seed(a, hub, "dataset", DATASET, commits[DATASET], list(files[DATASET]))
+            seed(b, hub, "model", REPO, commits[REPO], list(files[REPO]))
+            start_node(a)
+            start_node(b, "--bootstrap", f"{a.host}:{a.port}")
+            c.env["HFFS_ENDPOINTS"] = hub.url
+            for peer in (a, b):  # saved peers: always asked, whatever the DHT knows yet
+                assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
+            start_node(c, "--bootstrap", f"{a.host}:{a.port}")
+            yield World(hub, files, commits, a, b, c, root)
+        finally:
+            for node in nodes:
+                node.kill()
+
+
+def assert_no_xet(resp: httpx.Response) -> None:
+    assert not [k for k in resp.headers if k.lower().startswith("x-xet")], resp.headers
+    assert "xet" not in resp.headers.get("link", "").lower()
+    if "json" in resp.headers.get("content-type", ""):
+        assert b"xet" not in resp.content.lower()
+
+
+def test_range_requests_stream_exact_bytes(world: World) -> None:
+    data = world.files[REPO]["ranges.bin"]
+    url = f"{world.c.url}/{REPO}/resolve/main/ranges.bin"
+    world.hub.reset_stats()
+    spans = [(100, 199), (MIN_CHUNK_SIZE - 10, MIN_CHUNK_SIZE + 9), (len(data) - 5, len(data) - 1)]
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        head = http.head(url)
+        assert head.status_code == 200
+        assert head.headers["x-repo-commit"] == world.commits[REPO]
+        assert head.headers["x-linked-size"] == head.headers["content-length"] == str(len(data))
+        assert head.headers["x-linked-etag"] == head.headers["etag"]
+        assert head.headers["accept-ranges"] == "bytes"
+        assert_no_xet(head)
+        for first, last in spans:  # the first one is served while the download runs
+            r = http.get(url, headers={"Range": f"bytes={first}-{last}"})
+            assert r.status_code == 206, r.text
+            assert r.content == data[first : last + 1]
+            assert r.headers["content-range"] == f"bytes {first}-{last}/{len(data)}"
+            assert_no_xet(r)
+        r = http.get(url, headers={"Range": "bytes=-10"})
+        assert (r.status_code, r.content) == (206, data[-10:])
+        r = http.get(url, headers={"Range": f"bytes={len(data)}-"})
+        assert r.status_code == 416
+        assert r.headers["content-range"] == f"bytes */{len(data)}"
+        r = http.get(url)
+        assert (r.status_code, r.content) == (200, data)
+    assert world.hub.bytes_served == 0  # every byte came from the peers
+
+
+def test_huggingface_hub_downloads_through_the_daemon(world: World) -> None:
+    cache = world.client_cache("hf")
+    world.hub.reset_stats()
+    commit = world.commits[REPO]
+    for name, data in world.files[REPO].items():
+        path = hf_hub_download(REPO, name, endpoint=world.c.url, cache_dir=cache, token=False)
+        assert Path(path).read_bytes() == data
+        assert Path(path).parent.name == commit or commit in Path(path).parts
+    snap = Path(snapshot_download(REPO, endpoint=world.c.url, cache_dir=cache / "s", token=False))
+    assert snap.name == commit
+    got = {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
+    assert got == world.files[REPO]
+
+    dsnap = snapshot_download(
+        DATASET, repo_type="dataset", endpoint=world.c.url, cache_dir=cache, token=False
+    )
+    for name, data in world.files[DATASET].items():
+        assert (Path(dsnap) / name).read_bytes() == data
+
+    assert world.hub.bytes_served == 0  # metadata from the hub, file bytes from the peers
+    status = world.c.client().status()
+    assert status["bytes_down_peers"] > 0 and status["bytes_down_upstream"] == 0
+
+    # The daemon kept what it fetched in its own HF cache, so the swarm has it too.
+    held = {f.path for f in HubCache(world.c.hub).files("model", REPO, commit)}
+    assert held == set(world.files[REPO])
+    assert HubCache(world.c.hub).read_ref("model", REPO, "main") == commit
+
+
+def test_clients_at_once_share_one_download(world: World) -> None:
+    data = world.files[SHARED]["model.safetensors"]
+    before = int(world.a.client().status()["bytes_up"])
+    paths: list[str] = []
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        try:
+            cache = world.client_cache(f"shared-{i}")
+            paths.append(
+                hf_hub_download(
+                    SHARED, "model.safetensors", endpoint=world.c.url, cache_dir=cache, token=False
+                )
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(paths) == 3
+    assert all(Path(p).read_bytes() == data for p in paths)
+    # A, the only holder, sent the file once: one download in C for every client.
+    sent: list[int] = []
+
+    def sent_once() -> bool:
+        sent[:] = [int(world.a.client().status()["bytes_up"]) - before]
+        return sent[0] >= len(data)
+
+    wait_for(sent_once, 5, "A's upload counter")
+    assert sent == [len(data)]
+
+
+def test_bytes_stream_as_chunks_verify_and_the_download_outlives_its_client(
+    world: World,
+) -> None:
+    data = world.files[UPSTREAM_ONLY]["slow.bin"]
+    file_id = hashlib.sha256(data).hexdigest()
+    blob = HubCache(world.c.hub).blob_path("model", UPSTREAM_ONLY, file_id)
+    url = f"{world.c.url}/{UPSTREAM_ONLY}/resolve/main/slow.bin"
+    world.hub.reset_stats()
+    world.hub.throttle_bps = 2 * MIN_CHUNK_SIZE  # the whole file takes ~3 s
+    try:
+        with httpx.Client(trust_env=False, timeout=20) as http, http.stream("GET", url) as r:
+            assert r.status_code == 200
+            first = next(r.iter_bytes())
+            assert data.startswith(first)
+            assert not blob.exists()  # bytes flow long before the file is complete
+        # The client is gone; the daemon finishes the download it started anyway.
+        wait_for(blob.is_file, 20, "the daemon to finish the download")
+    finally:
+        world.hub.throttle_bps = None
+    assert blob.read_bytes() == data
+    assert world.hub.bytes_served == len(data)  # fetched once, only what no peer had
+
+
+def test_a_private_repo_needs_a_token_upstream_accepts(world: World) -> None:
+    data = world.files[PRIVATE]["weights.bin"]
+    cache = world.client_cache("private")
+    url = f"{world.c.url}/{PRIVATE}/resolve/main/weights.bin"
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        for headers in ({}, {"authorization": "Bearer hf_wrong"}):
+            r = http.get(url, headers=headers)
+            assert r.status_code in (401, 404), r.status_code
+            assert data[:64] not in r.content
+            r = http.get(f"{world.c.url}/api/models/{PRIVATE}", headers=headers)
+            assert r.status_code in (401, 404)
+    for token in (False, "hf_wrong"):
+        with pytest.raises(Exception):  # noqa: B017  (RepositoryNotFound or HTTP 401)
+            hf_hub_download(
+                PRIVATE, "weights.bin", endpoint=world.c.url, cache_dir=cache, token=token
+            )
+    assert not list(cache.rglob("blobs/*"))
+
+    world.hub.reset_stats()
+    path = hf_hub_download(
+        PRIVATE, "weights.bin", endpoint=world.c.url, cache_dir=cache, token=TOKEN
+    )
+    assert Path(path).read_bytes() == data
+    snap = snapshot_download(PRIVATE, endpoint=world.c.url, cache_dir=cache, token=TOKEN)
+    assert (Path(snap) / "config.json").read_bytes() == world.files[PRIVATE]["config.json"]
+    assert world.hub.bytes_served == 0  # the bytes came from A
+    # Upstream saw the caller's token on every request the daemon made for it.
+    assert all(auth == f"Bearer {TOKEN}" for _, auth in world.hub.auth_log)
+
+
+def test_no_xet_header_or_field_reaches_the_client(world: World) -> None:
+    commit = world.commits[REPO]
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        upstream = http.get(f"{world.hub.url}/api/models/{REPO}/tree/main?recursive=true")
+        assert "x-xet-hash" in upstream.headers and b"xetHash" in upstream.content  # the lie
+        c = world.c.url
+        for r in (
+            http.get(f"{c}/api/models/{REPO}"),
+            http.get(f"{c}/api/models/{REPO}/revision/main?blobs=true"),
+            http.get(f"{c}/api/models/{REPO}/tree/{commit}?recursive=true&expand=false"),
+            http.post(
+                f"{c}/api/models/{REPO}/paths-info/{commit}", data={"paths": ["config.json", "sub"]}
+            ),
+            http.head(f"{c}/{REPO}/resolve/main/config.json"),
+            http.get(f"{c}/{REPO}/resolve/{commit}/config.json"),
+            http.get(f"{c}/datasets/{DATASET}/resolve/main/data/train.csv"),
+        ):
+            assert r.status_code == 200, (r.request.url, r.status_code, r.text)
+            assert_no_xet(r)
+        assert http.get(f"{c}/api/models/{REPO}/xet-read-token/main").status_code == 404
+        r = http.get(f"{c}/{REPO}/resolve/main/nope.txt")
+        assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"
+        assert r.headers["x-repo-commit"] == commit
+
+
+def test_with_upstream_down_peers_still_serve_a_commit(world: World) -> None:
+    d = Node(world.root / "127.0.0.5", "127.0.0.5")
+    # Nothing listens on 127.0.0.1:9; D's own address (HF_ENDPOINT exported everywhere,
+    # the daemon's environment included) must not become a loop.
+    d.env["HFFS_ENDPOINTS"] = f"{d.url},http://127.0.0.1:9"
+    try:
+        assert d.cli("peer", "add", world.a.host, "--port", str(world.a.port)).returncode == 0
+        start_node(d, "--bootstrap", f"{world.a.host}:{world.a.port}")
+        commit = world.commits[REPO]
+        cache = world.client_cache("offline")
+        path = hf_hub_download(
+            REPO, "model.safetensors", revision=commit, endpoint=d.url, cache_dir=cache, token=False
+        )
+        assert Path(path).read_bytes() == world.files[REPO]["model.safetensors"]
+        snap = Path(
+            snapshot_download(
+                REPO, revision=commit, endpoint=d.url, cache_dir=cache / "s", token=False
+            )
+        )
+        got = {
+            p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()
+        }
+        assert got == world.files[REPO]
+        # A ref resolves to the commit the peers hold, as `hffs model add` does.
+        with httpx.Client(trust_env=False, timeout=20) as http:
+            head = http.head(f"{d.url}/{REPO}/resolve/main/config.json")
+            assert head.status_code == 200 and head.headers["x-repo-commit"] == commit
+            missing = http.head(f"{d.url}/org/nobody-has-it/resolve/main/config.json")
+            assert missing.status_code == 502
+            looped = http.head(
+                f"{d.url}/{REPO}/resolve/main/config.json", headers={"x-hffs-hops": "9"}
+            )
+            assert looped.status_code == 508
+        wait_for(lambda: bool(HubCache(d.hub).files("model", REPO, commit)), 10, "D's cache")
+    finally:
+        d.kill()
+
+
+# -- in-process: the download manager and the pieces of the endpoint ---------------------
+
+
+class QuietSwarm:
+    """A SwarmView with no peers: nothing but what the test puts on disk."""
+
+    async def find_providers(self, query: tuple[str, ...]) -> list[dict[str, Any]]:
+        return []
+
+    async def announce(
+        self, file_ids: list[str], repos: list[tuple[str, str, str]], wait: bool
+    ) -> int | None:
+        return None
+
+    def report_transfer(self, from_peers: int, from_upstream: int) -> None:
+        pass
+
+
+def test_a_download_another_process_runs_is_followed_not_repeated(tmp_path: Path) -> None:
+    data = os.urandom(2 * MIN_CHUNK_SIZE + 5)
+    file_id = hashlib.sha256(data).hexdigest()
+    cache, partial = HubCache(tmp_path / "hub"), tmp_path / "partial"
+    commit = "1" * 40
+    job = FileJob("model", "org/x", commit, "w.bin", file_id, len(data), upstream=())
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
+            manager = DownloadManager(cache, partial, QuietSwarm(), client, {})
+            tg.start_soon(manager.run)
+            other = PartialFile(partial, file_id, len(data))  # "another process" holds the lock
+            reader = await manager.reader(job, 0, len(data))
+            got = bytearray()
+
+            async def consume() -> None:
+                while block := await reader.read():
+                    got.extend(block)
+
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as readers:
+                    readers.start_soon(consume)
+                    for i in range(other.n_chunks):
+                        start, end = other.span(i)
+                        assert other.write_chunk(i, data[start:end])
+                        if i == 0:  # streamed as the other writer verifies it
+                            while len(got) < MIN_CHUNK_SIZE:
+                                await anyio.sleep(0.05)
+                            assert len(got) == MIN_CHUNK_SIZE
+                    assert other.verify_whole()
+                    other.publish(cache.blob_path("model", "org/x", file_id))
+            reader.close()
+            assert bytes(got) == data
+            assert [f.path for f in cache.files("model", "org/x", commit)] == ["w.bin"]
+            tg.cancel_scope.cancel()
+
+    anyio.run(main, backend="asyncio")
+
+
+def test_a_reader_holds_the_last_block_and_refuses_changed_chunks(tmp_path: Path) -> None:
+    size = 2 * MIN_CHUNK_SIZE
+    part = tmp_path / "x.part"
+    part.write_bytes(os.urandom(size))
+
+    async def main() -> None:
+        t = Transfer("a" * 64, size)
+        reader = SpanReader(0, size, transfer=t, partial=part)
+        with anyio.move_on_after(0.2) as waited:
+            await reader.read()
+        assert waited.cancel_called  # nothing verified yet
+        t.chunk_verified(0)
+        t.chunk_verified(1)
+        while reader.pos < size - BLOCK:
+            assert await reader.read()
+        with anyio.move_on_after(0.2) as waited:
+            await reader.read()  # the last block waits for the whole-file check
+        assert waited.cancel_called
+        t.complete(part)
+        assert len(await reader.read()) == BLOCK and await reader.read() == b""
+        reader.close()
+
+        for change in (None, b"x"):  # verified twice: same bytes, then different bytes
+            t2 = Transfer("a" * 64, size)
+            again = SpanReader(0, size, transfer=t2, partial=part)
+            t2.chunk_verified(0)
+            await again.read()
+            if change is not None:
+                with part.open("r+b") as f:
+                    f.write(change)
+            t2.chunk_verified(0)
+            t2.chunk_verified(1)
+            t2.complete(part)
+            if change is None:
+                while await again.read():
+                    pass
+            else:
+                with pytest.raises(TransferFailed, match="changed after it was sent"):
+                    while await again.read():
+                        pass
+            again.close()
+
+        failed = SpanReader(0, size, transfer=(t3 := Transfer("a" * 64, size)), partial=part)
+        t3.fail("no source")
+        with pytest.raises(TransferFailed, match="no source"):
+            await failed.read()
+
+    anyio.run(main, backend="asyncio")
+
+
+def test_request_parsing_and_xet_stripping() -> None:
+    assert parse_resolve(["org", "m", "resolve", "main", "a", "b.txt"]) == (
+        "model",
+        "org/m",
+        "main",
+        "a/b.txt",
+    )
+    assert parse_resolve(["gpt2", "resolve", "refs/pr/1", "x"]) == (
+        "model",
+        "gpt2",
+        "refs/pr/1",
+        "x",
+    )
+    assert parse_resolve(["datasets", "o", "d", "resolve", "v1", "f"]) == (
+        "dataset",
+        "o/d",
+        "v1",
+        "f",
+    )
+    assert parse_resolve(["org", "m", "blob", "main", "x"]) is None
+    call = parse_api(["api", "models", "org", "m", "tree", "main", "sub", "dir"])
+    assert call == ApiCall("model", "org/m", "tree", "main", "sub/dir")
+    assert parse_api(["api", "datasets", "d"]) == ApiCall("dataset", "d", "info", "main", "")
+    assert parse_api(["api", "models", "gpt2", "revision", "v1"]).revision == "v1"
+    assert is_hub_path("/org/m/resolve/main/x") and is_hub_path("/api/models/x")
+    assert not is_hub_path("/v1/ping") and not is_hub_path("/v1/blobs/" + "a" * 64)
+    assert not is_hub_path("/v1/repos/model/org/resolve/main")
+    assert is_hub_path("/v1/m/resolve/main/x")
+    assert not valid_revision("../main") and valid_revision("refs/pr/1")
+    link = '<https://hub.example/api/models/x/tree/main?cursor=2>; rel="next", '
+    link += '<https://x/y>; rel="xet-auth"'
+    assert rewrite_link(link, "http://127.0.0.1:9009") == (
+        '<http://127.0.0.1:9009/api/models/x/tree/main?cursor=2>; rel="next"'
+    )
+    assert strip_xet([{"path": "a", "xetHash": "x", "lfs": {"xetHash": 1}}]) == [
+        {"path": "a", "lfs": {}}
+    ]
+
+
+def test_a_ref_resolves_to_the_newest_commit_the_swarm_reports() -> None:
+    old, new = "1" * 40, "2" * 40
+    sha = hashlib.sha256(b"w").hexdigest()
+    answers = [
+        {"commit": old, "fetched_at": 1.0, "files": [{"path": "a", "file_id": sha, "size": 1}]},
+        {"commit": new, "fetched_at": 5.0, "files": [{"path": "a", "file_id": sha, "size": 1}]},
+        {
+            "commit": new,
+            "fetched_at": 2.0,
+            "files": [{"path": "b/c", "file_id": "3" * 40, "size": 2}],
+        },
+    ]
+    listing = listing_from_holders(answers, "main")
+    assert listing is not None and listing.commit == new and set(listing.files) == {"a", "b/c"}
+    assert listing_from_holders(answers, old).files.keys() == {"a"}  # type: ignore[union-attr]
+    assert listing_from_holders(answers, "4" * 40) is None
+    tree = listing.tree("", recursive=False)
+    assert [(e["type"], e["path"]) for e in tree or []] == [("file", "a"), ("directory", "b")]
+    (entry,) = listing.paths_info(["a"])
+    assert entry["lfs"] == {"oid": sha, "size": 1, "pointerSize": entry["lfs"]["pointerSize"]}
+
+
+class FakeDaemon(QuietSwarm):
+    async def search(self, repo_type: str, repo_id: str, revision: str) -> list[dict[str, Any]]:
+        return []
+
+    def is_self(self, host: str, port: int) -> bool:
+        return False
+
+
+def test_a_gated_repo_needs_upstream_to_let_the_caller_resolve(tmp_path: Path) -> None:
+    content, commit = b"gated weights\n", "5" * 40
+    blob_id = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    cache = HubCache(tmp_path / "hub")
+    blob = cache.blob_path("model", "org/gated", blob_id)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(content)  # held already: only access decides
+    seen: list[tuple[str, str | None]] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        auth = request.headers.get("authorization")
+        seen.append((request.url.path, auth))
+        if request.url.path == "/api/models/org/gated/revision/main":
+            sibling = {"rfilename": "w.txt", "blobId": blob_id, "size": len(content)}
+            return httpx.Response(
+                200, json={"sha": commit, "gated": "manual", "siblings": [sibling]}
+            )
+        if request.method == "HEAD" and auth == "Bearer granted":
+            return httpx.Response(302, headers={"location": "https://cdn.test/x"})
+        return httpx.Response(403, headers={"X-Error-Code": "GatedRepo", "X-Error-Message": "no"})
+
+    async def main() -> None:
+        mock = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+        endpoint = HubEndpoint(
+            FakeDaemon(), ["http://upstream.test"], cache, tmp_path / "p", {}, client=mock
+        )
+
+        async def no_peer_app(scope: Any, receive: Any, send: Any) -> None:
+            raise AssertionError("not a peer request")
+
+        app = endpoint.wrap(no_peer_app, loopback_only=False)
+        transport = httpx.ASGITransport(app=app)
+        async with mock, httpx.AsyncClient(transport=transport, base_url="http://d") as http:
+            url = "/org/gated/resolve/main/w.txt"
+            for token in ("nope", None):
+                headers = {"authorization": f"Bearer {token}"} if token else {}
+                denied = await http.get(url, headers=headers)
+                assert denied.status_code == 403 and denied.headers["x-error-code"] == "GatedRepo"
+                assert content not in denied.content
+            ok = await http.get(url, headers={"authorization": "Bearer granted"})
+            assert (ok.status_code, ok.content) == (200, content)
+            assert ok.headers["etag"] == f'"{blob_id}"' and "x-linked-etag" not in ok.headers
+
+    anyio.run(main, backend="asyncio")
+    assert ("/org/gated/resolve/" + commit + "/w.txt", "Bearer granted") in seen
