@@ -71,8 +71,8 @@ class FileReport:
     rounds: int = 1
 
 
-class _Restart(Exception):
-    """A holder's manifest showed some chunks we hold are wrong: plan again."""
+class _Superseded(Exception):
+    """The chunk being streamed was completed by another source meanwhile."""
 
 
 class _Round:
@@ -259,12 +259,19 @@ class _Round:
         done = pf.progress(chunk)
 
         def sink(block: bytes) -> None:
+            if pf.has(chunk):  # a peer delivered it after this request timed out
+                raise _Superseded
             pf.write_streamed(chunk, pf.progress(chunk), block)
             if self.on_bytes:
                 self.on_bytes(req.source, True, len(block))
 
-        if done < end - start:
-            await stream_range(self.client, source, start + done, end, sink)
+        try:
+            if not pf.has(chunk) and done < end - start:
+                await stream_range(self.client, source, start + done, end, sink)
+        except _Superseded:
+            return True, 0
+        if pf.has(chunk):
+            return True, 0
         if pf.finish_streamed(chunk) is None:
             if pf.manifest is not None:
                 # Upstream disagrees with what peers vouched for: doubt the peers first.
