@@ -337,16 +337,21 @@ class PeerServer:
 
     # -- routes ------------------------------------------------------------------
 
+    async def _requested(self, file_id: str) -> Held | Response:
+        """What a request names: held content, or the error to answer with."""
+        if not is_file_id(file_id):
+            return _error(400, "bad content id")
+        held = await self.held(file_id)
+        return _error(404, "not held") if held is None else held
+
     async def ping(self, request: Request) -> Response:
         return JSONResponse({"service": "hffs-peer", "protocol": PROTOCOL_VERSION})
 
     async def blob(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        if not is_file_id(file_id):
-            return _error(400, "bad content id")
-        held = await self.held(file_id)
-        if held is None:
-            return _error(404, "not held")
+        held = await self._requested(file_id)
+        if isinstance(held, Response):
+            return held
         try:
             span = parse_range(request.headers.get("range"), held.size)
         except RangeError as exc:
@@ -381,11 +386,9 @@ class PeerServer:
 
     async def manifest(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        if not is_file_id(file_id):
-            return _error(400, "bad content id")
-        held = await self.held(file_id)
-        if held is None:
-            return _error(404, "not held")
+        held = await self._requested(file_id)
+        if isinstance(held, Response):
+            return held
         try:
             if held.have is None:
                 manifest = await self.manifests.get(file_id, held.path)
@@ -404,11 +407,9 @@ class PeerServer:
 
     async def have(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
-        if not is_file_id(file_id):
-            return _error(400, "bad content id")
-        held = await self.held(file_id)
-        if held is None:
-            return _error(404, "not held")
+        held = await self._requested(file_id)
+        if isinstance(held, Response):
+            return held
         flags = held.flags()
         return Response(
             encode_have(flags),
