@@ -83,6 +83,12 @@ def hf_token() -> str | None:
     return get_token()
 
 
+def _secret(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("swarm_secret must be a string")
+    return value or None
+
+
 @dataclass(frozen=True)
 class Peer:
     host: str
@@ -134,7 +140,7 @@ class Config:
                 port=int(raw.get("port", DEFAULT_PORT)),
                 max_upload_rate=int(raw.get("max_upload_rate", 0)),
                 max_uploads=int(raw.get("max_uploads", 32)),
-                swarm_secret=raw.get("swarm_secret"),
+                swarm_secret=_secret(raw.get("swarm_secret")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path} is malformed ({exc}); fix or delete it") from exc
@@ -149,8 +155,12 @@ class Config:
             "max_uploads": self.max_uploads,
             "swarm_secret": self.swarm_secret,
         }
+        # owner-only: the file may hold the swarm secret
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2))
         os.replace(tmp, self.path)
 
     def upstream_endpoints(self) -> list[str]:

@@ -20,6 +20,7 @@ the state to serve verified chunks to peers while the download goes on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -43,6 +44,22 @@ _READ_BLOCK = 1 << 20
 
 class StoreError(Exception):
     """The store cannot do what was asked (disk full, locked, inconsistent)."""
+
+
+def _write_error(path: Path, exc: OSError) -> StoreError:
+    hint = ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "; free some space, then run the same command again to resume"
+    return StoreError(f"cannot write {path}: {exc.strerror or exc}{hint}")
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """``os.pwrite`` until every byte is written: on a filling disk a write can be short
+    (no error), and only the next one raises ENOSPC."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 class PartialFile:
@@ -83,7 +100,7 @@ class PartialFile:
         fresh = _HEADER.pack(_MAGIC, self.size, self.chunk_size)
         if header != fresh:  # new, or a different size was recorded: start over
             os.ftruncate(self._state_fd, 0)
-            os.pwrite(self._state_fd, fresh + bytes(_RECORD * self.n_chunks), 0)
+            _pwrite_all(self._state_fd, fresh + bytes(_RECORD * self.n_chunks), 0)
             os.ftruncate(self._fd, 0)
             self._path(".manifest").unlink(missing_ok=True)
         os.ftruncate(self._fd, self.size)
@@ -192,9 +209,9 @@ class PartialFile:
         if expected is not None and expected != digest:
             return False
         try:
-            os.pwrite(self._fd, data, start)
+            _pwrite_all(self._fd, data, start)
         except OSError as exc:
-            raise StoreError(f"cannot write {self._path('.part')}: {exc.strerror}") from exc
+            raise _write_error(self._path(".part"), exc) from exc
         self._set_record(index, digest)
         return True
 
@@ -217,15 +234,15 @@ class PartialFile:
                 f"chunk {index}: write at {offset} does not follow {self._progress[index]}"
             )
         try:
-            os.pwrite(self._fd, data, start + offset)
+            _pwrite_all(self._fd, data, start + offset)
             self._progress[index] = offset + len(data)
-            os.pwrite(
+            _pwrite_all(
                 self._state_fd,
                 _PROGRESS.pack(self._progress[index]),
                 _HEADER.size + index * _RECORD + 1 + DIGEST_SIZE,
             )
         except OSError as exc:
-            raise StoreError(f"cannot write {self._path('.part')}: {exc.strerror}") from exc
+            raise _write_error(self._path(".part"), exc) from exc
 
     def finish_streamed(self, index: int) -> bytes | None:
         """Check a fully streamed chunk; returns its digest, or None (and forgets it) if bad."""
@@ -242,9 +259,9 @@ class PartialFile:
         self._progress[index] = 0
         record = b"\x01" + digest + bytes(_PROGRESS.size) if digest is not None else bytes(_RECORD)
         try:
-            os.pwrite(self._state_fd, record, _HEADER.size + index * _RECORD)
+            _pwrite_all(self._state_fd, record, _HEADER.size + index * _RECORD)
         except OSError as exc:
-            raise StoreError(f"cannot write {self._path('.state')}: {exc.strerror}") from exc
+            raise _write_error(self._path(".state"), exc) from exc
 
     def read(self, start: int, end: int) -> bytes:
         return os.pread(self._fd, end - start, start)
