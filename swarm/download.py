@@ -209,6 +209,7 @@ class _Round:
     async def _fetch(self, req: Request, scope: anyio.CancelScope) -> None:
         assert self.sched is not None
         source = self.sources[req.source]
+        before = self.pf.progress(req.chunk)
         try:
             with scope:
                 try:
@@ -218,7 +219,12 @@ class _Round:
                         ok, nbytes = await self._fetch_peer(req, source)
                 except SourceError as exc:
                     log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
-                    self._cancel(self.sched.on_failure(req, anyio.current_time()))
+                    if self.pf.progress(req.chunk) > before:
+                        # A cut stream that still delivered bytes is progress, not a fault:
+                        # the next request resumes where it stopped.
+                        self.sched.on_cancelled(req)
+                    else:
+                        self._cancel(self.sched.on_failure(req, anyio.current_time()))
                     return
                 if not ok:
                     self._bad(req)

@@ -244,3 +244,19 @@ def test_hf_token_goes_to_upstream(
         assert code == 0, out
         seen = [auth for path, auth in private.auth_log if "org/private" in path and auth]
         assert seen and set(seen) == {"Bearer hf_test"}
+
+
+def test_a_flaky_only_upstream_that_keeps_cutting_streams_still_completes(
+    hffs_env: dict[str, str], hub: LocalHub, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
+    hub.inject("drop", path="model.safetensors", count=6, after_bytes=300_000)
+    try:
+        code, out = hffs("model", "add", "org/three", "--file", "model.safetensors")
+    finally:
+        hub.clear_faults()
+    assert code == 0, out
+    path = hf_hub_download(
+        "org/three", "model.safetensors", cache_dir=hffs_env["HF_HUB_CACHE"], local_files_only=True
+    )
+    assert Path(path).read_bytes() == repo["model.safetensors"]
