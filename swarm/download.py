@@ -12,10 +12,11 @@ peers gave are dropped with those peers, and the next round asks upstream only.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +39,8 @@ from swarm.store import PartialFile
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 2.0  # how often holders' bitmaps and the holder list are refreshed
+REFRESH_SECONDS = 2.0  # how often the holder list is looked up again
+HAVE_REFRESH_SECONDS = 0.5  # how often holders still downloading are asked what they have
 TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnoticed
 MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
 MEMORY_BUDGET = 256 << 20  # bytes of chunks in flight at once, whatever the file size
@@ -103,6 +105,7 @@ class _Round:
         self.upstream = upstream
         self.sources: dict[str, Source] = {s.id: s for s in upstream}
         self.peers: dict[str, PeerAddr] = {}
+        self.partial_peers: set[str] = set()  # holders still downloading
         # What each holder's manifest says; for a holder still downloading, a transport
         # check only: the whole-file hash is what catches a liar.
         self.peer_digests: dict[str, tuple[bytes | None, ...]] = {}
@@ -121,19 +124,36 @@ class _Round:
         fid = self.pf.file_id
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
+                have = await fetch_have(self.client, peer, fid, self.pf.n_chunks, self.peer_headers)
                 known = self.peer_digests.get(pid)
-                if known is None or None in known:  # a holder still downloading learns more
+                # The manifest only when it can say more: a new holder, or one still
+                # downloading that has chunks we hold no digest for (asked after the
+                # bitmap, so it covers every chunk the bitmap names).
+                if known is None or (
+                    self.pf.manifest is None and any(known[i] is None for i in have)
+                ):
                     manifest = await fetch_manifest(
                         self.client, peer, fid, self.pf.size, self.peer_headers
                     )
                     self.peer_digests[pid] = manifest.digests
-                have = await fetch_have(self.client, peer, fid, self.pf.n_chunks, self.peer_headers)
         except (SourceError, TimeoutError) as exc:
             log.debug("holder %s: %s", pid, exc)
             return
         if pid not in self.banned:
             self.peers[pid] = peer
             found[pid] = have
+            if len(have) < self.pf.n_chunks:
+                self.partial_peers.add(pid)
+            else:
+                self.partial_peers.discard(pid)
+
+    async def _probe_all(self, peers: Iterable[PeerAddr]) -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        async with anyio.create_task_group() as tg:
+            for peer in peers:
+                tg.start_soon(self._probe, peer, found)
+        self._trust_a_manifest()
+        return {pid: have for pid, have in found.items() if self._agrees(pid)}
 
     def _trust_a_manifest(self) -> None:
         """Adopt the full manifest most holders agree on, if we have none yet.
@@ -180,12 +200,7 @@ class _Round:
             listed = []
         wanted = {str(p): p for p in listed if str(p) not in self.banned}
         wanted.update((k, v) for k, v in self.peers.items() if k not in self.banned)
-        found: dict[str, set[int]] = {}
-        async with anyio.create_task_group() as tg:
-            for peer in wanted.values():
-                tg.start_soon(self._probe, peer, found)
-        self._trust_a_manifest()
-        return {pid: have for pid, have in found.items() if self._agrees(pid)}
+        return await self._probe_all(wanted.values())
 
     def _add_holders(self, found: dict[str, set[int]]) -> None:
         assert self.sched is not None
@@ -200,9 +215,19 @@ class _Round:
         self.wake.set()
 
     async def _refresh_loop(self) -> None:
-        while self.holders is not None:
-            await anyio.sleep(REFRESH_SECONDS)
-            self._add_holders(await self._discover())
+        """New holders every REFRESH_SECONDS; what holders still downloading have gained,
+        more often (a bitmap is a few hundred bytes), so chunks flow between downloaders
+        soon after they verify."""
+        rounds = round(REFRESH_SECONDS / HAVE_REFRESH_SECONDS)
+        for tick in itertools.count(1):
+            if self.holders is None:
+                return
+            await anyio.sleep(HAVE_REFRESH_SECONDS)
+            if tick % rounds == 0:
+                self._add_holders(await self._discover())
+            elif self.partial_peers:
+                partial = [self.peers[p] for p in self.partial_peers if p not in self.banned]
+                self._add_holders(await self._probe_all(partial))
 
     # -- requests ------------------------------------------------------------
 
