@@ -260,3 +260,37 @@ def test_a_flaky_only_upstream_that_keeps_cutting_streams_still_completes(
         "org/three", "model.safetensors", cache_dir=hffs_env["HF_HUB_CACHE"], local_files_only=True
     )
     assert Path(path).read_bytes() == repo["model.safetensors"]
+
+
+def test_files_huggingface_hub_downloaded_are_listed_and_not_fetched_again(
+    hffs_env: dict[str, str], hub: LocalHub, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = Path(hffs_env["HF_HUB_CACHE"])
+    hf_hub_download("org/three", "config.json", cache_dir=cache, endpoint=hub.url)
+    code, out = hffs("model", "ls", "--repo-id", "org/three")
+    assert code == 0 and "config.json" in out
+    monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
+    hub.reset_stats()
+    code, out = hffs("model", "add", "org/three", "--file", "config.json")
+    assert code == 0, out
+    assert hub.bytes_served == 0  # already in the shared cache
+
+
+def test_same_content_in_two_repos_is_one_blob_on_disk(
+    hffs_env: dict[str, str], hub: LocalHub, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
+    hub.add_repo("org/fork", {"weights.safetensors": repo["model.safetensors"]})
+    assert hffs("model", "add", "org/three", "--file", "model.safetensors")[0] == 0
+    hub.reset_stats()
+    code, out = hffs("model", "add", "org/fork")
+    assert code == 0, out
+    assert hub.bytes_served == 0
+    cache = Path(hffs_env["HF_HUB_CACHE"])
+    a = Path(
+        hf_hub_download("org/three", "model.safetensors", cache_dir=cache, local_files_only=True)
+    )
+    b = Path(
+        hf_hub_download("org/fork", "weights.safetensors", cache_dir=cache, local_files_only=True)
+    )
+    assert a.resolve() != b.resolve() and a.stat().st_ino == b.stat().st_ino
