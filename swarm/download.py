@@ -24,6 +24,7 @@ from typing import Protocol
 import anyio
 import httpx
 
+from swarm.ids import content_hasher
 from swarm.manifest import Manifest
 from swarm.scheduler import Request, Scheduler, SchedulerConfig, State
 from swarm.sources import (
@@ -73,6 +74,44 @@ class FileReport:
     rounds: int = 1
 
 
+class _RunningHash:
+    """The whole-file hash over the held prefix, advanced as chunks land in order, so the
+    check at the end costs almost nothing. A dropped chunk voids it (full check then)."""
+
+    def __init__(self, pf: PartialFile) -> None:
+        self.pf = pf
+        self.hasher = content_hasher(pf.file_id, pf.size)
+        self.next = 0
+        self.drops = pf.drops
+        self.more = anyio.Event()
+
+    @property
+    def valid(self) -> bool:
+        return self.drops == self.pf.drops
+
+    def _hash_next(self) -> None:
+        # One step in the worker thread, so a cancelled caller cannot split it.
+        start, end = self.pf.span(self.next)
+        self.hasher.update(self.pf.read(start, end))
+        self.next += 1
+
+    async def run(self) -> None:
+        """Hash each chunk once it and all before it are held (until cancelled)."""
+        pf = self.pf
+        while self.next < pf.n_chunks and self.valid:
+            if pf.has(self.next):
+                await anyio.to_thread.run_sync(self._hash_next)
+            else:
+                await self.more.wait()
+                self.more = anyio.Event()
+
+    def matches(self) -> bool | None:
+        """Whether the file matches its id; None when the running hash cannot tell."""
+        if not self.valid or self.next < self.pf.n_chunks:
+            return None
+        return self.hasher.hexdigest() == self.pf.file_id
+
+
 class _Superseded(Exception):
     """The chunk being streamed was completed by another source meanwhile."""
 
@@ -92,8 +131,10 @@ class _Round:
         on_bytes: OnBytes | None,
         on_chunk: OnChunk | None,
         rng: random.Random,
+        running_hash: _RunningHash,
     ) -> None:
         self.pf = pf
+        self.running_hash = running_hash
         self.client = client
         self.peer_headers = peer_headers
         self.holders = holders
@@ -260,6 +301,7 @@ class _Round:
                 self.report.bytes_by_source[req.source] += nbytes
                 if self.on_chunk:
                     self.on_chunk(req.chunk)
+                self.running_hash.more.set()
                 self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
         finally:
             self.running.pop(req, None)
@@ -344,6 +386,7 @@ class _Round:
         stuck_since: float | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._refresh_loop)
+            tg.start_soon(self.running_hash.run)
             while not sched.done and not self.restart:
                 now = anyio.current_time()
                 self._cancel(sched.expire(now))
@@ -400,6 +443,7 @@ async def download_file(
             report.rounds = attempt + 1
             # The last attempt trusts upstream alone, when there is one.
             alone = attempt == MAX_ROUNDS - 1 and bool(upstream)
+            running_hash = _RunningHash(pf)
             rnd = _Round(
                 pf,
                 upstream,
@@ -411,11 +455,17 @@ async def download_file(
                 on_bytes,
                 on_chunk,
                 rng,
+                running_hash,
             )
             await rnd.run()
             if rnd.restart and not rnd.manifest_suspect:
                 continue  # a trusted manifest dropped chunks we held: plan again
-            if not rnd.manifest_suspect and await anyio.to_thread.run_sync(pf.verify_whole):
+            if pf.complete and running_hash.valid:
+                await running_hash.run()  # the last chunks, if the round ended first
+            verdict = running_hash.matches()
+            if verdict is None:
+                verdict = await anyio.to_thread.run_sync(pf.verify_whole)
+            if not rnd.manifest_suspect and verdict:
                 await anyio.to_thread.run_sync(pf.publish, dest)
                 report.seconds = anyio.current_time() - started
                 return report

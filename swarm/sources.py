@@ -85,17 +85,23 @@ async def stream_range(
 
 async def fetch_range(
     client: httpx.AsyncClient, source: Source, start: int, end: int
-) -> tuple[bytes, bytes]:
-    """Fetch bytes ``[start, end)`` into memory; returns (data, xxh3-128 digest)."""
+) -> tuple[bytearray, bytes]:
+    """Fetch bytes ``[start, end)`` into memory; returns (data, xxh3-128 digest).
+
+    One buffer of the final size, filled in place: no regrowth, no final copy."""
     hasher = xxhash.xxh3_128()
-    buf = bytearray()
+    buf = bytearray(end - start)
+    view = memoryview(buf)
+    filled = 0
 
     def sink(block: bytes) -> None:
-        buf.extend(block)
+        nonlocal filled
+        view[filled : filled + len(block)] = block
+        filled += len(block)
         hasher.update(block)
 
     await stream_range(client, source, start, end, sink)
-    return bytes(buf), hasher.digest()
+    return buf, hasher.digest()
 
 
 async def _get_small(

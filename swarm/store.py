@@ -74,6 +74,7 @@ class PartialFile:
         self.n_chunks = base.n_chunks
         self._digests: list[bytes | None] = [None] * self.n_chunks
         self._progress = [0] * self.n_chunks
+        self.drops = 0  # chunks given up after being held: anything hashed over them is void
         self.manifest: Manifest | None = None
         root.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
@@ -255,6 +256,8 @@ class PartialFile:
         return digest
 
     def _set_record(self, index: int, digest: bytes | None) -> None:
+        if digest is None and self._digests[index] is not None:
+            self.drops += 1
         self._digests[index] = digest
         self._progress[index] = 0
         record = b"\x01" + digest + bytes(_PROGRESS.size) if digest is not None else bytes(_RECORD)
