@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hffs.cache import CacheError, HubCache, check_repo_path, is_commit
 from hffs.config import ZERO_COMMIT
-from swarm.ids import content_hasher
+from swarm.ids import git_blob_hasher
 
 LFS_MIN_SIZE = 10 * 1024 * 1024  # the hub stores any file over 10 MB in LFS
 # The binary types listed in the .gitattributes every new hub repo starts with.
@@ -71,7 +71,7 @@ def plan(src: Path, file: str | None, revision: str | None) -> ImportPlan:
 def hub_file_id(path: Path, name_in_repo: str) -> str:
     size = path.stat().st_size
     lfs = size > LFS_MIN_SIZE or Path(name_in_repo).suffix.lower() in LFS_SUFFIXES
-    hasher = hashlib.sha256() if lfs else content_hasher("0" * 40, size)
+    hasher = hashlib.sha256() if lfs else git_blob_hasher(size)
     with path.open("rb") as f:
         while block := f.read(_BLOCK):
             hasher.update(block)

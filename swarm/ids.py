@@ -29,11 +29,14 @@ def check_file_id(value: str) -> str:
     return value
 
 
+def git_blob_hasher(size: int) -> Hasher:
+    """Git's blob id (the hub's id for a non-LFS file): sha1 over "blob <size>\\0" + content."""
+    hasher = hashlib.sha1()
+    hasher.update(b"blob %d\0" % size)
+    return hasher
+
+
 def content_hasher(file_id: str, size: int) -> Hasher:
     """The hasher whose hexdigest over the whole file must equal ``file_id``."""
     check_file_id(file_id)
-    if len(file_id) == 64:
-        return hashlib.sha256()
-    hasher = hashlib.sha1()  # git blob id: sha1 over "blob <size>\0" + content
-    hasher.update(b"blob %d\0" % size)
-    return hasher
+    return hashlib.sha256() if len(file_id) == 64 else git_blob_hasher(size)

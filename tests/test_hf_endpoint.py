@@ -31,9 +31,8 @@ from hffs.daemon.downloads import (
     Transfer,
     TransferFailed,
 )
-from hffs.daemon.hub_proxy import (
+from hffs.daemon.hub_api import (
     ApiCall,
-    HubEndpoint,
     is_hub_path,
     listing_from_holders,
     parse_api,
@@ -42,6 +41,7 @@ from hffs.daemon.hub_proxy import (
     strip_xet,
     valid_revision,
 )
+from hffs.daemon.hub_proxy import HubEndpoint
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.store import PartialFile
 from tests.localhub import LocalHub, make_random_file
