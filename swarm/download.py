@@ -7,7 +7,9 @@ cancels requests the scheduler gave up on (timeouts, endgame losers), and
 publishes the file only after its whole-file hash matched its id.
 
 If the whole file does not match (peers that told a consistent lie), the chunks
-peers gave are dropped with those peers, and the next round asks upstream only.
+peers gave are dropped, those peers and the ones that vouched for the manifest are
+distrusted for this file, and the download plans again; the last attempt asks
+upstream alone.
 """
 
 from __future__ import annotations
@@ -116,42 +118,38 @@ class _Superseded(Exception):
     """The chunk being streamed was completed by another source meanwhile."""
 
 
+@dataclass
+class _Job:
+    """What every round of one file's download shares."""
+
+    pf: PartialFile
+    upstream: list[Source]
+    client: httpx.AsyncClient
+    peer_headers: dict[str, str]
+    report: FileReport
+    on_bytes: OnBytes | None
+    on_chunk: OnChunk | None
+    rng: random.Random
+    banned: set[str] = field(default_factory=set)  # holders distrusted for this file
+
+
 class _Round:
     """One pass at filling the missing chunks, driving one Scheduler."""
 
-    def __init__(
-        self,
-        pf: PartialFile,
-        upstream: list[Source],
-        client: httpx.AsyncClient,
-        peer_headers: dict[str, str],
-        holders: Holders | None,
-        banned: set[str],
-        report: FileReport,
-        on_bytes: OnBytes | None,
-        on_chunk: OnChunk | None,
-        rng: random.Random,
-        running_hash: _RunningHash,
-    ) -> None:
-        self.pf = pf
-        self.running_hash = running_hash
-        self.client = client
-        self.peer_headers = peer_headers
+    def __init__(self, job: _Job, holders: Holders | None, running_hash: _RunningHash) -> None:
         self.holders = holders
-        self.banned = banned
-        self.report = report
-        self.on_bytes = on_bytes
-        self.on_chunk = on_chunk
-        self.rng = rng
-        self.upstream = upstream
-        self.sources: dict[str, Source] = {s.id: s for s in upstream}
+        self.running_hash = running_hash
+        self.pf, self.upstream, self.client = job.pf, job.upstream, job.client
+        self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.banned
+        self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
+        self.sources: dict[str, Source] = {s.id: s for s in self.upstream}
         self.peers: dict[str, PeerAddr] = {}
         self.partial_peers: set[str] = set()  # holders still downloading
         # What each holder's manifest says; for a holder still downloading, a transport
         # check only: the whole-file hash is what catches a liar.
         self.peer_digests: dict[str, tuple[bytes | None, ...]] = {}
         self.peer_chunks: dict[int, str] = {}
-        self.max_in_flight = max(4, MEMORY_BUDGET // max(pf.chunk_size, 1))
+        self.max_in_flight = max(4, MEMORY_BUDGET // max(self.pf.chunk_size, 1))
         self.sched: Scheduler | None = None
         self.running: dict[Request, anyio.CancelScope] = {}
         self.wake = anyio.Event()
@@ -435,45 +433,43 @@ async def download_file(
     DownloadError when the file cannot be completed and verified."""
     started = anyio.current_time()
     report = FileReport(file_id, size)
-    rng = rng or random.Random()
-    banned: set[str] = set()
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
+    job = _Job(
+        pf,
+        upstream,
+        client,
+        peer_headers or {},
+        report,
+        on_bytes,
+        on_chunk,
+        rng or random.Random(),
+    )
     try:
         for attempt in range(MAX_ROUNDS):
             report.rounds = attempt + 1
             # The last attempt trusts upstream alone, when there is one.
             alone = attempt == MAX_ROUNDS - 1 and bool(upstream)
             running_hash = _RunningHash(pf)
-            rnd = _Round(
-                pf,
-                upstream,
-                client,
-                peer_headers or {},
-                None if alone else holders,
-                banned,
-                report,
-                on_bytes,
-                on_chunk,
-                rng,
-                running_hash,
-            )
+            rnd = _Round(job, None if alone else holders, running_hash)
             await rnd.run()
             if rnd.restart and not rnd.manifest_suspect:
                 continue  # a trusted manifest dropped chunks we held: plan again
-            if pf.complete and running_hash.valid:
-                await running_hash.run()  # the last chunks, if the round ended first
-            verdict = running_hash.matches()
-            if verdict is None:
-                verdict = await anyio.to_thread.run_sync(pf.verify_whole)
-            if not rnd.manifest_suspect and verdict:
+            verdict: bool | None = False
+            if not rnd.manifest_suspect:
+                if pf.complete and running_hash.valid:
+                    await running_hash.run()  # the last chunks, if the round ended first
+                verdict = running_hash.matches()
+                if verdict is None:
+                    verdict = await anyio.to_thread.run_sync(pf.verify_whole)
+            if verdict:
                 await anyio.to_thread.run_sync(pf.publish, dest)
                 report.seconds = anyio.current_time() - started
                 return report
-            # A consistent lie got past the chunk checks: ban whoever gave chunks or vouched
-            # for the manifest, and keep only what upstream gave.
+            # A consistent lie got past the chunk checks: distrust whoever gave chunks or
+            # vouched for the manifest, and keep only what upstream gave.
             liars = set(rnd.peer_chunks.values()) | rnd.vouchers()
             log.warning("%s: distrusting %s", file_id[:12], sorted(liars))
-            banned |= liars
+            job.banned |= liars
             pf.drop_chunks(
                 rnd.peer_chunks if rnd.peer_chunks or rnd.manifest_suspect else range(pf.n_chunks)
             )
