@@ -46,7 +46,7 @@ REFRESH_SECONDS = 2.0  # how often the holder list is looked up again
 HAVE_REFRESH_SECONDS = 0.5  # how often holders still downloading are asked what they have
 TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnoticed
 MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
-MEMORY_BUDGET = 256 << 20  # bytes of chunks in flight at once, whatever the file size
+MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight per file, whatever its size
 PROBE_TIMEOUT = 5.0
 STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
 
