@@ -37,9 +37,10 @@ source has failed it ``attempts_per_source`` times. Such a chunk is listed in
 ``STUCK``: the caller reports a clear error (or adds sources) instead of looping.
 
 Sources leave the file's download three ways: the caller removes a peer (it may come back),
-``max_consecutive_failures`` failures in a row bench a source, and a chunk that fails
-verification (``bad_data=True``) bans it. Benched and banned sources never come back for this
-file; their in-flight requests return to the pool.
+``max_consecutive_failures`` failures in a row bench a source (never the last live
+endpoint: with nowhere else to go, benching would only turn a flaky mirror into a
+failure), and a chunk that fails verification (``bad_data=True``) bans it. Benched and
+banned sources never come back for this file; their in-flight requests return to the pool.
 
 In-flight limit (per source, delay-based). Each completed request's latency (issue to success)
 measures how long the source takes to turn around its whole queue: on a shared bottleneck
@@ -621,9 +622,16 @@ class Scheduler:
         src.timeouts += timeout
         src.consecutive_failures += 1
         src.limit = max(1, src.limit // 2)
-        if src.consecutive_failures >= self.config.max_consecutive_failures:
+        if src.consecutive_failures >= self.config.max_consecutive_failures and not (
+            src.kind is SourceKind.UPSTREAM and self._last_live_upstream(src)
+        ):
             return self._deactivate(src, SourceState.BENCHED)
         return []
+
+    def _last_live_upstream(self, src: _Source) -> bool:
+        """Benching moves work elsewhere; the last live endpoint has no elsewhere, so it
+        keeps serving (each chunk still fails for good after ``attempts_per_source``)."""
+        return all(u is src or u.state is not SourceState.LIVE for u in self._upstreams)
 
     def _deactivate(self, src: _Source, state: SourceState) -> list[Request]:
         if src.state is SourceState.LIVE and src.kind is SourceKind.PEER:

@@ -250,16 +250,18 @@ def test_a_flaky_only_upstream_that_keeps_cutting_streams_still_completes(
     hffs_env: dict[str, str], hub: LocalHub, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
-    hub.inject("drop", path="model.safetensors", count=6, after_bytes=300_000)
+    data = os.urandom(4 * MIN_CHUNK_SIZE)  # whole chunks: every cut delivers some bytes
+    hub.add_repo("org/flaky", {"w.safetensors": data})
+    hub.inject("drop", path="w.safetensors", count=6, after_bytes=300_000)
     try:
-        code, out = hffs("model", "add", "org/three", "--file", "model.safetensors")
+        code, out = hffs("model", "add", "org/flaky")
     finally:
         hub.clear_faults()
     assert code == 0, out
     path = hf_hub_download(
-        "org/three", "model.safetensors", cache_dir=hffs_env["HF_HUB_CACHE"], local_files_only=True
+        "org/flaky", "w.safetensors", cache_dir=hffs_env["HF_HUB_CACHE"], local_files_only=True
     )
-    assert Path(path).read_bytes() == repo["model.safetensors"]
+    assert Path(path).read_bytes() == data
 
 
 def test_files_huggingface_hub_downloaded_are_listed_and_not_fetched_again(

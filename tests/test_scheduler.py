@@ -687,3 +687,17 @@ def test_upstream_order_differs_between_downloaders() -> None:
         assert chunks == [(chunks[0] + k) % 64 for k in range(4)]  # a contiguous stretch
         firsts.add(chunks[0])
     assert len(firsts) > 4
+
+
+def test_the_last_live_upstream_is_never_benched() -> None:
+    s = make(6, upstream_initial_in_flight=3, max_consecutive_failures=3, attempts_per_source=2)
+    s.add_upstream("mirror")
+    first = s.next_requests(0.0)
+    for r in first:
+        s.on_failure(r, 1.0)  # three failures in a row, on three chunks
+    assert s.stats["mirror"].state is SourceState.LIVE
+    retry = s.next_requests(2.0)
+    assert retry and {r.source for r in retry} == {"mirror"}
+    for r in retry:
+        s.on_success(r, 3.0, CHUNK)
+    assert s.state is not State.STUCK
