@@ -278,7 +278,7 @@ class _BlobResponse(Response):
                 async with anyio.create_task_group() as tg:
                     # uvicorn drops sends after a disconnect silently: watch for it, or a
                     # gone client would hold an upload slot until the whole span was read.
-                    tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                    tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
                     await self._stream(fd, send)
                     tg.cancel_scope.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -300,7 +300,8 @@ class _BlobResponse(Response):
             pos += len(data)
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+async def cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` when the client goes away (uvicorn drops later sends silently)."""
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()

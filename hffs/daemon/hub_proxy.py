@@ -66,7 +66,7 @@ from hffs.daemon.hub_api import (
 )
 from hffs.daemon.upstream import Answer, TTLCache, Upstream, auth_key, relay
 from hffs.hub import file_url
-from swarm.peer_server import RangeError, parse_range
+from swarm.peer_server import RangeError, cancel_on_disconnect, parse_range
 from swarm.sources import Source
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,6 @@ class HubView(SwarmView, Protocol):
 
 
 # -- the endpoint -------------------------------------------------------------------
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 class FileResponse(Response):
@@ -121,7 +115,7 @@ class FileResponse(Response):
             completed = False
             async with anyio.create_task_group() as tg:
                 # uvicorn drops sends to a gone client silently: notice, stop reading.
-                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
                 try:
                     while data := await reader.read():
                         await send({"type": "http.response.body", "body": data, "more_body": True})
