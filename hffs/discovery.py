@@ -63,14 +63,10 @@ class Discovery:
         except Exception as exc:
             log.warning("the daemon could not be told: %s", exc)
 
-    async def _announce(self, **what: object) -> None:
-        await self._call(lambda d: d.announce(**what))
-
     async def announce_partial(self, file_id: str) -> None:
-        await self._announce(file_ids=[file_id])
-
-    async def announce_file(self, file_id: str) -> None:
-        await self._announce(file_ids=[file_id])
+        """Called as a download starts: the daemon announces the file id from then on and
+        serves its chunks as they verify, and then the whole file once it is published."""
+        await self._call(lambda d: d.announce(file_ids=[file_id]))
 
     async def cache_changed(self) -> None:
         """The daemon re-reads the cache: it shares and announces all that is there now."""

@@ -135,7 +135,6 @@ async def add_model_async(
                     report.reports.append(rep)
                     progress.file_done(f)
                     cache.link(repo_type, repo_id, rev.commit, f.path, f.file_id)
-                    await discovery.announce_file(f.file_id)
 
             async with anyio.create_task_group() as tg:
                 for f in todo:
