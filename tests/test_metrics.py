@@ -95,7 +95,7 @@ def test_counters_match_the_bytes_moved_between_daemons(
     assert value(sb, "hffs_chunks_failed_total", source="peer") == 0
     assert value(sb, "hffs_downloads_in_progress") == 0
     assert value(sb, "hffs_http_requests_total", route="hf", status="200") >= 2
-    assert value(sa, "hffs_http_requests_total", route="peer", status="206") >= 1
+    assert value(sa, "hffs_http_requests_total", route="peer", status="200") >= 1  # manifest, have
     assert value(sb, "hffs_dht_lookup_seconds_count") >= 1
     assert value(sb, "hffs_peers_known") >= 1 and value(sb, "hffs_peers_alive") >= 1
     assert value(sa, "hffs_upload_slots") == 32 and value(sa, "hffs_upload_slots_in_use") == 0
