@@ -123,6 +123,13 @@ class Transfer:
         self.epoch[index] += 1
         self._notify()
 
+    def chunks_dropped(self, indexes: list[int]) -> None:
+        """The downloader gave these chunks up (a failed whole-file check, a new
+        manifest): readers wait for them again."""
+        for i in indexes:
+            self.have[i] = False
+        self._notify()
+
     def set_flags(self, flags: list[bool], *, rising: bool) -> None:
         """Apply on-disk verified flags: drops always, new chunks only if ``rising``
         (our own download reports those through ``chunk_verified``)."""
@@ -399,24 +406,22 @@ class DownloadManager:
                 continue
             t.set_flags(flags, rising=True)
             failure: Exception | None = None
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_drops, t)
-                try:
-                    await download_file(
-                        t.file_id,
-                        t.size,
-                        dest=dest,
-                        store_root=self.partial_dir,
-                        upstream=list(job.upstream),
-                        client=self.client,
-                        holders=self.holders,
-                        peer_headers=self.peer_headers,
-                        on_bytes=self._count,
-                        on_chunk=t.chunk_verified,
-                    )
-                except Exception as exc:  # raised below, not wrapped in this group's error
-                    failure = first_leaf(exc)
-                tg.cancel_scope.cancel()
+            try:
+                await download_file(
+                    t.file_id,
+                    t.size,
+                    dest=dest,
+                    store_root=self.partial_dir,
+                    upstream=list(job.upstream),
+                    client=self.client,
+                    holders=self.holders,
+                    peer_headers=self.peer_headers,
+                    on_bytes=self._count,
+                    on_chunk=t.chunk_verified,
+                    on_drop=t.chunks_dropped,
+                )
+            except Exception as exc:
+                failure = first_leaf(exc)
             if isinstance(failure, StoreError) and store_errors < MAX_STORE_ERRORS - 1:
                 store_errors += 1  # lost a race for the lock, or the disk failed: look again
                 continue
@@ -431,15 +436,6 @@ class DownloadManager:
             if state is not None and state[0] == t.size:
                 t.set_flags(state[1], rising=True)
             await anyio.sleep(POLL)
-
-    async def _watch_drops(self, t: Transfer) -> None:
-        """Chunks the downloader drops (a failed whole-file check, a new manifest) must be
-        waited for again: only the on-disk state tells."""
-        while True:
-            await anyio.sleep(POLL)
-            state = await anyio.to_thread.run_sync(read_partial_state, self.partial_dir, t.file_id)
-            if state is not None and state[0] == t.size:
-                t.set_flags(state[1], rising=False)
 
     def _count(self, source: str, upstream: bool, n: int) -> None:
         self.view.report_transfer(0 if upstream else n, n if upstream else 0)
