@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from hffs.errors import HffsError
 from swarm.ids import is_file_id
 
 REPO_TYPES = ("model", "dataset", "space")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-class CacheError(Exception):
+class CacheError(HffsError):
     """The cache cannot do what was asked."""
 
 

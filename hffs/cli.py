@@ -7,7 +7,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -16,6 +16,9 @@ from hffs import config, importer, managed
 from hffs.cache import HubCache
 from hffs.console import err, expected_failures, fail, out
 from hffs.progress import human_bytes
+
+if TYPE_CHECKING:
+    from hffs.jobs import JobSpec
 
 app = typer.Typer(
     help="Hugging Face models from your peers first, the mirror and huggingface.co last.",
@@ -60,10 +63,43 @@ def model_add(
 ) -> None:
     """Download a repo revision or one file: peers, then the mirror(s), then huggingface.co."""
     _check_repo_type(repo_type)
-    from hffs.fetch import add_model
+    from hffs.jobs import JobSpec
 
+    spec = JobSpec(
+        repo_id,
+        revision,
+        repo_type,
+        files=(file,) if file else None,
+        token=config.hf_token(),
+        cache_dir=str(config.hub_cache_dir().absolute()),
+    )
     with expected_failures():
-        add_model(repo_type, repo_id, revision, file, console=err)
+        _run_job(spec)
+
+
+def _run_job(spec: JobSpec) -> None:
+    """The daemon runs the job when one runs (the CLI only shows progress); else this
+    process runs the same code."""
+    from hffs.daemonctl.client import DaemonClient, DaemonNotRunning
+    from hffs.progress import DownloadProgress
+
+    try:
+        daemon: DaemonClient | None = DaemonClient.from_home(config.home_dir())
+    except DaemonNotRunning:
+        daemon = None
+    with DownloadProgress(err) as progress:
+        if daemon is not None:
+            result = daemon.run_job(spec, progress)
+        else:
+            import anyio
+
+            from hffs.fetch import run_local
+
+            result = anyio.run(run_local, spec, progress, backend="asyncio")
+    if spec.dry_run:
+        progress.dry_run()
+    else:
+        progress.summary(result)
 
 
 @model_app.command("ls")
@@ -186,7 +222,7 @@ def model_search(
 
 def _tell_daemon(action: Callable[..., object]) -> None:
     """Let a running daemon know the cache changed; no daemon is fine."""
-    from hffs.daemon.client import DaemonClient, DaemonNotRunning
+    from hffs.daemonctl.client import DaemonClient, DaemonNotRunning
 
     try:
         action(DaemonClient.from_home(config.home_dir()))

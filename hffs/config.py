@@ -14,12 +14,14 @@ from pathlib import Path
 
 import platformdirs
 
+from hffs.errors import HffsError
+
 DEFAULT_PORT = 9009
 DEFAULT_ENDPOINTS = ("https://hf-mirror.com", "https://huggingface.co")
 ZERO_COMMIT = "0" * 40
 
 
-class ConfigError(Exception):
+class ConfigError(HffsError):
     """A setting is missing or malformed."""
 
 

@@ -21,11 +21,12 @@ from huggingface_hub.errors import (
 )
 
 from hffs.cache import check_repo_path, is_commit
+from hffs.errors import HffsError
 
 METADATA_TIMEOUT = 20.0
 
 
-class HubError(Exception):
+class HubError(HffsError):
     """No upstream endpoint could answer; the message says why, for the user."""
 
 

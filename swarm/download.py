@@ -427,16 +427,20 @@ async def download_file(
     on_bytes: OnBytes | None = None,
     on_chunk: OnChunk | None = None,
     on_drop: OnDrop | None = None,
+    on_open: Callable[[list[bool]], None] | None = None,
     rng: random.Random | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
     Resumes whatever an earlier attempt left in ``store_root``. Raises
     DownloadError when the file cannot be completed and verified. ``on_chunk`` and
-    ``on_drop`` tell a verified chunk landed and held chunks were given up."""
+    ``on_drop`` tell a verified chunk landed and held chunks were given up;
+    ``on_open`` what the partial file held (re-checked) when it was opened."""
     started = anyio.current_time()
     report = FileReport(file_id, size)
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
+    if on_open:
+        on_open(pf.have())
     job = _Job(
         pf,
         upstream,

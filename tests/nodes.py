@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from hffs.cache import HubCache
-from hffs.daemon.client import DaemonClient
-from hffs.daemon.process import pid_alive
-from hffs.daemon.runfiles import is_running, read_pid
+from hffs.daemonctl.client import DaemonClient
+from hffs.daemonctl.process import pid_alive
+from hffs.runfiles import is_running, read_pid
 
 CLI_TIMEOUT = 30.0
 COMMIT = "c0ffee" + "0" * 34

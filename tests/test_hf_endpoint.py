@@ -23,14 +23,6 @@ import pytest
 from huggingface_hub import hf_hub_download, snapshot_download
 
 from hffs.cache import HubCache
-from hffs.daemon.downloads import (
-    BLOCK,
-    DownloadManager,
-    FileJob,
-    SpanReader,
-    Transfer,
-    TransferFailed,
-)
 from hffs.daemon.hub_api import (
     ApiCall,
     is_hub_path,
@@ -42,6 +34,14 @@ from hffs.daemon.hub_api import (
     valid_revision,
 )
 from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.downloads import (
+    BLOCK,
+    DownloadManager,
+    FileJob,
+    SpanReader,
+    Transfer,
+    TransferFailed,
+)
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.store import PartialFile
 from tests.localhub import LocalHub, make_random_file

@@ -23,6 +23,8 @@ runner = CliRunner()
 
 def hffs(*args: str) -> tuple[int, str]:
     result = runner.invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
     return result.exit_code, result.output
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from hffs.cache import HubCache
-from hffs.daemon.runfiles import read_pid
+from hffs.runfiles import read_pid
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.store import PartialFile
 from tests.localhub import LocalHub

@@ -43,9 +43,15 @@ from hffs.daemon.app import (
 )
 from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.hub_proxy import HubEndpoint
-from hffs.daemon.peers import PeerClient
-from hffs.daemon.runfiles import (
+from hffs.discovery import newest_revision
+from hffs.errors import HffsError
+from hffs.fetch import JobHost, run_job
+from hffs.hub import RemoteRevision
+from hffs.jobs import JobListener, JobResult, JobSpec
+from hffs.peers import PeerClient
+from hffs.runfiles import (
     DaemonInfo,
+    DaemonSettings,
     InstanceLock,
     read_pid,
     remove_run_files,
@@ -72,16 +78,8 @@ QUERY_PARALLEL = 16  # peers asked at once over HTTP
 T = TypeVar("T")
 
 
-class DaemonStartError(Exception):
+class DaemonStartError(HffsError):
     """The daemon cannot start; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class DaemonSettings:
-    home: Path
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    bootstrap: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -242,6 +240,7 @@ class Daemon:
         self._wake_peers = anyio.Event()
         self._stop = anyio.Event()
         self._peers_http: PeerClient | None = None
+        self._hub: HubEndpoint | None = None
 
     # -- what we hold ----------------------------------------------------------
 
@@ -495,6 +494,24 @@ class Daemon:
     def refresh_peers(self) -> None:
         self._wake_peers.set()
 
+    async def revision_from_peers(
+        self, repo_type: str, repo_id: str, revision: str
+    ) -> RemoteRevision | None:
+        return newest_revision(await self.search(repo_type, repo_id, revision), repo_type, repo_id)
+
+    async def run_job(self, spec: JobSpec, listener: JobListener) -> JobResult:
+        """A ``hffs model add`` job, through the same DownloadManager as the HF endpoint."""
+        assert self._hub is not None, "used outside run()"
+        host = JobHost(
+            self.config,
+            self.index.cache,
+            self._hub.downloads,
+            self,
+            cache_changed=self.rescan,
+            where="the daemon ",
+        )
+        return await run_job(spec, host, listener)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -518,6 +535,7 @@ class Daemon:
             cfg.partial_dir,
             auth_headers(cfg.swarm_secret),
         )
+        self._hub = hub
         app = hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret))
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
         async with PeerClient(cfg.swarm_secret) as http, anyio.create_task_group() as tg:
