@@ -65,15 +65,16 @@ def model_add(
     _check_repo_type(repo_type)
     from hffs.jobs import JobSpec
 
-    spec = JobSpec(
-        repo_id,
-        revision,
-        repo_type,
-        files=(file,) if file else None,
-        token=config.hf_token(),
-        cache_dir=str(config.hub_cache_dir().absolute()),
-    )
     with expected_failures():
+        spec = JobSpec(
+            repo_id,
+            revision,
+            repo_type,
+            files=(file,) if file else None,
+            token=config.hf_token(),
+            cache_dir=str(config.hub_cache_dir().absolute()),
+            endpoints=() if config.offline() else tuple(config.Config.load().upstream_endpoints()),
+        )
         _run_job(spec)
 
 

@@ -75,6 +75,11 @@ def hub_cache_dir() -> Path:
     return base / "huggingface" / "hub"
 
 
+def offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it: no upstream at all, peers only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
 def hf_token() -> str | None:
     """The token for upstream endpoints only; never sent to peers."""
     token = os.environ.get("HF_TOKEN")

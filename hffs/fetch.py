@@ -50,6 +50,7 @@ class JobHost:
     downloads: DownloadManager
     view: PeersView
     cache_changed: Callable[[], Awaitable[object]] | None = None
+    is_self: Callable[[str], bool] | None = None  # an endpoint that is this host (no loops)
     where: str = ""  # "the daemon " when it is not the asker's own process
 
 
@@ -112,7 +113,8 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     await anyio.to_thread.run_sync(check_writable, cache.root, host.where)
     await anyio.to_thread.run_sync(check_writable, host.cfg.partial_dir, host.where)
     token = spec.token if spec.token is not None else config.hf_token()
-    hub = HubClient(host.cfg.upstream_endpoints(), token)
+    endpoints = spec.endpoints if spec.endpoints is not None else host.cfg.upstream_endpoints()
+    hub = HubClient([e for e in endpoints if not (host.is_self and host.is_self(e))], token)
     rev, note = await resolve(hub, host.view, spec)
     wanted = [rev.file(p) for p in spec.files] if spec.files is not None else list(rev.files)
     kinds = (spec.repo_type, spec.repo_id)
@@ -221,5 +223,9 @@ async def local_host(cfg: config.Config) -> AsyncIterator[JobHost]:
 
 
 async def run_local(spec: JobSpec, listener: JobListener) -> JobResult:
-    async with local_host(config.Config.load()) as host:
-        return await run_job(spec, host, listener)
+    """Run a job in this process (no daemon runs)."""
+    try:
+        async with local_host(config.Config.load()) as host:
+            return await run_job(spec, host, listener)
+    except BaseExceptionGroup as group:  # the host's task group wraps the job's failure
+        raise first_leaf(group) from None

@@ -53,6 +53,7 @@ class JobSpec:
     files: tuple[str, ...] | None = None  # None: every file of the revision
     token: str | None = None  # the asker's HF token; None: the host's own, if any
     cache_dir: str | None = None  # the asker's HF cache; None: the host's
+    endpoints: tuple[str, ...] | None = None  # the asker's upstreams (() offline); None: host's
     force: bool = False  # fetch again even what the cache holds
     dry_run: bool = False  # plan only: say what would be fetched
 
@@ -64,6 +65,7 @@ class JobSpec:
             "files": list(self.files) if self.files is not None else None,
             "token": self.token,
             "cache_dir": self.cache_dir,
+            "endpoints": list(self.endpoints) if self.endpoints is not None else None,
             "force": self.force,
             "dry_run": self.dry_run,
         }
@@ -82,6 +84,15 @@ class JobSpec:
                 raise ValueError("files must be a list of paths")
             if not all(isinstance(f, str) and f and len(f) <= MAX_TEXT for f in files):
                 raise ValueError("files must be a list of paths")
+        endpoints = obj.get("endpoints")
+        if endpoints is not None:
+            if not isinstance(endpoints, list) or len(endpoints) > 16:
+                raise ValueError("endpoints must be a list of URLs")
+            for e in endpoints:
+                if not isinstance(e, str) or not e.startswith(("http://", "https://")):
+                    raise ValueError("endpoints must be http(s) URLs")
+                if len(e) > MAX_TEXT or any(c.isspace() for c in e):
+                    raise ValueError("endpoints must be http(s) URLs")
         for flag in ("force", "dry_run"):
             if not isinstance(obj.get(flag, False), bool):
                 raise ValueError(f"{flag} must be true or false")
@@ -92,6 +103,7 @@ class JobSpec:
             files=tuple(files) if files is not None else None,
             token=_text(obj, "token", optional=True),
             cache_dir=_text(obj, "cache_dir", optional=True),
+            endpoints=tuple(endpoints) if endpoints is not None else None,
             force=obj.get("force", False),
             dry_run=obj.get("dry_run", False),
         )

@@ -70,10 +70,11 @@ class Node:
             "HF_HOME": str(root / "hf-home"),
             "XDG_CONFIG_HOME": str(root / "xdg-config"),
             "XDG_DATA_HOME": str(root / "xdg-data"),
+            # Nothing listens there: no test reaches the internet. (No HF_HUB_OFFLINE: a
+            # daemon runs `model add` jobs with the endpoints the CLI sends.)
             "HFFS_ENDPOINTS": "http://127.0.0.1:9",
-            "HF_HUB_OFFLINE": "1",
         }
-        for key in ("HF_TOKEN", "HF_ENDPOINT"):
+        for key in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
             self.env.pop(key, None)
 
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:

@@ -41,7 +41,6 @@ def bytes_up(node: Node) -> int:
 
 def use_hub(node: Node, hub: LocalHub) -> None:
     node.env["HFFS_ENDPOINTS"] = hub.url
-    node.env.pop("HF_HUB_OFFLINE", None)
 
 
 def hold_chunks(node: Node, data: bytes, chunks: range) -> None:

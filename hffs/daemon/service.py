@@ -508,6 +508,7 @@ class Daemon:
             self._hub.downloads,
             self,
             cache_changed=self.rescan,
+            is_self=self._hub._is_us,
             where="the daemon ",
         )
         return await run_job(spec, host, listener)
