@@ -122,6 +122,7 @@ class DownloadProgress:
             f"{name} at {result.commit[:12]}: {result.downloaded} file(s) downloaded, "
             f"{held}, {human_bytes(total)} in {seconds:.1f} s{rate}",
             highlight=False,
+            soft_wrap=True,
         )
         if by_source:
             table = Table("source", "bytes", "share")

@@ -43,7 +43,7 @@ from hffs.downloads import (
     TransferFailed,
 )
 from swarm.chunking import MIN_CHUNK_SIZE
-from swarm.store import PartialFile
+from swarm.sources import Source
 from tests.localhub import LocalHub, make_random_file
 from tests.nodes import Node, wait_for
 
@@ -415,43 +415,56 @@ class QuietSwarm:
         pass
 
 
-def test_a_download_another_process_runs_is_followed_not_repeated(tmp_path: Path) -> None:
-    data = os.urandom(2 * MIN_CHUNK_SIZE + 5)
+def test_jobs_and_readers_share_one_download_per_file_id(tmp_path: Path) -> None:
+    """Two `model add` jobs and an HF client asking for one file: one download."""
+    data = os.urandom(3 * MIN_CHUNK_SIZE + 5)
     file_id = hashlib.sha256(data).hexdigest()
     cache, partial = HubCache(tmp_path / "hub"), tmp_path / "partial"
-    commit = "1" * 40
-    job = FileJob("model", "org/x", commit, "w.bin", file_id, len(data), upstream=())
+    with LocalHub() as hub:
+        commit = hub.add_repo("org/x", {"w.bin": data})
+        hub.throttle_bps = 4 * MIN_CHUNK_SIZE  # slow enough for all three to join
+        url = f"{hub.url}/org/x/resolve/{commit}/w.bin"
+        job = FileJob(
+            "model",
+            "org/x",
+            commit,
+            "w.bin",
+            file_id,
+            len(data),
+            upstream=(Source(hub.url, url, True, {}),),
+        )
+        heard: list[int] = []
 
-    async def main() -> None:
-        async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
-            manager = DownloadManager(cache, partial, QuietSwarm(), client, {})
-            tg.start_soon(manager.run)
-            other = PartialFile(partial, file_id, len(data))  # "another process" holds the lock
-            reader = await manager.reader(job, 0, len(data))
-            got = bytearray()
+        async def main() -> None:
+            async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
+                manager = DownloadManager(cache, partial, QuietSwarm(), client, {})
+                tg.start_soon(manager.run)
+                blobs: list[Path] = []
 
-            async def consume() -> None:
-                while block := await reader.read():
-                    got.extend(block)
+                async def job_wait() -> None:
+                    blob, _ = await manager.fetch(job, lambda s, up, n: heard.append(n))
+                    blobs.append(blob)
 
-            with anyio.fail_after(20):
-                async with anyio.create_task_group() as readers:
-                    readers.start_soon(consume)
-                    for i in range(other.n_chunks):
-                        start, end = other.span(i)
-                        assert other.write_chunk(i, data[start:end])
-                        if i == 0:  # streamed as the other writer verifies it
-                            while len(got) < MIN_CHUNK_SIZE:
-                                await anyio.sleep(0.05)
-                            assert len(got) == MIN_CHUNK_SIZE
-                    assert other.verify_whole()
-                    other.publish(cache.blob_path("model", "org/x", file_id))
-            reader.close()
-            assert bytes(got) == data
-            assert [f.path for f in cache.files("model", "org/x", commit)] == ["w.bin"]
-            tg.cancel_scope.cancel()
+                got = bytearray()
 
-    anyio.run(main, backend="asyncio")
+                async def read_all() -> None:
+                    reader = await manager.reader(job, 0, len(data))
+                    while block := await reader.read():
+                        got.extend(block)
+                    reader.close()
+
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as clients:
+                        clients.start_soon(job_wait)
+                        clients.start_soon(job_wait)
+                        clients.start_soon(read_all)
+                assert bytes(got) == data
+                assert len(set(blobs)) == 1 and blobs[0].read_bytes() == data
+                tg.cancel_scope.cancel()
+
+        anyio.run(main, backend="asyncio")
+        assert hub.bytes_served == len(data)  # fetched once for all three
+    assert sum(heard) == 2 * len(data)  # each job heard every byte
 
 
 def test_a_reader_holds_the_last_block_and_refuses_changed_chunks(tmp_path: Path) -> None:
