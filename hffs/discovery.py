@@ -44,7 +44,7 @@ class SavedPeers:
         self.peers = peers
         self.peer_headers = auth_headers(cfg.swarm_secret)
 
-    async def find_providers(self, query: tuple[str, ...]) -> list[dict[str, Any]]:
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[dict[str, Any]]:
         # Every saved peer is a candidate: the downloader asks each for its bitmap anyway.
         return [{"host": p.host, "port": p.port, "source": "peer"} for p in self.cfg.peers]
 

@@ -48,7 +48,10 @@ class TransferFailed(HffsError):
 class SwarmView(Protocol):
     """What the manager needs of the daemon (``service.Daemon`` provides it)."""
 
-    async def find_providers(self, query: tuple[str, ...]) -> list[dict[str, Any]]: ...
+    async def holders(self, file_id: str, *, fresh: bool) -> list[dict[str, Any]]:
+        """Who holds a file, for a download (``{"host", "port"}`` each); may be cached."""
+        ...
+
     async def announce(
         self, file_ids: list[str], repos: list[tuple[str, str, str]], wait: bool
     ) -> int | None: ...
@@ -61,8 +64,8 @@ class DaemonHolders:
     def __init__(self, view: SwarmView) -> None:
         self.view = view
 
-    async def holders(self, file_id: str) -> list[PeerAddr]:
-        found = await self.view.find_providers(("file", file_id))
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
+        found = await self.view.holders(file_id, fresh=fresh)
         return list(dict.fromkeys(PeerAddr(p["host"], p["port"]) for p in found))
 
     async def announce_partial(self, file_id: str) -> None:

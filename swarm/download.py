@@ -27,7 +27,14 @@ import httpx
 
 from swarm.ids import content_hasher
 from swarm.manifest import Manifest
-from swarm.scheduler import Request, Scheduler, SchedulerConfig, State
+from swarm.scheduler import (
+    Request,
+    Scheduler,
+    SchedulerConfig,
+    SourceKind,
+    SourceState,
+    State,
+)
 from swarm.sources import (
     PeerAddr,
     Source,
@@ -42,7 +49,7 @@ from swarm.trust import Action, Trust
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 2.0  # how often the holder list is looked up again
+REFRESH_SECONDS = 2.0  # how often the holder list is asked for (Holders may answer from a cache)
 HAVE_REFRESH_SECONDS = 0.5  # how often holders still downloading are asked what they have
 TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnoticed
 MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
@@ -58,7 +65,11 @@ class DownloadError(Exception):
 class Holders(Protocol):
     """Where to learn who holds a file, and how to tell others we do."""
 
-    async def holders(self, file_id: str) -> list[PeerAddr]: ...
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
+        """Who holds ``file_id``; may answer from a cache unless ``fresh`` (every holder
+        known failed or left: look again)."""
+        ...
+
     async def announce_partial(self, file_id: str) -> None: ...
 
 
@@ -229,13 +240,22 @@ class _Round:
         trusted = self.pf.manifest
         return Trust.vouchers(self.peer_digests, trusted and trusted.digests)
 
+    def _no_live_peer(self) -> bool:
+        if self.sched is None:
+            return True
+        return not any(
+            s.kind is SourceKind.PEER and s.state is SourceState.LIVE
+            for s in self.sched.stats.values()
+        )
+
     async def _discover(self) -> dict[str, set[int]]:
         """Ask for holders, probe each (new or known) for its bitmap, keep those we trust."""
         if self.holders is None:
             return {}
+        fresh = self.sched is not None and self._no_live_peer()
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
-                listed = await self.holders.holders(self.pf.file_id)
+                listed = await self.holders.holders(self.pf.file_id, fresh=fresh)
         except Exception as exc:  # discovery is best effort: upstream still works
             log.warning("looking up holders of %s failed: %s", self.pf.file_id[:12], exc)
             listed = []

@@ -403,7 +403,7 @@ def test_with_upstream_down_peers_still_serve_a_commit(world: World) -> None:
 class QuietSwarm:
     """A SwarmView with no peers: nothing but what the test puts on disk."""
 
-    async def find_providers(self, query: tuple[str, ...]) -> list[dict[str, Any]]:
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[dict[str, Any]]:
         return []
 
     async def announce(

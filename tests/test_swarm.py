@@ -142,6 +142,33 @@ def test_four_throttled_holders_all_serve_a_share(
     assert all(s >= 2 * MIN_CHUNK_SIZE for s in shares), shares
 
 
+def test_holder_lookups_are_cached_while_downloading_from_four(
+    nodes: Callable[[str], Node], hub: LocalHub
+) -> None:
+    """The download asks who holds its file every couple of seconds; the daemon answers
+    from its cache and crawls the DHT once per LOOKUP_TTL, not once per ask."""
+    from hffs.daemon.lookups import LOOKUP_TTL
+
+    data = os.urandom(32 * MIN_CHUNK_SIZE)
+    hub.add_repo(REPO, {FILE: data})
+    hub.inject("5xx", count=None)
+    seeds = [nodes(f"127.0.0.{i}") for i in (2, 3, 4, 5)]
+    for node in seeds:
+        node.add_model_file(FILE, data)
+    d = nodes("127.0.0.6")
+    use_hub(d, hub)
+    start_swarm(seeds, d, "--max-upload-rate", "1M")  # ~8 s for the file
+    started = time.monotonic()
+    r = d.cli("model", "add", REPO, "--revision", hub.resolve_revision(REPO), timeout=120)
+    elapsed = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    assert cached_bytes(d) == data
+    status = d.client().status()
+    assert status["holder_asks"] >= 3, status  # the download kept asking...
+    # ...and the DHT was crawled once per TTL at most (a seed answered each time).
+    assert status["holder_lookups"] <= 1 + int(elapsed // LOOKUP_TTL), (status, elapsed)
+
+
 def test_a_seeder_killed_mid_transfer(nodes: Callable[[str], Node], hub: LocalHub) -> None:
     data = os.urandom(16 * MIN_CHUNK_SIZE)
     hub.add_repo(REPO, {FILE: data})

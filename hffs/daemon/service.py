@@ -43,6 +43,7 @@ from hffs.daemon.app import (
 )
 from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.daemon.lookups import Lookups
 from hffs.discovery import newest_revision
 from hffs.errors import HffsError
 from hffs.fetch import JobHost, run_job
@@ -241,6 +242,7 @@ class Daemon:
         self._stop = anyio.Event()
         self._peers_http: PeerClient | None = None
         self._hub: HubEndpoint | None = None
+        self.lookups = Lookups(self.find_providers)
 
     # -- what we hold ----------------------------------------------------------
 
@@ -410,6 +412,8 @@ class Daemon:
             "bytes_down_upstream": self.bytes_from_upstream,
             "started_at": self.started_at,
             "announced_at": self.announced_at,
+            "holder_lookups": self.lookups.crawls,
+            "holder_asks": self.lookups.asks,
         }
 
     def _lookup_key(self, query: Query) -> bytes:
@@ -439,6 +443,10 @@ class Daemon:
         if query[0] == "file":
             return await http.has_file(host, port, query[1])
         return await http.revision(host, port, *query[1:])
+
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """For the downloads: the lookup of a file's holders, cached (lookups.py)."""
+        return await self.lookups.get(("file", file_id), fresh=fresh)
 
     async def find_providers(self, query: Query) -> list[dict[str, Any]]:
         found, saved = await self._candidates(self._lookup_key(query))
