@@ -21,6 +21,7 @@ import anyio
 import httpx
 import pytest
 from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 
 from hffs.cache import HubCache
 from hffs.daemon.hub_api import (
@@ -44,7 +45,7 @@ from hffs.downloads import (
 )
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.sources import Source
-from tests.localhub import LocalHub, make_random_file
+from tests.localhub import LocalHub, lfs_pointer, make_random_file
 from tests.nodes import Node, wait_for
 
 REPO, DATASET, PRIVATE, SHARED = "org/swarmed", "org/data", "org/secret", "org/shared"
@@ -316,7 +317,7 @@ def test_a_private_repo_needs_a_token_upstream_accepts(world: World) -> None:
             r = http.get(f"{world.c.url}/api/models/{PRIVATE}", headers=headers)
             assert r.status_code in (401, 404)
     for token in (False, "hf_wrong"):
-        with pytest.raises(Exception):  # noqa: B017  (RepositoryNotFound or HTTP 401)
+        with pytest.raises(HfHubHTTPError):  # RepositoryNotFound (404) or HTTP 401
             hf_hub_download(
                 PRIVATE, "weights.bin", endpoint=world.c.url, cache_dir=cache, token=token
             )
@@ -331,6 +332,7 @@ def test_a_private_repo_needs_a_token_upstream_accepts(world: World) -> None:
     assert (Path(snap) / "config.json").read_bytes() == world.files[PRIVATE]["config.json"]
     assert world.hub.bytes_served == 0  # the bytes came from A
     # Upstream saw the caller's token on every request the daemon made for it.
+    assert world.hub.auth_log  # it did ask upstream (listing and access check)
     assert all(auth == f"Bearer {TOKEN}" for _, auth in world.hub.auth_log)
 
 
@@ -575,7 +577,8 @@ def test_a_ref_resolves_to_the_newest_commit_the_swarm_reports() -> None:
     tree = listing.tree("", recursive=False)
     assert [(e["type"], e["path"]) for e in tree or []] == [("file", "a"), ("directory", "b")]
     (entry,) = listing.paths_info(["a"])
-    assert entry["lfs"] == {"oid": sha, "size": 1, "pointerSize": entry["lfs"]["pointerSize"]}
+    # pointerSize: the size of the git LFS pointer file the hub stores for it
+    assert entry["lfs"] == {"oid": sha, "size": 1, "pointerSize": len(lfs_pointer(sha, 1))}
 
 
 class FakeDaemon(QuietSwarm):

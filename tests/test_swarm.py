@@ -231,7 +231,8 @@ def test_a_peer_serving_corrupt_bytes_is_dropped(
     assert cached_bytes(d) == data
     # the liar was dropped after its first bad chunks; the good peer carried the rest
     assert bytes_up(good) >= len(data) - 3 * MIN_CHUNK_SIZE
-    assert "failed verification" in (d.home / "daemon.log").read_text() or r.returncode == 0
+    # the daemon did the download: its log names the chunks that failed their check
+    assert "failed verification" in (d.home / "daemon.log").read_text()
 
 
 def test_chunks_no_peer_holds_come_from_the_hub(
