@@ -307,9 +307,15 @@ class DownloadManager:
         self.peer_headers = peer_headers
         self.holders = DaemonHolders(view)
         self._transfers: dict[str, Transfer] = {}
+        self.completed: set[str] = set()  # file ids this manager published (for status)
         self._tg: anyio.abc.TaskGroup | None = None
         self._ready = anyio.Event()
         self._limiter = anyio.CapacityLimiter(FILES_AT_ONCE)
+
+    @property
+    def running(self) -> set[str]:
+        """File ids being downloaded now."""
+        return set(self._transfers)
 
     async def run(self) -> None:
         """Serve downloads until cancelled (which cancels them; partial files stay)."""
@@ -392,6 +398,7 @@ class DownloadManager:
                     blob = await self._fetch(t, job)
                 await anyio.to_thread.run_sync(self._link, blob, list(t.jobs))
                 t.complete(blob)
+                self.completed.add(t.file_id)
             except Exception as exc:  # one file's failure must never take the host down
                 leaf = first_leaf(exc)
                 log.warning("download of %s… failed: %s", t.file_id[:12], leaf)

@@ -1,4 +1,5 @@
-"""Holder lookups for the daemon's downloads, cached per key (one service: lookups).
+"""Who holds what (one service: lookups): the DHT and the saved peers (``Finder``), and
+for the daemon's downloads the same lookups cached per key (``Lookups``).
 
 A download asks who holds its file every few seconds; a DHT crawl per ask would
 flood the swarm (a BitTorrent client asks its tracker every few minutes and then
@@ -15,6 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+
+from hffs.cache import is_commit
+from hffs.config import Peer
+from hffs.daemon.app import any_revision_key, file_key, repo_key
+from hffs.daemon.peerbook import PeerBook, gather
+from hffs.peers import PeerClient
+from swarm.dht import DHTNode
 
 LOOKUP_TTL = 60.0
 EMPTY_TTL = 5.0
@@ -67,3 +75,61 @@ class Lookups:
     def forget(self, query: Query) -> None:
         """A holder announced itself for this key: the next ask looks again."""
         self._cache.pop(query, None)
+
+
+LOOKUP_TIMEOUT = 15.0  # one DHT lookup
+
+
+def lookup_key(query: Query) -> bytes:
+    """The DHT key of a query: a file id, a commit, or any revision of a repo (a ref)."""
+    if query[0] == "file":
+        return file_key(query[1])
+    _, repo_type, repo_id, revision = query
+    if is_commit(revision):
+        return repo_key(repo_type, repo_id, revision)
+    return any_revision_key(repo_type, repo_id)
+
+
+class Finder:
+    """Who holds what: the DHT's holders of a key, and the saved peers asked directly."""
+
+    def __init__(self, node: DHTNode, book: PeerBook, http: PeerClient) -> None:
+        self.node, self.book, self.http = node, book, http
+
+    async def _candidates(self, key: bytes) -> tuple[list[tuple[str, int]], list[Peer]]:
+        """Holders the DHT names (self excluded), and the saved peers not among them."""
+        found: list[tuple[str, int]] = []
+        if self.node.routing_size():
+            with anyio.move_on_after(LOOKUP_TIMEOUT):
+                providers = await self.node.find_providers(key)
+                found = [
+                    (p.host, p.port) for p in providers if not self.book.is_self(p.host, p.port)
+                ]
+        return found, self.book.others(found)
+
+    async def _ask(self, query: Query, host: str, port: int) -> Any:
+        if query[0] == "file":
+            return await self.http.has_file(host, port, query[1])
+        return await self.http.revision(host, port, *query[1:])
+
+    async def find_providers(self, query: Query) -> Found:
+        found, saved = await self._candidates(lookup_key(query))
+        answers = await gather(saved, lambda p: self._ask(query, p.host, p.port))
+        out = [{"host": h, "port": p, "source": "dht"} for h, p in found]
+        out += [
+            {"host": p.host, "port": p.port, "source": "peer"}
+            for p, ok in zip(saved, answers, strict=True)
+            if ok
+        ]
+        return out
+
+    async def search(self, repo_type: str, repo_id: str, revision: str) -> Found:
+        query: Query = ("repo", repo_type, repo_id, revision)
+        found, saved = await self._candidates(lookup_key(query))
+        everyone = [*found, *((p.host, p.port) for p in saved)]
+        listings = await gather(everyone, lambda a: self._ask(query, *a))
+        return [
+            {"host": host, "port": port, **listing}
+            for (host, port), listing in zip(everyone, listings, strict=True)
+            if listing
+        ]
