@@ -295,8 +295,12 @@ def test_bytes_stream_as_chunks_verify_and_the_download_outlives_its_client(
         with httpx.Client(trust_env=False, timeout=20) as http, http.stream("GET", url) as r:
             assert r.status_code == 200
             first = next(r.iter_bytes())
+            # Slow the rest right away: however loaded the machine, the file cannot
+            # complete between the first bytes and the check below.
+            world.hub.throttle_bps = MIN_CHUNK_SIZE // 8
             assert data.startswith(first)
             assert not blob.exists()  # bytes flow long before the file is complete
+        world.hub.throttle_bps = None
         # The client is gone; the daemon finishes the download it started anyway.
         wait_for(blob.is_file, 20, "the daemon to finish the download")
     finally:
