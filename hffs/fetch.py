@@ -140,15 +140,16 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
 
     async def one(f: RemoteFile) -> None:
         own = cache.blob_path(*kinds, f.file_id)
+        by_source: dict[str, int] = {}
         if f.path not in pending:
-            how, by_source = "cached", {}
+            how = "cached"
         else:
             existing = (
                 None if spec.force else await anyio.to_thread.run_sync(cache.find_blob, f.file_id)
             )
             if existing is not None and _held(existing, f.size):
                 await anyio.to_thread.run_sync(cache.adopt, *kinds, f.file_id, existing, "hardlink")
-                how, by_source = "hardlinked", {}
+                how = "hardlinked"
             else:
                 if spec.force:
                     own.unlink(missing_ok=True)

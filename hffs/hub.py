@@ -96,7 +96,7 @@ class HubClient:
             timeout=METADATA_TIMEOUT,
         )
         files = []
-        for s in info.siblings or []:
+        for s in getattr(info, "siblings", None) or []:
             if s.lfs is not None:
                 f = RemoteFile(s.rfilename, s.lfs.size, s.lfs.sha256, True)
             else:

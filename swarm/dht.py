@@ -560,7 +560,8 @@ class DHTProtocol(KademliaProtocol):
             if (
                 host is not None
                 and valid_port(item[1])
-                and type(ttl) in (int, float)
+                and isinstance(ttl, int | float)
+                and not isinstance(ttl, bool)
                 and ttl > 0  # NaN fails this too
             ):
                 found.append(Provider(host, item[1], now + min(ttl, self.providers.ttl)))

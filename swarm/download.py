@@ -233,12 +233,12 @@ class _Round:
     def _agrees(self, pid: str) -> bool:
         """A holder whose digests contradict the trusted manifest sits this round out."""
         trusted = self.pf.manifest
-        return Trust.agrees(self.peer_digests.get(pid, ()), trusted and trusted.digests)
+        return Trust.agrees(self.peer_digests.get(pid, ()), trusted.digests if trusted else None)
 
     def vouchers(self) -> set[str]:
         """Holders that vouched for the manifest this round trusted."""
         trusted = self.pf.manifest
-        return Trust.vouchers(self.peer_digests, trusted and trusted.digests)
+        return Trust.vouchers(self.peer_digests, trusted.digests if trusted else None)
 
     def _no_live_peer(self) -> bool:
         if self.sched is None:
@@ -339,7 +339,8 @@ class _Round:
                 return False, 0
         if self.pf.has(req.chunk):
             return True, 0
-        if not await anyio.to_thread.run_sync(self.pf.write_chunk, req.chunk, data, digest):
+        write = self.pf.write_chunk
+        if not await anyio.to_thread.run_sync(lambda: write(req.chunk, bytes(data), digest)):
             return False, 0
         self.peer_chunks[req.chunk] = req.source
         return True, len(data)

@@ -62,7 +62,7 @@ class Trust:
         return tuple(b for b in winner if b is not None)
 
     @staticmethod
-    def agrees(mine: Digests, trusted: Iterable[bytes] | None) -> bool:
+    def agrees(mine: Digests, trusted: Iterable[bytes | None] | None) -> bool:
         """Whether a holder's digests never contradict the trusted manifest."""
         if trusted is None:
             return True
@@ -72,7 +72,7 @@ class Trust:
         return all(d is None or d == t for d, t in zip(mine, trusted, strict=True))
 
     @staticmethod
-    def vouchers(said: Mapping[str, Digests], trusted: Iterable[bytes] | None) -> set[str]:
+    def vouchers(said: Mapping[str, Digests], trusted: Iterable[bytes | None] | None) -> set[str]:
         """Holders that sent exactly the trusted manifest."""
         if trusted is None:
             return set()
