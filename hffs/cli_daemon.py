@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -18,8 +19,13 @@ from hffs.console import err, expected_failures, fail, out
 from hffs.daemonctl.client import DaemonClient, DaemonError, DaemonNotRunning
 from hffs.progress import human_bytes
 
-daemon_app = typer.Typer(help="Start, stop and inspect the daemon.", no_args_is_help=True)
-peer_app = typer.Typer(help="Saved peers: bootstrap nodes, always probed.", no_args_is_help=True)
+HELP = {"help_option_names": ["-h", "--help"]}
+daemon_app = typer.Typer(
+    help="Start, stop and inspect the daemon.", no_args_is_help=True, context_settings=HELP
+)
+peer_app = typer.Typer(
+    help="Saved peers: bootstrap nodes, always probed.", no_args_is_help=True, context_settings=HELP
+)
 
 
 PEER_PROBE_TIMEOUT = 1.5
@@ -27,6 +33,20 @@ PEER_PROBE_TIMEOUT = 1.5
 
 def _addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def endpoint_url(host: str, port: int) -> str:
+    """The daemon's HF endpoint as this machine reaches it: loopback when it binds all
+    interfaces (with a swarm secret, loopback is the only address it serves HF on)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://{_addr(host, port)}"
+
+
+def export_line(host: str, port: int) -> str:
+    return f"export HF_ENDPOINT={endpoint_url(host, port)}"
 
 
 def _parse_peer(host: str, port: int | None) -> Peer:
@@ -71,7 +91,7 @@ def daemon_start(
     ] = None,
     bootstrap: Annotated[
         list[str] | None,
-        typer.Option(help="A DHT node to join through, HOST[:PORT]; repeatable"),
+        typer.Option(metavar="HOST[:PORT]", help="A DHT node to join through; repeatable"),
     ] = None,
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops)")
@@ -127,12 +147,15 @@ def daemon_start(
             err.print(f"hffs daemon on {_addr(host, port)} (Ctrl-C stops)", highlight=False)
         info = start(settings, foreground=foreground)
     if info is not None:
-        out.print(
+        err.print(
             f"hffs daemon started (pid {info.pid}): peers and DHT on {_addr(info.host, info.port)}"
-            f", control on 127.0.0.1:{info.control_port}; log {cfg.home / 'daemon.log'}",
+            f", control on 127.0.0.1:{info.control_port}; log {cfg.home / 'daemon.log'}\n"
+            "HF tools download through the swarm with:",
             highlight=False,
             soft_wrap=True,
         )
+        # the one line on stdout, ready to copy (or: eval "$(hffs daemon start)")
+        out.print(export_line(info.host, info.port), highlight=False, soft_wrap=True)
 
 
 @daemon_app.command("stop")
@@ -158,6 +181,7 @@ def daemon_status() -> None:
         ("pid", str(s["pid"])),
         ("listening", f"{_addr(s['host'], s['port'])} (TCP peers, UDP DHT)"),
         ("control", f"127.0.0.1:{s['control_port']}"),
+        ("HF endpoint", export_line(s["host"], s["port"])),
         ("node id", s["node_id"]),
         ("DHT contacts", str(s["routing_size"])),
         ("files shared", f"{s['files_shared']} complete, {s['partials_shared']} partial"),
@@ -271,8 +295,14 @@ def _resolve_by_peers(
     return newest, [h for h in holders if h["commit"] == newest]
 
 
-def search_command(repo_id: str, file: str | None, revision: str, repo_type: str) -> None:
-    """Print ``host:port, repo-id, file`` for every peer holding the revision (or the file).
+def search_command(
+    repo_id: str,
+    choose: Callable[[list[str]], list[str] | None],
+    revision: str,
+    repo_type: str,
+) -> None:
+    """Print ``host:port, repo-id, file`` for every peer holding the revision (or the
+    files ``choose`` keeps of what each peer lists; None keeps all).
 
     A 40-hex revision is searched as is; a ref is resolved by the local cache if it
     knows it, else by the peers holding any revision of the repo (newest commit)."""
@@ -285,14 +315,14 @@ def search_command(repo_id: str, file: str | None, revision: str, repo_type: str
         holders = daemon.search(repo_type, repo_id, commit or revision)
     if commit is None and holders:
         commit, holders = _resolve_by_peers(holders, revision)
-    lines = [
-        f"{_addr(h['host'], h['port'])}, {repo_id}, {f['path']}"
-        for h in holders
-        for f in h["files"]
-        if file is None or f["path"] == file
-    ]
+    lines = []
+    for h in holders:
+        paths = [f["path"] for f in h["files"] if isinstance(f.get("path"), str)]
+        kept = choose(paths)
+        for path in paths if kept is None else kept:
+            lines.append(f"{_addr(h['host'], h['port'])}, {repo_id}, {path}")
     if not lines:
-        what = f"{file} of {repo_id}" if file else repo_id
+        what = f"those files of {repo_id}" if choose([]) is not None else repo_id
         at = commit[:12] if commit else revision
         fail(f"no peer holds {what} at {at}; is the daemon in the DHT? (`hffs daemon status`)")
     for line in lines:

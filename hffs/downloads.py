@@ -29,6 +29,7 @@ import httpx
 import xxhash
 
 from hffs.cache import HubCache
+from hffs.daemon.activity import Activity
 from hffs.errors import HffsError
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.download import DownloadError, OnBytes, download_file
@@ -299,7 +300,9 @@ class DownloadManager:
         view: SwarmView,
         client: httpx.AsyncClient,
         peer_headers: dict[str, str],
+        activity: Activity | None = None,
     ) -> None:
+        self.activity = activity or Activity()  # what the status page and metrics show
         self.cache = cache
         self.partial_dir = partial_dir
         self.view = view
@@ -405,6 +408,7 @@ class DownloadManager:
                 t.fail(str(leaf) or type(leaf).__name__)
             finally:
                 t.fail("the download was stopped")  # if cancelled; no-op once finished
+                self.activity.file_finished(t.file_id, t.error)
             if self._transfers.get(t.file_id) is t:
                 del self._transfers[t.file_id]
         if t.blob is not None:
@@ -421,7 +425,12 @@ class DownloadManager:
 
         def on_bytes(source: str, upstream: bool, n: int) -> None:
             self.view.report_transfer(0 if upstream else n, n if upstream else 0)
+            self.activity.bytes_in(source, upstream, n)
             t.on_bytes(source, upstream, n)
+
+        watch = self.activity.file_started(
+            t.file_id, f"{job.repo_id}/{job.path}", t.size, list(t.have)
+        )
 
         try:
             report = await download_file(
@@ -437,6 +446,7 @@ class DownloadManager:
                 on_open=t.opened,
                 on_chunk=t.chunk_verified,
                 on_drop=t.chunks_dropped,
+                observer=watch,
             )
         except (DownloadError, StoreError) as exc:
             raise TransferFailed(str(exc)) from None

@@ -78,6 +78,14 @@ OnChunk = Callable[[int], None]  # a chunk is verified and on disk
 OnDrop = Callable[[list[int]], None]  # chunks held before are gone (to be fetched again)
 
 
+class ChunkObserver(Protocol):
+    """Told each chunk's fate and source, for a status page and metrics; the calls are
+    synchronous and cheap, and must not raise."""
+
+    def chunk_verified(self, chunk: int, source: str, upstream: bool) -> None: ...
+    def chunk_failed(self, chunk: int, source: str, upstream: bool) -> None: ...
+
+
 @dataclass
 class FileReport:
     file_id: str
@@ -144,6 +152,7 @@ class _Job:
     on_drop: OnDrop | None
     rng: random.Random
     trust: Trust = field(default_factory=Trust)  # holders distrusted for this file
+    observer: ChunkObserver | None = None
 
     def drop(self, chunks: Iterable[int]) -> None:
         held = [i for i in chunks if self.pf.has(i)]
@@ -162,6 +171,7 @@ class _Round:
         self.job = job
         self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.trust.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
+        self.observer = job.observer
         self.sources: dict[str, Source] = {s.id: s for s in self.upstream}
         self.peers: dict[str, PeerAddr] = {}
         self.partial_peers: set[str] = set()  # holders still downloading
@@ -321,6 +331,8 @@ class _Round:
                 self.report.bytes_by_source[req.source] += nbytes
                 if self.on_chunk:
                     self.on_chunk(req.chunk)
+                if self.observer:
+                    self.observer.chunk_verified(req.chunk, req.source, source.upstream)
                 self.running_hash.more.set()
                 self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
         finally:
@@ -383,6 +395,8 @@ class _Round:
         assert self.sched is not None
         log.warning("chunk %d from %s failed verification", req.chunk, req.source)
         self.report.bad_chunks += 1
+        if self.observer:
+            self.observer.chunk_failed(req.chunk, req.source, self.sources[req.source].upstream)
         if not self.sources[req.source].upstream:
             self.banned.add(req.source)
         self._cancel(self.sched.on_failure(req, anyio.current_time(), bad_data=True))
@@ -450,6 +464,7 @@ async def download_file(
     on_drop: OnDrop | None = None,
     on_open: Callable[[list[bool]], None] | None = None,
     rng: random.Random | None = None,
+    observer: ChunkObserver | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
@@ -472,6 +487,7 @@ async def download_file(
         on_chunk,
         on_drop,
         rng or random.Random(),
+        observer=observer,
     )
     trust = job.trust
     try:

@@ -93,15 +93,27 @@ def lookup_key(query: Query) -> bytes:
 class Finder:
     """Who holds what: the DHT's holders of a key, and the saved peers asked directly."""
 
-    def __init__(self, node: DHTNode, book: PeerBook, http: PeerClient) -> None:
+    def __init__(
+        self,
+        node: DHTNode,
+        book: PeerBook,
+        http: PeerClient,
+        on_lookup: Callable[[float], None] | None = None,  # seconds one DHT lookup took
+    ) -> None:
         self.node, self.book, self.http = node, book, http
+        self.on_lookup = on_lookup
 
     async def _candidates(self, key: bytes) -> tuple[list[tuple[str, int]], list[Peer]]:
         """Holders the DHT names (self excluded), and the saved peers not among them."""
         found: list[tuple[str, int]] = []
         if self.node.routing_size():
             with anyio.move_on_after(LOOKUP_TIMEOUT):
-                providers = await self.node.find_providers(key)
+                started = time.monotonic()
+                try:
+                    providers = await self.node.find_providers(key)
+                finally:
+                    if self.on_lookup is not None:
+                        self.on_lookup(time.monotonic() - started)
                 found = [
                     (p.host, p.port) for p in providers if not self.book.is_self(p.host, p.port)
                 ]

@@ -29,6 +29,7 @@ import uvicorn
 
 from hffs.cache import HubCache
 from hffs.config import DEFAULT_PORT, Config, ConfigError, hub_cache_dir
+from hffs.daemon.activity import Activity
 from hffs.daemon.announcer import Announcer
 from hffs.daemon.app import (
     CacheIndex,
@@ -40,7 +41,9 @@ from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.holdings import Holdings
 from hffs.daemon.hub_proxy import HubEndpoint
 from hffs.daemon.lookups import Finder, Lookups
-from hffs.daemon.peerbook import PeerBook, resolve
+from hffs.daemon.metrics import MetricSources, make_registry
+from hffs.daemon.peerbook import PeerBook, PeerState, resolve
+from hffs.daemon.status_page import LocalSurface
 from hffs.discovery import newest_revision
 from hffs.errors import HffsError
 from hffs.fetch import JobHost, run_job
@@ -57,10 +60,14 @@ from hffs.runfiles import (
     write_pid,
 )
 from swarm.dht import DHTNode
-from swarm.peer_server import UploadLimits, UploadStats
+from swarm.peer_server import PeerServer, UploadLimits, UploadStats
+from swarm.transport_server import FrontLimits, FrontShared, install_front
 from swarm.wire import auth_headers
 
 log = logging.getLogger("hffs.daemon")
+
+SAMPLE_PERIOD = 1.0  # rates and the throughput history of the status page
+ALIVE_WINDOW = 60.0  # a peer that traded bytes this recently counts as alive
 
 
 class DaemonStartError(HffsError):
@@ -114,6 +121,21 @@ def bind_tcp(ip: str, port: int, what: str = "TCP") -> socket.socket:
     return sock
 
 
+def front_limits() -> FrontLimits:
+    """The peer port's connection limits; tests shorten the timeouts through the
+    environment (``HFFS_HEADER_TIMEOUT``, ``HFFS_STALL_TIMEOUT``)."""
+    base = FrontLimits()
+    try:
+        return FrontLimits(
+            header_timeout=float(os.environ.get("HFFS_HEADER_TIMEOUT", base.header_timeout)),
+            idle_timeout=base.idle_timeout,
+            stall_timeout=float(os.environ.get("HFFS_STALL_TIMEOUT", base.stall_timeout)),
+            per_address=base.per_address,
+        )
+    except ValueError:
+        return base
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the daemon's task group owns signals."""
 
@@ -163,6 +185,7 @@ class Daemon:
         self.control_port = control_port
         self.index = CacheIndex(HubCache(hub_cache_dir()))
         self.uploads = UploadStats()
+        self.activity = Activity()  # for /metrics and the status page
         self.bytes_from_peers = 0
         self.bytes_from_upstream = 0
         self.started_at = time.time()
@@ -170,7 +193,7 @@ class Daemon:
         self.holdings = Holdings(self.index, config.partial_dir)
         self.announcer = Announcer(node, port, self.holdings.held_keys)
         self.book = PeerBook(settings, node, self.http, config.peers, self.is_self)
-        self.finder = Finder(node, self.book, self.http)
+        self.finder = Finder(node, self.book, self.http, on_lookup=self.activity.dht_lookup)
         self.lookups = Lookups(self.finder.find_providers)
         self._stop = anyio.Event()
         self._hub: HubEndpoint | None = None
@@ -264,6 +287,43 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    # -- what /metrics and the status page show ---------------------------------------
+
+    def peer_counts(self) -> tuple[int, int]:
+        """(known, alive): saved peers and peers traded with; alive if the last probe
+        answered or bytes moved within ALIVE_WINDOW."""
+        now = time.time()
+        saved = self.book.saved_peers
+        known = {p.host for p in saved} | set(self.activity.peers)
+        alive = {p.host for p in saved if self.book.states.get(p, PeerState()).active}
+        alive |= {h for h, a in self.activity.peers.items() if now - a.last_active < ALIVE_WINDOW}
+        return len(known), len(alive)
+
+    def ui_state(self) -> dict[str, Any]:
+        return {"status": self.status(), "activity": self.activity.snapshot()}
+
+    def local_surface(self, app: Any) -> LocalSurface:
+        """``/metrics``, ``/ui`` and response counting in front of the daemon's port."""
+        registry = make_registry(
+            MetricSources(
+                activity=self.activity,
+                uploads=self.uploads,
+                upload_slots=self.config.max_uploads,
+                bytes_down=lambda: {
+                    "peer": self.bytes_from_peers,
+                    "upstream": self.bytes_from_upstream,
+                },
+                routing_size=self.node.routing_size,
+                peers=self.peer_counts,
+            )
+        )
+        return LocalSurface(app, self.activity, registry, self.ui_state)
+
+    async def _sample_loop(self) -> None:
+        while True:
+            self.activity.sample(self.uploads.by_host)
+            await anyio.sleep(SAMPLE_PERIOD)
+
     async def revision_from_peers(
         self, repo_type: str, repo_id: str, revision: str
     ) -> RemoteRevision | None:
@@ -287,13 +347,18 @@ class Daemon:
 
     async def run(self, tcp: socket.socket, control: socket.socket, token: str) -> None:
         cfg = self.config
+        limits = UploadLimits(cfg.max_upload_rate, cfg.max_uploads)
+        peer = PeerServer(
+            self.index, cfg.partial_dir, cfg.state_dir / "manifests", limits, self.uploads
+        )
         peer_app = create_app(
             self.index,
             cfg.partial_dir,
             cfg.state_dir / "manifests",
-            limits=UploadLimits(cfg.max_upload_rate, cfg.max_uploads),
+            limits=limits,
             stats=self.uploads,
             secret=cfg.swarm_secret,
+            server=peer,
         )
         # The HF endpoint (HF_ENDPOINT=http://host:port) shares the port with the peer app.
         hub = HubEndpoint(
@@ -304,8 +369,12 @@ class Daemon:
             auth_headers(cfg.swarm_secret),
         )
         self._hub = hub
-        app = hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret))
+        hub.downloads.activity = self.activity
+        app = self.local_surface(hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret)))
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
+        # Blob bodies leave by sendfile through the front; other routes reach the app.
+        secret = cfg.swarm_secret.encode() if cfg.swarm_secret else None
+        install_front(peer_server.config, FrontShared(peer, secret, front_limits()))
         async with self.http, anyio.create_task_group() as tg:
             tg.start_soon(peer_server.serve, [tcp])
             tg.start_soon(control_server.serve, [control])
@@ -315,6 +384,7 @@ class Daemon:
                 loops.start_soon(self.announcer.run)
                 loops.start_soon(self.book.run)
                 loops.start_soon(self.holdings.rescan_loop, self.announcer.queue)
+                loops.start_soon(self._sample_loop)
                 await self._stop.wait()
                 loops.cancel_scope.cancel()
             # uvicorn finishes in-flight requests (the stop reply among them), bounded
