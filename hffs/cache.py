@@ -17,13 +17,14 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from hffs.errors import HffsError
 from swarm.ids import is_file_id
 
 REPO_TYPES = ("model", "dataset", "space")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-class CacheError(Exception):
+class CacheError(HffsError):
     """The cache cannot do what was asked."""
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -16,6 +15,9 @@ from hffs import config, importer, managed
 from hffs.cache import HubCache
 from hffs.console import err, expected_failures, fail, out
 from hffs.progress import human_bytes
+
+if TYPE_CHECKING:
+    from hffs.jobs import JobSpec
 
 # -h as well as --help, on every command (click passes it down to subcommands)
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -134,10 +136,44 @@ def model_add(
 ) -> None:
     """Download a repo revision or one file: peers, then the mirror(s), then huggingface.co."""
     _check_repo_type(repo_type)
-    from hffs.fetch import add_model
+    from hffs.jobs import JobSpec
 
     with expected_failures():
-        add_model(repo_type, repo_id, revision, file, console=err)
+        spec = JobSpec(
+            repo_id,
+            revision,
+            repo_type,
+            files=(file,) if file else None,
+            token=config.hf_token(),
+            cache_dir=str(config.hub_cache_dir().absolute()),
+            endpoints=() if config.offline() else tuple(config.Config.load().upstream_endpoints()),
+        )
+        _run_job(spec)
+
+
+def _run_job(spec: JobSpec) -> None:
+    """The daemon runs the job when one runs (the CLI only shows progress); else this
+    process runs the same code."""
+    from hffs.daemonctl.client import DaemonClient, DaemonNotRunning
+    from hffs.progress import DownloadProgress
+
+    try:
+        daemon: DaemonClient | None = DaemonClient.from_home(config.home_dir())
+    except DaemonNotRunning:
+        daemon = None
+    with DownloadProgress(err) as progress:
+        if daemon is not None:
+            result = daemon.run_job(spec, progress)
+        else:
+            import anyio
+
+            from hffs.fetch import run_local
+
+            result = anyio.run(run_local, spec, progress, backend="asyncio")
+    if spec.dry_run:
+        progress.dry_run()
+    else:
+        progress.summary(result)
 
 
 @model_app.command("ls")
@@ -318,7 +354,7 @@ def model_search(
 
 def _tell_daemon(action: Callable[..., object]) -> None:
     """Let a running daemon know the cache changed; no daemon is fine."""
-    from hffs.daemon.client import DaemonClient, DaemonNotRunning
+    from hffs.daemonctl.client import DaemonClient, DaemonNotRunning
 
     try:
         action(DaemonClient.from_home(config.home_dir()))
@@ -397,4 +433,4 @@ app.command("download", help="Same as `hffs model add` (named like `hf download`
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

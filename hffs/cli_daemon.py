@@ -16,7 +16,7 @@ from hffs import config
 from hffs.cache import HubCache, is_commit
 from hffs.config import Config, Peer
 from hffs.console import err, expected_failures, fail, out
-from hffs.daemon.client import DaemonClient, DaemonError, DaemonNotRunning
+from hffs.daemonctl.client import DaemonClient, DaemonError, DaemonNotRunning
 from hffs.progress import human_bytes
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -112,8 +112,9 @@ def daemon_start(
     ] = None,
 ) -> None:
     """Start the daemon: serve the cache to peers, join the DHT, announce every file."""
-    from hffs.daemon.process import start
-    from hffs.daemon.service import DaemonSettings, parse_hostport
+    from hffs.daemon.service import parse_hostport
+    from hffs.daemonctl.process import start
+    from hffs.runfiles import DaemonSettings
 
     with expected_failures():
         cfg = Config.load(config.home_dir())
@@ -160,7 +161,7 @@ def daemon_start(
 @daemon_app.command("stop")
 def daemon_stop() -> None:
     """Stop the daemon cleanly (downloads in progress resume later)."""
-    from hffs.daemon.process import stop
+    from hffs.daemonctl.process import stop
 
     with expected_failures():
         pid = stop(config.home_dir())
@@ -246,7 +247,7 @@ def peer_rm(
 
 
 async def _probe_all(peers: list[Peer], secret: str | None) -> list[bool]:
-    from hffs.daemon.peers import PeerClient
+    from hffs.peers import PeerClient
 
     results = [False] * len(peers)
 

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import platformdirs
 
+from hffs.errors import HffsError
+
 DEFAULT_PORT = 9009
 DEFAULT_ENDPOINTS = ("https://hf-mirror.com", "https://huggingface.co")
 ZERO_COMMIT = "0" * 40
 
 
-class ConfigError(Exception):
+class ConfigError(HffsError):
     """A setting is missing or malformed."""
 
 
@@ -71,6 +73,11 @@ def hub_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "huggingface" / "hub"
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it: no upstream at all, peers only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def hf_token() -> str | None:

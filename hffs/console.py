@@ -23,24 +23,11 @@ def fail(message: str) -> NoReturn:
 @contextmanager
 def expected_failures() -> Iterator[None]:
     """Turn the failures a user can meet into one clear line and exit code 1."""
-    from hffs.cache import CacheError
-    from hffs.config import ConfigError
-    from hffs.daemon.client import DaemonError, DaemonNotRunning
-    from hffs.daemon.process import DaemonProcessError
-    from hffs.hub import HubError
-    from swarm.store import StoreError
+    from hffs.errors import HffsError
 
     try:
         yield
-    except (
-        CacheError,
-        ConfigError,
-        HubError,
-        StoreError,
-        DaemonNotRunning,
-        DaemonError,
-        DaemonProcessError,
-    ) as exc:
+    except HffsError as exc:
         fail(str(exc))
     except PermissionError as exc:
         fail(f"permission denied: {exc.filename or exc}; choose a writable folder")

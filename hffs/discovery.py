@@ -1,117 +1,72 @@
-"""Who holds what: the daemon's DHT when it runs, and the saved peers always.
+"""Who holds what for a job run in the CLI process (no daemon): the saved peers.
 
-The downloader runs in the CLI process; it learns holders from the local daemon
-(which asks the DHT) and tells the daemon what it now holds, so the daemon
-announces it and serves the verified chunks to others while the download goes on.
+The daemon's own view is ``service.Daemon`` (its DHT node and the saved peers);
+both pick a revision peers hold with ``newest_revision``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from urllib.parse import quote
+from collections.abc import Iterable
+from typing import Any
 
 import anyio
-import httpx
 
 from hffs import config
-from hffs.daemon.client import DaemonClient, DaemonNotRunning
 from hffs.hub import RemoteFile, RemoteRevision
-from hffs.listing import ListingError, parse_listing
-from swarm.sources import PeerAddr
+from hffs.peers import PeerClient
 from swarm.wire import auth_headers
 
-log = logging.getLogger(__name__)
 
-LISTING_TIMEOUT = 5.0
+def newest_revision(
+    answers: Iterable[dict[str, Any]], repo_type: str, repo_id: str
+) -> RemoteRevision | None:
+    """The revision peers hold, for when no endpoint answers: the newest commit reported
+    (peers say when they fetched it). ``answers`` are ``PeerClient.revision`` listings
+    (already validated), each with the peer's ``host`` and ``port``."""
+    best: tuple[float, RemoteRevision] | None = None
+    for a in answers:
+        files = tuple(
+            RemoteFile(f["path"], f["size"], f["file_id"], len(f["file_id"]) == 64)
+            for f in a["files"]
+        )
+        peer = f"peer {a.get('host')}:{a.get('port')}"
+        rev = RemoteRevision(repo_type, repo_id, a["commit"], files, peer)
+        if best is None or a["fetched_at"] > best[0]:
+            best = (a["fetched_at"], rev)
+    return best[1] if best else None
 
 
-@dataclass
-class Discovery:
-    cfg: config.Config
-    client: httpx.AsyncClient
-    daemon: DaemonClient | None
-    peer_headers: dict[str, str] = field(default_factory=dict)
+class SavedPeers:
+    """The in-process host's view of the swarm: the saved peers, no DHT, nobody to tell."""
 
-    def _saved(self) -> list[PeerAddr]:
-        return [PeerAddr(p.host, p.port) for p in self.cfg.peers]
+    def __init__(self, cfg: config.Config, peers: PeerClient) -> None:
+        self.cfg = cfg
+        self.peers = peers
+        self.peer_headers = auth_headers(cfg.swarm_secret)
 
-    async def _from_daemon(self, **query: str) -> list[PeerAddr]:
-        if self.daemon is None:
-            return []
-        try:
-            found = await anyio.to_thread.run_sync(lambda: self.daemon.find_providers(**query))
-        except Exception as exc:  # the daemon went away: saved peers still work
-            log.warning("the daemon could not look up holders: %s", exc)
-            return []
-        return [PeerAddr(h, p) for h, p in found]
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[dict[str, Any]]:
+        # Every saved peer is a candidate: the downloader asks each for its bitmap anyway.
+        return [{"host": p.host, "port": p.port, "source": "peer"} for p in self.cfg.peers]
 
-    async def holders(self, file_id: str) -> list[PeerAddr]:
-        found = await self._from_daemon(file_id=file_id) + self._saved()
-        return list(dict.fromkeys(found))
+    async def announce(
+        self, file_ids: list[str], repos: list[tuple[str, str, str]], wait: bool
+    ) -> int | None:
+        return None  # no daemon: nobody serves what we hold
 
-    async def _call(self, action: Callable[[DaemonClient], object]) -> None:
-        """Tell the daemon something; the download does not depend on it."""
-        daemon = self.daemon
-        if daemon is None:
-            return
-        try:
-            await anyio.to_thread.run_sync(lambda: action(daemon))
-        except Exception as exc:
-            log.warning("the daemon could not be told: %s", exc)
-
-    async def announce_partial(self, file_id: str) -> None:
-        """Called as a download starts: the daemon announces the file id from then on and
-        serves its chunks as they verify, and then the whole file once it is published."""
-        await self._call(lambda d: d.announce(file_ids=[file_id]))
-
-    async def cache_changed(self) -> None:
-        """The daemon re-reads the cache: it shares and announces all that is there now."""
-        await self._call(lambda d: d.rescan())
-
-    async def report_transfer(self, from_peers: int, from_upstream: int) -> None:
-        """Let the daemon count what this download took (shown by `hffs daemon status`)."""
-        if self.daemon is not None and (from_peers or from_upstream):
-            await self._call(lambda d: d.report_transfer(from_peers, from_upstream))
+    def report_transfer(self, from_peers: int, from_upstream: int) -> None:
+        pass
 
     async def revision_from_peers(
         self, repo_type: str, repo_id: str, revision: str
     ) -> RemoteRevision | None:
-        """A revision as peers hold it, for when no endpoint answers.
+        answers: list[dict[str, Any]] = []
 
-        A commit is asked of its holders in the DHT; a ref of every peer we know,
-        taking the newest commit reported (peers say when they fetched it)."""
-        candidates = await self._from_daemon(repo=f"{repo_type}/{repo_id}/{revision}")
-        candidates = list(dict.fromkeys(candidates + self._saved()))
-        best: tuple[float, RemoteRevision] | None = None
-        for peer in candidates:
-            got = await self._listing(peer, repo_type, repo_id, revision)
-            if got is not None and (best is None or got[0] > best[0]):
-                best = got
-        return best[1] if best else None
+        async def ask(host: str, port: int) -> None:
+            got = await self.peers.revision(host, port, repo_type, repo_id, revision)
+            if got is not None:
+                answers.append({**got, "host": host, "port": port})
 
-    async def _listing(
-        self, peer: PeerAddr, repo_type: str, repo_id: str, revision: str
-    ) -> tuple[float, RemoteRevision] | None:
-        url = f"http://{peer}/v1/repos/{repo_type}/{quote(repo_id)}/{quote(revision, safe='')}"
-        try:
-            with anyio.fail_after(LISTING_TIMEOUT):
-                resp = await self.client.get(url, headers=self.peer_headers)
-            if resp.status_code != 200:
-                return None
-            listing = parse_listing(resp.content)
-        except (ListingError, httpx.HTTPError, OSError, TimeoutError) as exc:
-            log.debug("listing from %s: %s", peer, exc)  # a peer's bad answer is its problem
-            return None
-        files = tuple(RemoteFile(f.path, f.size, f.file_id, f.lfs) for f in listing.files)
-        rev = RemoteRevision(repo_type, repo_id, listing.commit, files, f"peer {peer}")
-        return listing.fetched_at, rev
-
-
-def discovery_for(cfg: config.Config, client: httpx.AsyncClient) -> Discovery:
-    try:
-        daemon: DaemonClient | None = DaemonClient.from_home(cfg.home)
-    except DaemonNotRunning:
-        daemon = None
-    return Discovery(cfg, client, daemon, auth_headers(cfg.swarm_secret))
+        async with anyio.create_task_group() as tg:
+            for p in self.cfg.peers:
+                tg.start_soon(ask, p.host, p.port)
+        return newest_revision(answers, repo_type, repo_id)

@@ -1,155 +1,70 @@
-"""``hffs model add``: resolve a revision, then bring each file in through the swarm.
+"""Running a download job (``hffs model add``): the one code path, in either host.
 
-For every file not already in the cache: holders come from the daemon (DHT and
-saved peers), the rest from the upstream endpoints in order; the swarm downloader
-verifies and publishes the blob; then the snapshot links and the ref are written
+The daemon runs it for the CLI that submitted it over the control API; with no
+daemon, the CLI runs it in-process (``run_local``). Either way: resolve the
+revision (the hub or mirror; peers only when no endpoint answers, never after an
+endpoint said no), then for each file a cache hit, a hardlink of the same content
+held for another repo, or a download through the host's one DownloadManager (one
+download per file id, whoever asked); then the snapshot links and the ref,
 exactly as huggingface_hub writes them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import httpx
-from rich.console import Console
 
 from hffs import config, managed
 from hffs.cache import CacheError, HubCache, is_commit
-from hffs.discovery import Discovery, discovery_for
+from hffs.downloads import DownloadManager, FileJob, SwarmView, TransferFailed
 from hffs.hub import HubClient, HubError, Refused, RemoteFile, RemoteRevision, file_url
-from hffs.progress import DownloadProgress
-from swarm.download import DownloadError, FileReport, download_file
+from hffs.jobs import JobListener, JobPlan, JobResult, JobSpec, PlannedFile
 from swarm.sources import Source
 
-FILES_AT_ONCE = 4
+log = logging.getLogger(__name__)
+
+
+class PeersView(SwarmView, Protocol):
+    """What a job asks of the swarm beyond the downloads: a revision peers hold."""
+
+    async def revision_from_peers(
+        self, repo_type: str, repo_id: str, revision: str
+    ) -> RemoteRevision | None: ...
 
 
 @dataclass
-class AddReport:
-    revision: RemoteRevision
-    reports: list[FileReport] = field(default_factory=list)
-    cached: int = 0
-    seconds: float = 0.0
+class JobHost:
+    """Where a job runs: the daemon, or the CLI process when no daemon runs."""
 
-    def split(self, upstream: set[str]) -> tuple[int, int]:
-        """Bytes (from peers, from upstream) over every file downloaded."""
-        totals = [0, 0]
-        for r in self.reports:
-            for source, n in r.bytes_by_source.items():
-                totals[source in upstream] += n
-        return totals[0], totals[1]
+    cfg: config.Config
+    cache: HubCache  # the host's own HF cache
+    downloads: DownloadManager
+    view: PeersView
+    cache_changed: Callable[[], Awaitable[object]] | None = None
+    is_self: Callable[[str], bool] | None = None  # an endpoint that is this host (no loops)
+    where: str = ""  # "the daemon " when it is not the asker's own process
 
 
-def upstream_sources(hub: HubClient, rev: RemoteRevision, f: RemoteFile) -> list[Source]:
+def upstream_sources(hub: HubClient, rev: RemoteRevision, f: RemoteFile) -> tuple[Source, ...]:
     """The endpoints in order, each a source of every chunk of ``f``."""
-    return [
+    return tuple(
         Source(
             e, file_url(e, rev.repo_type, rev.repo_id, rev.commit, f.path), True, hub.auth_headers()
         )
         for e in hub.endpoints
-    ]
+    )
 
 
-async def resolve(
-    hub: HubClient,
-    discovery: Discovery,
-    repo_type: str,
-    repo_id: str,
-    revision: str,
-    console: Console,
-) -> RemoteRevision:
-    """The hub or mirror resolves refs; with neither reachable, peers answer for a commit."""
-    try:
-        return await hub.arevision(repo_type, repo_id, revision)
-    except Refused:
-        raise  # the hub said no: final, whatever peers hold
-    except HubError as exc:
-        fallback = await discovery.revision_from_peers(repo_type, repo_id, revision)
-        if fallback is None:
-            raise
-        if not is_commit(revision):
-            console.print(
-                f"[yellow]note:[/yellow] no endpoint answered ({exc}); using commit "
-                f"{fallback.commit[:12]} that peers hold for {revision!r}"
-            )
-        return fallback
-
-
-async def add_model_async(
-    repo_type: str,
-    repo_id: str,
-    revision: str,
-    file: str | None,
-    *,
-    console: Console,
-    cfg: config.Config | None = None,
-) -> AddReport:
-    cfg = cfg or config.Config.load()
-    cache = HubCache(config.hub_cache_dir())
-    check_writable(cache.root)
-    check_writable(cfg.partial_dir)
-    hub = HubClient(cfg.upstream_endpoints(), config.hf_token())
-    started = time.monotonic()
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(30.0, connect=5.0),
-        limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
-        follow_redirects=True,
-    ) as client:
-        discovery = discovery_for(cfg, client)
-        rev = await resolve(hub, discovery, repo_type, repo_id, revision, console)
-        wanted = [rev.file(file)] if file else list(rev.files)
-        report = AddReport(rev)
-        todo = []
-        for f in wanted:
-            blob = cache.blob_path(repo_type, repo_id, f.file_id)
-            if blob.is_file() and blob.stat().st_size == f.size:
-                report.cached += 1
-                cache.link(repo_type, repo_id, rev.commit, f.path, f.file_id)
-            else:
-                todo.append(f)
-        limiter = anyio.CapacityLimiter(FILES_AT_ONCE)
-        with DownloadProgress(console, rev, todo) as progress:
-
-            async def one(f: RemoteFile) -> None:
-                async with limiter:
-                    existing = cache.find_blob(f.file_id)  # same content in another repo
-                    dest = cache.blob_path(repo_type, repo_id, f.file_id)
-                    if existing is not None and existing.stat().st_size == f.size:
-                        cache.adopt(repo_type, repo_id, f.file_id, existing, "hardlink")
-                        cache.link(repo_type, repo_id, rev.commit, f.path, f.file_id)
-                        progress.file_done(f, from_cache=True)
-                        return
-                    rep = await download_file(
-                        f.file_id,
-                        f.size,
-                        dest=dest,
-                        store_root=cfg.partial_dir,
-                        upstream=upstream_sources(hub, rev, f),
-                        holders=discovery,
-                        client=client,
-                        peer_headers=discovery.peer_headers,
-                        on_bytes=progress.callback(f),
-                    )
-                    report.reports.append(rep)
-                    progress.file_done(f)
-                    cache.link(repo_type, repo_id, rev.commit, f.path, f.file_id)
-
-            async with anyio.create_task_group() as tg:
-                for f in todo:
-                    tg.start_soon(one, f)
-        cache.write_ref(repo_type, repo_id, revision, rev.commit)
-        managed.remember(cfg.home, repo_type, repo_id, rev.commit)
-        await discovery.cache_changed()
-        await discovery.report_transfer(*report.split(set(hub.endpoints)))
-    report.seconds = time.monotonic() - started
-    return report
-
-
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, where: str = "") -> None:
     """Fail before any byte is fetched if ``folder`` cannot take files."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -157,30 +72,161 @@ def check_writable(folder: Path) -> None:
             pass
     except OSError as exc:
         raise CacheError(
-            f"cannot write to {folder} ({exc.strerror or exc}); "
+            f"{where}cannot write to {folder} ({exc.strerror or exc}); "
             "point HF_HUB_CACHE / HFFS_HOME at a writable folder"
         ) from None
 
 
-def first_leaf(group: BaseExceptionGroup) -> BaseException:
+async def resolve(
+    hub: HubClient, view: PeersView, spec: JobSpec
+) -> tuple[RemoteRevision, str | None]:
+    """The hub or mirror resolves refs; with neither reachable, peers answer for a
+    commit. An endpoint's "no" (not found, gated, no access) is final."""
+    try:
+        return await hub.arevision(spec.repo_type, spec.repo_id, spec.revision), None
+    except Refused:
+        raise
+    except HubError as exc:
+        fallback = await view.revision_from_peers(spec.repo_type, spec.repo_id, spec.revision)
+        if fallback is None:
+            raise
+        note = None
+        if not is_commit(spec.revision):
+            note = (
+                f"no endpoint answered ({exc}); using commit {fallback.commit[:12]} that "
+                f"peers hold for {spec.revision!r}"
+            )
+        return fallback, note
+
+
+def _held(path: Path, size: int) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == size
+    except OSError:
+        return False
+
+
+async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobResult:
+    """Fetch what ``spec`` asks into the asker's cache, reporting to ``listener``."""
+    started = time.monotonic()
+    cache = HubCache(Path(spec.cache_dir)) if spec.cache_dir else host.cache
+    await anyio.to_thread.run_sync(check_writable, cache.root, host.where)
+    await anyio.to_thread.run_sync(check_writable, host.cfg.partial_dir, host.where)
+    token = spec.token if spec.token is not None else config.hf_token()
+    endpoints = spec.endpoints if spec.endpoints is not None else host.cfg.upstream_endpoints()
+    hub = HubClient([e for e in endpoints if not (host.is_self and host.is_self(e))], token)
+    rev, note = await resolve(hub, host.view, spec)
+    wanted = [rev.file(p) for p in spec.files] if spec.files is not None else list(rev.files)
+    kinds = (spec.repo_type, spec.repo_id)
+
+    todo = [
+        f for f in wanted if spec.force or not _held(cache.blob_path(*kinds, f.file_id), f.size)
+    ]
+    listener.planned(
+        JobPlan(
+            spec.repo_type,
+            spec.repo_id,
+            rev.commit,
+            tuple(PlannedFile(f.path, f.size, f.file_id) for f in wanted),
+            tuple(f.path for f in todo),
+            tuple(hub.endpoints),
+            note,
+        )
+    )
+    result = JobResult(rev.commit)
+    if spec.dry_run:
+        return result
+    pending = {f.path for f in todo}
+
+    async def one(f: RemoteFile) -> None:
+        own = cache.blob_path(*kinds, f.file_id)
+        by_source: dict[str, int] = {}
+        if f.path not in pending:
+            how = "cached"
+        else:
+            existing = (
+                None if spec.force else await anyio.to_thread.run_sync(cache.find_blob, f.file_id)
+            )
+            if existing is not None and _held(existing, f.size):
+                await anyio.to_thread.run_sync(cache.adopt, *kinds, f.file_id, existing, "hardlink")
+                how = "hardlinked"
+            else:
+                if spec.force:
+                    own.unlink(missing_ok=True)
+                job = FileJob(
+                    *kinds, rev.commit, f.path, f.file_id, f.size, upstream_sources(hub, rev, f)
+                )
+
+                def on_bytes(source: str, upstream: bool, n: int, path: str = f.path) -> None:
+                    listener.on_bytes(path, source, upstream, n)
+
+                try:
+                    blob, by_source = await host.downloads.fetch(job, on_bytes)
+                except TransferFailed as exc:
+                    raise TransferFailed(f"{f.path}: {exc}") from None
+                how = "downloaded"
+                if blob != own and not _held(own, f.size):
+                    await anyio.to_thread.run_sync(cache.adopt, *kinds, f.file_id, blob, "hardlink")
+        await anyio.to_thread.run_sync(cache.link, *kinds, rev.commit, f.path, f.file_id)
+        setattr(result, how, getattr(result, how) + 1)
+        for source, n in by_source.items():
+            result.bytes_by_source[source] = result.bytes_by_source.get(source, 0) + n
+        listener.file_done(f.path, how, by_source)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for f in wanted:
+                tg.start_soon(one, f)
+    except BaseExceptionGroup as group:  # one line for the user: the first real failure
+        raise first_leaf(group) from None
+    await anyio.to_thread.run_sync(cache.write_ref, *kinds, spec.revision, rev.commit)
+    with contextlib.suppress(OSError):
+        await anyio.to_thread.run_sync(managed.remember, host.cfg.home, *kinds, rev.commit)
+    with contextlib.suppress(Exception):  # telling the swarm is best effort
+        await host.view.announce(
+            [f.file_id for f in wanted], [(spec.repo_type, spec.repo_id, rev.commit)], False
+        )
+    if host.cache_changed is not None:
+        with contextlib.suppress(Exception):
+            await host.cache_changed()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def first_leaf(exc: BaseException) -> BaseException:
     """The first real failure inside nested task-group errors, for a one-line message."""
-    exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
-    return HubError(str(exc)) if isinstance(exc, DownloadError) else exc
+    return exc
 
 
-def add_model(
-    repo_type: str, repo_id: str, revision: str, file: str | None, *, console: Console
-) -> AddReport:
+@contextlib.asynccontextmanager
+async def local_host(cfg: config.Config) -> AsyncIterator[JobHost]:
+    """A host in this process (no daemon runs): saved peers are the only holders."""
+    from hffs.discovery import SavedPeers
+    from hffs.peers import PeerClient
+
+    cache = HubCache(config.hub_cache_dir())
+    async with (
+        httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
+            follow_redirects=True,
+        ) as client,
+        PeerClient(cfg.swarm_secret) as peers,
+    ):
+        view = SavedPeers(cfg, peers)
+        manager = DownloadManager(cache, cfg.partial_dir, view, client, view.peer_headers)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.run)
+            yield JobHost(cfg, cache, manager, view)
+            tg.cancel_scope.cancel()
+
+
+async def run_local(spec: JobSpec, listener: JobListener) -> JobResult:
+    """Run a job in this process (no daemon runs)."""
     try:
-        report = anyio.run(
-            lambda: add_model_async(repo_type, repo_id, revision, file, console=console),
-            backend="asyncio",
-        )
-    except BaseExceptionGroup as group:
+        async with local_host(config.Config.load()) as host:
+            return await run_job(spec, host, listener)
+    except BaseExceptionGroup as group:  # the host's task group wraps the job's failure
         raise first_leaf(group) from None
-    except DownloadError as exc:
-        raise HubError(str(exc)) from None
-    DownloadProgress.summary(console, report)
-    return report

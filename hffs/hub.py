@@ -21,12 +21,13 @@ from huggingface_hub.errors import (
 )
 
 from hffs.cache import CacheError, check_repo_path, is_commit
+from hffs.errors import HffsError
 from swarm.ids import is_file_id
 
 METADATA_TIMEOUT = 20.0
 
 
-class HubError(Exception):
+class HubError(HffsError):
     """No upstream endpoint could answer; the message says why, for the user."""
 
 
@@ -95,7 +96,7 @@ class HubClient:
             timeout=METADATA_TIMEOUT,
         )
         files = []
-        for s in info.siblings or []:
+        for s in getattr(info, "siblings", None) or []:
             if s.lfs is not None:
                 f = RemoteFile(s.rfilename, s.lfs.size, s.lfs.sha256, True)
             else:

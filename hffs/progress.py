@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -20,8 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from hffs.fetch import AddReport
-    from hffs.hub import RemoteFile, RemoteRevision
+    from hffs.jobs import JobPlan, JobResult
 
 
 def human_bytes(n: float) -> str:
@@ -50,9 +49,39 @@ class SpeedColumn(ProgressColumn):
 
 
 class DownloadProgress:
-    """One bar per file plus a total, split live into bytes from peers and upstream."""
+    """A job's ``JobListener`` for the terminal: one bar per file to fetch plus a total,
+    split live into bytes from peers and from upstream; then the closing tally."""
 
-    def __init__(self, console: Console, rev: RemoteRevision, todo: list[RemoteFile]) -> None:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+        self._sizes: dict[str, int] = {}
+        self._got: dict[str, int] = {}
+        self._total: TaskID | None = None
+        self._endpoints: set[str] = set()
+        self.plan: JobPlan | None = None
+        self.peer_bytes = 0
+        self.upstream_bytes = 0
+
+    def __enter__(self) -> DownloadProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+    # -- JobListener ---------------------------------------------------------------
+
+    def planned(self, plan: JobPlan) -> None:
+        self.plan = plan
+        self._endpoints = set(plan.endpoints)
+        if plan.note:
+            self.console.print(f"[yellow]note:[/yellow] {plan.note}", highlight=False)
+        sizes = {f.path: f.size for f in plan.files}
+        todo = [p for p in plan.todo if p in sizes]
+        if not todo:
+            return
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
@@ -60,74 +89,74 @@ class DownloadProgress:
             SpeedColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[split]}", markup=False),
-            console=console,
+            console=self.console,
             transient=False,
-            disable=not todo,
         )
-        self._tasks: dict[str, TaskID] = {}
-        self._todo = todo
-        self._total = self._progress.add_task(
-            f"{rev.repo_id}@{rev.commit[:7]}", total=sum(f.size for f in todo), split=""
-        )
-        self.peer_bytes = 0
-        self.upstream_bytes = 0
-
-    def __enter__(self) -> DownloadProgress:
         self._progress.__enter__()
-        return self
+        self._total = self._progress.add_task(
+            f"{plan.repo_id}@{plan.commit[:7]}", total=sum(sizes[p] for p in todo), split=""
+        )
+        for p in todo:
+            self._sizes[p] = sizes[p]
+            self._got[p] = 0
+            self._tasks[p] = self._progress.add_task(p, total=sizes[p], split="")
 
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(None, None, None)
+    def on_bytes(self, path: str, source: str, upstream: bool, n: int) -> None:
+        if upstream:
+            self.upstream_bytes += n
+        else:
+            self.peer_bytes += n
+        task = self._tasks.get(path)
+        if self._progress is None or task is None or self._total is None:
+            return
+        split = f"peers {human_bytes(self.peer_bytes)} · hub {human_bytes(self.upstream_bytes)}"
+        step = min(n, self._sizes[path] - self._got[path])  # a retried file stops at its size
+        self._got[path] += step
+        self._progress.update(task, advance=step)
+        self._progress.update(self._total, advance=step, split=split)
 
-    def _task(self, f: RemoteFile) -> TaskID:
-        if f.path not in self._tasks:
-            self._tasks[f.path] = self._progress.add_task(f.path, total=f.size, split="")
-        return self._tasks[f.path]
+    def file_done(self, path: str, how: str, by_source: Mapping[str, int]) -> None:
+        task = self._tasks.get(path)
+        if self._progress is None or task is None or self._total is None:
+            return
+        left = self._sizes[path] - self._got[path]
+        self._got[path] = self._sizes[path]
+        self._progress.update(task, completed=self._sizes[path])
+        self._progress.update(self._total, advance=left)
 
-    def callback(self, f: RemoteFile) -> Callable[[str, bool, int], None]:
-        task = self._task(f)
-        got = 0
+    # -- the end -------------------------------------------------------------------
 
-        def on_bytes(source: str, upstream: bool, n: int) -> None:
-            nonlocal got
-            if upstream:
-                self.upstream_bytes += n
-            else:
-                self.peer_bytes += n
-            split = f"peers {human_bytes(self.peer_bytes)} · hub {human_bytes(self.upstream_bytes)}"
-            step = min(n, f.size - got)  # a retried file does not run past its size
-            got += step
-            self._progress.update(task, advance=step)
-            self._progress.update(self._total, advance=step, split=split)
-
-        return on_bytes
-
-    def file_done(self, f: RemoteFile, *, from_cache: bool = False) -> None:
-        task = self._task(f)
-        self._progress.update(task, completed=f.size)
-        if from_cache:
-            self._progress.update(self._total, advance=f.size)
-
-    @staticmethod
-    def summary(console: Console, report: AddReport) -> None:
-        rev = report.revision
-        by_source: Counter[str] = Counter()
-        for r in report.reports:
-            by_source.update(r.bytes_by_source)
+    def summary(self, result: JobResult) -> None:
+        plan = self.plan
+        name = plan.repo_id if plan else "?"
+        by_source = Counter(result.bytes_by_source)
         total = sum(by_source.values())
-        downloaded = len(report.reports)
-        console.print(
-            f"{rev.repo_id} at {rev.commit[:12]}: {downloaded} file(s) downloaded, "
-            f"{report.cached} already cached, {human_bytes(total)} in {report.seconds:.1f} s"
-            + (
-                f" ({human_bytes(total / report.seconds)}/s)"
-                if report.seconds > 0 and total
-                else ""
-            ),
+        seconds = result.seconds
+        rate = f" ({human_bytes(total / seconds)}/s)" if seconds > 0 and total else ""
+        held = f"{result.cached} already cached"
+        if result.hardlinked:
+            held += f", {result.hardlinked} linked from another repo"
+        self.console.print(
+            f"{name} at {result.commit[:12]}: {result.downloaded} file(s) downloaded, "
+            f"{held}, {human_bytes(total)} in {seconds:.1f} s{rate}",
             highlight=False,
+            soft_wrap=True,
         )
         if by_source:
             table = Table("source", "bytes", "share")
             for source, n in by_source.most_common():
                 table.add_row(source, human_bytes(n), f"{100 * n / total:.0f}%")
-            console.print(table)
+            self.console.print(table)
+
+    def dry_run(self) -> None:
+        plan = self.plan
+        if plan is None:
+            return
+        sizes = {f.path: f.size for f in plan.files}
+        for p in plan.todo:
+            self.console.print(f"would fetch {p} ({human_bytes(sizes.get(p, 0))})", highlight=False)
+        self.console.print(
+            f"{plan.repo_id} at {plan.commit[:12]}: {len(plan.todo)} file(s) to fetch, "
+            f"{len(plan.files) - len(plan.todo)} already cached",
+            highlight=False,
+        )

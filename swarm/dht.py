@@ -42,7 +42,7 @@ import socket
 import struct
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -560,7 +560,8 @@ class DHTProtocol(KademliaProtocol):
             if (
                 host is not None
                 and valid_port(item[1])
-                and type(ttl) in (int, float)
+                and isinstance(ttl, int | float)
+                and not isinstance(ttl, bool)
                 and ttl > 0  # NaN fails this too
             ):
                 found.append(Provider(host, item[1], now + min(ttl, self.providers.ttl)))
@@ -666,7 +667,7 @@ class DHTNode(Server):
     key = dht_key("file", sha256_hex)
     await node.provide(key, port=9009)  # TCP port peers fetch from
     holders = await node.find_providers(key)
-    # in the daemon's task group: tg.start_soon(node.maintain, held_keys, 9009)
+    # in the daemon's task group, hffs.daemon.announcer re-announces held keys
     node.stop()
     """
 
@@ -721,7 +722,7 @@ class DHTNode(Server):
 
     async def listen(self, port: int = 0, interface: str = "0.0.0.0") -> Addr:
         """Bind UDP (port 0: any free port) and return the bound address. Starts
-        no background task: run :meth:`maintain` in the caller's task group."""
+        no background task: the caller re-announces (hffs.daemon.announcer)."""
         ipaddress.ip_address(interface)
         loop = asyncio.get_running_loop()
         self.transport, self.protocol = await loop.create_datagram_endpoint(
@@ -765,7 +766,7 @@ class DHTNode(Server):
     async def provide(self, key: bytes, port: int) -> int:
         """Announce this machine (as peers see its IP) holding key on TCP ``port``
         to the k closest nodes. Returns how many accepted. Records expire after
-        the ttl: call again (see :meth:`maintain`) well before that."""
+        the ttl: call again well before that (hffs.daemon.announcer does)."""
         if not valid_key(key) or not valid_port(port):
             raise ValueError("key must be 20 bytes and port 1..65535")
         proto = self._proto()
@@ -812,26 +813,6 @@ class DHTNode(Server):
         ids = [min(lo + secrets.randbelow(hi - lo + 1), 2**160 - 1) for lo, hi in ranges]
         await asyncio.gather(*(self._closest_nodes(i.to_bytes(KEY_LEN, "big")) for i in ids))
 
-    async def maintain(
-        self,
-        keys: Callable[[], Iterable[bytes]],
-        port: int,
-        *,
-        interval: float | None = None,
-        refresh_age: float = 3600.0,
-    ) -> NoReturn:
-        """Forever: drop expired records, re-announce ``keys()`` (re-read each time,
-        so cache changes show) and refresh quiet buckets, every ``interval`` seconds
-        (default ttl/3: a record survives two lost rounds). Cancel to stop."""
-        period = self.ttl / 3 if interval is None else interval
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            self.store.expire(time.monotonic())
-            await self.announce(list(keys()), port)
-            await self.refresh(refresh_age)
-            await asyncio.sleep(max(0.0, started + period - loop.time()))
-
     # kademlia's single-value API and pickle state are disabled on purpose
     async def get(self, key: Any) -> NoReturn:
         raise NotImplementedError("one value per key: use find_providers")
@@ -843,7 +824,7 @@ class DHTNode(Server):
         raise NotImplementedError("one value per key: use provide")
 
     def refresh_table(self, interval: int = 3600) -> NoReturn:
-        raise NotImplementedError("run maintain() in a task group instead")
+        raise NotImplementedError("refresh() from the caller's own loop instead")
 
     def save_state(self, fname: Any) -> NoReturn:
         raise NotImplementedError("persist bootstrappable_neighbors() as plain data instead")

@@ -6,10 +6,9 @@ per request inside a task group, verifies and writes each chunk as it lands,
 cancels requests the scheduler gave up on (timeouts, endgame losers), and
 publishes the file only after its whole-file hash matched its id.
 
-If the whole file does not match (peers that told a consistent lie), the chunks
-peers gave are dropped, those peers and the ones that vouched for the manifest are
-distrusted for this file, and the download plans again; the last attempt asks
-upstream alone.
+Whom to believe (manifest voting, bans, the verdict after each round) is decided
+by swarm/trust.py, which chunk next and how much may be in flight by
+swarm/scheduler.py; this module keeps HTTP, the disk and the clock.
 """
 
 from __future__ import annotations
@@ -28,7 +27,14 @@ import httpx
 
 from swarm.ids import content_hasher
 from swarm.manifest import Manifest
-from swarm.scheduler import Request, Scheduler, SchedulerConfig, State
+from swarm.scheduler import (
+    Request,
+    Scheduler,
+    SchedulerConfig,
+    SourceKind,
+    SourceState,
+    State,
+)
 from swarm.sources import (
     PeerAddr,
     Source,
@@ -39,14 +45,15 @@ from swarm.sources import (
     stream_range,
 )
 from swarm.store import PartialFile
+from swarm.trust import Action, Trust
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 2.0  # how often the holder list is looked up again
+REFRESH_SECONDS = 2.0  # how often the holder list is asked for (Holders may answer from a cache)
 HAVE_REFRESH_SECONDS = 0.5  # how often holders still downloading are asked what they have
 TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnoticed
 MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
-MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight per file, whatever its size
+MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight per file (the scheduler's budget)
 PROBE_TIMEOUT = 5.0
 STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
 
@@ -58,12 +65,17 @@ class DownloadError(Exception):
 class Holders(Protocol):
     """Where to learn who holds a file, and how to tell others we do."""
 
-    async def holders(self, file_id: str) -> list[PeerAddr]: ...
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
+        """Who holds ``file_id``; may answer from a cache unless ``fresh`` (every holder
+        known failed or left: look again)."""
+        ...
+
     async def announce_partial(self, file_id: str) -> None: ...
 
 
 OnBytes = Callable[[str, bool, int], None]  # (source id, upstream?, bytes)
 OnChunk = Callable[[int], None]  # a chunk is verified and on disk
+OnDrop = Callable[[list[int]], None]  # chunks held before are gone (to be fetched again)
 
 
 class ChunkObserver(Protocol):
@@ -137,9 +149,16 @@ class _Job:
     report: FileReport
     on_bytes: OnBytes | None
     on_chunk: OnChunk | None
+    on_drop: OnDrop | None
     rng: random.Random
-    banned: set[str] = field(default_factory=set)  # holders distrusted for this file
+    trust: Trust = field(default_factory=Trust)  # holders distrusted for this file
     observer: ChunkObserver | None = None
+
+    def drop(self, chunks: Iterable[int]) -> None:
+        held = [i for i in chunks if self.pf.has(i)]
+        self.pf.drop_chunks(held)
+        if held and self.on_drop:
+            self.on_drop(held)
 
 
 class _Round:
@@ -149,7 +168,8 @@ class _Round:
         self.holders = holders
         self.running_hash = running_hash
         self.pf, self.upstream, self.client = job.pf, job.upstream, job.client
-        self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.banned
+        self.job = job
+        self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.trust.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
         self.observer = job.observer
         self.sources: dict[str, Source] = {s.id: s for s in self.upstream}
@@ -159,7 +179,6 @@ class _Round:
         # check only: the whole-file hash is what catches a liar.
         self.peer_digests: dict[str, tuple[bytes | None, ...]] = {}
         self.peer_chunks: dict[int, str] = {}
-        self.max_in_flight = max(4, MEMORY_BUDGET // max(self.pf.chunk_size, 1))
         self.sched: Scheduler | None = None
         self.running: dict[Request, anyio.CancelScope] = {}
         self.wake = anyio.Event()
@@ -211,39 +230,42 @@ class _Round:
         whole-file check fails and the round bans whoever vouched for it."""
         if self.pf.manifest is not None:
             return
-        votes = Counter(
-            d for pid, d in self.peer_digests.items() if pid not in self.banned and None not in d
-        )
-        if not votes:
+        digests = self.job.trust.vote(self.peer_digests)
+        if digests is None:
             return
-        digests, _ = votes.most_common(1)[0]
         pf = self.pf
         dropped = pf.set_manifest(Manifest(pf.file_id, pf.size, pf.chunk_size, digests))
+        if dropped and self.job.on_drop:
+            self.job.on_drop(dropped)
         # Chunks the scheduler counts as done are gone: plan again.
         self.restart |= bool(dropped) and self.sched is not None
 
     def _agrees(self, pid: str) -> bool:
         """A holder whose digests contradict the trusted manifest sits this round out."""
         trusted = self.pf.manifest
-        mine = self.peer_digests.get(pid, ())
-        if trusted is None:
-            return True
-        return all(d is None or d == t for d, t in zip(mine, trusted.digests, strict=True))
+        return Trust.agrees(self.peer_digests.get(pid, ()), trusted.digests if trusted else None)
 
     def vouchers(self) -> set[str]:
         """Holders that vouched for the manifest this round trusted."""
         trusted = self.pf.manifest
-        if trusted is None:
-            return set()
-        return {pid for pid, d in self.peer_digests.items() if d == trusted.digests}
+        return Trust.vouchers(self.peer_digests, trusted.digests if trusted else None)
+
+    def _no_live_peer(self) -> bool:
+        if self.sched is None:
+            return True
+        return not any(
+            s.kind is SourceKind.PEER and s.state is SourceState.LIVE
+            for s in self.sched.stats.values()
+        )
 
     async def _discover(self) -> dict[str, set[int]]:
         """Ask for holders, probe each (new or known) for its bitmap, keep those we trust."""
         if self.holders is None:
             return {}
+        fresh = self.sched is not None and self._no_live_peer()
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
-                listed = await self.holders.holders(self.pf.file_id)
+                listed = await self.holders.holders(self.pf.file_id, fresh=fresh)
         except Exception as exc:  # discovery is best effort: upstream still works
             log.warning("looking up holders of %s failed: %s", self.pf.file_id[:12], exc)
             listed = []
@@ -329,7 +351,8 @@ class _Round:
                 return False, 0
         if self.pf.has(req.chunk):
             return True, 0
-        if not await anyio.to_thread.run_sync(self.pf.write_chunk, req.chunk, data, digest):
+        write = self.pf.write_chunk
+        if not await anyio.to_thread.run_sync(lambda: write(req.chunk, bytes(data), digest)):
             return False, 0
         self.peer_chunks[req.chunk] = req.source
         return True, len(data)
@@ -390,7 +413,8 @@ class _Round:
             pf.chunk_size,
             done=[i for i in range(pf.n_chunks) if pf.has(i)],
             rng=self.rng,
-            config=SchedulerConfig(),
+            # The memory budget is the scheduler's input: every request it returns starts.
+            config=SchedulerConfig(max_unverified_bytes=MEMORY_BUDGET),
         )
         for s in self.upstream:
             sched.add_upstream(s.id)
@@ -402,9 +426,7 @@ class _Round:
             while not sched.done and not self.restart:
                 now = anyio.current_time()
                 self._cancel(sched.expire(now))
-                for req in sched.next_requests(now)[
-                    : max(0, self.max_in_flight - len(self.running))
-                ]:
+                for req in sched.next_requests(now):
                     scope = anyio.CancelScope(deadline=req.deadline)
                     self.running[req] = scope
                     tg.start_soon(self._fetch, req, scope)
@@ -439,16 +461,22 @@ async def download_file(
     peer_headers: dict[str, str] | None = None,
     on_bytes: OnBytes | None = None,
     on_chunk: OnChunk | None = None,
+    on_drop: OnDrop | None = None,
+    on_open: Callable[[list[bool]], None] | None = None,
     rng: random.Random | None = None,
     observer: ChunkObserver | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
     Resumes whatever an earlier attempt left in ``store_root``. Raises
-    DownloadError when the file cannot be completed and verified."""
+    DownloadError when the file cannot be completed and verified. ``on_chunk`` and
+    ``on_drop`` tell a verified chunk landed and held chunks were given up;
+    ``on_open`` what the partial file held (re-checked) when it was opened."""
     started = anyio.current_time()
     report = FileReport(file_id, size)
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
+    if on_open:
+        on_open(pf.have())
     job = _Job(
         pf,
         upstream,
@@ -457,38 +485,42 @@ async def download_file(
         report,
         on_bytes,
         on_chunk,
+        on_drop,
         rng or random.Random(),
         observer=observer,
     )
+    trust = job.trust
     try:
         for attempt in range(MAX_ROUNDS):
             report.rounds = attempt + 1
-            # The last attempt trusts upstream alone, when there is one.
-            alone = attempt == MAX_ROUNDS - 1 and bool(upstream)
+            use_peers = trust.uses_peers(attempt, MAX_ROUNDS, bool(upstream))
             running_hash = _RunningHash(pf)
-            rnd = _Round(job, None if alone else holders, running_hash)
+            rnd = _Round(job, holders if use_peers else None, running_hash)
             await rnd.run()
-            if rnd.restart and not rnd.manifest_suspect:
+            action = trust.after_round(restart=rnd.restart, manifest_suspect=rnd.manifest_suspect)
+            if action is Action.REPLAN:
                 continue  # a trusted manifest dropped chunks we held: plan again
-            verdict: bool | None = False
-            if not rnd.manifest_suspect:
+            whole_ok: bool | None = False
+            if action is Action.CHECK:
                 if pf.complete and running_hash.valid:
                     await running_hash.run()  # the last chunks, if the round ended first
-                verdict = running_hash.matches()
-                if verdict is None:
-                    verdict = await anyio.to_thread.run_sync(pf.verify_whole)
-            if verdict:
+                whole_ok = running_hash.matches()
+                if whole_ok is None:
+                    whole_ok = await anyio.to_thread.run_sync(pf.verify_whole)
+            verdict = trust.after_check(
+                bool(whole_ok),
+                n_chunks=pf.n_chunks,
+                peer_chunks=rnd.peer_chunks,
+                vouchers=rnd.vouchers(),
+                manifest_suspect=rnd.manifest_suspect,
+            )
+            if verdict.action is Action.PUBLISH:
                 await anyio.to_thread.run_sync(pf.publish, dest)
                 report.seconds = anyio.current_time() - started
                 return report
-            # A consistent lie got past the chunk checks: distrust whoever gave chunks or
-            # vouched for the manifest, and keep only what upstream gave.
-            liars = set(rnd.peer_chunks.values()) | rnd.vouchers()
-            log.warning("%s: distrusting %s", file_id[:12], sorted(liars))
-            job.banned |= liars
-            pf.drop_chunks(
-                rnd.peer_chunks if rnd.peer_chunks or rnd.manifest_suspect else range(pf.n_chunks)
-            )
+            # A consistent lie got past the chunk checks.
+            log.warning("%s: distrusting %s", file_id[:12], sorted(verdict.ban))
+            job.drop(verdict.drop)
             pf.clear_manifest()
         raise DownloadError(
             f"{file_id[:12]}… did not match its hash after {report.rounds} attempt(s); "

@@ -23,7 +23,7 @@ import hmac
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -105,13 +105,20 @@ def span_is_held(start: int, end: int, chunk_size: int, have: Sequence[bool]) ->
 class RateLimiter:
     """A token bucket (as GCRA) shared by every upload: ``rate`` bytes/s, ``burst`` bytes."""
 
-    def __init__(self, rate: int, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: int,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
         if rate <= 0 or burst <= 0:
             raise ValueError("rate and burst must be positive")
         self.rate = rate
         self._tau = burst / rate  # how far ahead of the steady rate a sender may get
         self._tat = 0.0  # "theoretical arrival time" of the next byte
         self._clock = clock
+        self._sleep = sleep  # injected with the clock, so tests need no wall clock
 
     def reserve(self, n: int, now: float) -> float:
         """Book ``n`` bytes; return how long the caller must wait before sending them."""
@@ -121,7 +128,7 @@ class RateLimiter:
     async def consume(self, n: int) -> None:
         delay = self.reserve(n, self._clock())
         if delay > 0:
-            await anyio.sleep(delay)
+            await self._sleep(delay)
 
 
 @dataclass

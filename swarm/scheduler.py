@@ -29,6 +29,14 @@ Assignment, each :meth:`Scheduler.next_requests` call, in this order:
 Outside endgame a chunk is never requested twice at once. In-flight limits always hold when a
 request is issued (a shrink may leave a source above its new limit until requests finish).
 
+Byte budget (an input, as anacrolix/torrent's request strategy takes MaxUnverifiedBytes).
+``max_unverified_bytes`` bounds the bytes of peer requests in flight (a peer's chunk is held
+in memory until verified; upstream streams to disk and is not counted), and
+``max_source_bytes`` bounds the bytes in flight per source of any kind. Every request
+:meth:`Scheduler.next_requests` returns fits both, so the caller starts all of them; only
+when nothing is in flight (of the file, or of that source) may one request exceed a budget,
+so a chunk larger than the budget still moves.
+
 Failure levels. Each (chunk, source) pair counts failures (errors and timeouts). A chunk goes
 to the sources that failed it least, peers before upstream at equal counts, so it moves to the
 mirror once every live holder has failed it, then to the hub, then round again, until every
@@ -121,6 +129,9 @@ class SchedulerConfig:
     # How often one source may fail one chunk before it is not asked for it again.
     attempts_per_source: int = 2
     max_consecutive_failures: int = 3
+    # Byte budgets of requests in flight (None: unbounded); see "Byte budget" above.
+    max_unverified_bytes: int | None = None
+    max_source_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_in_flight <= self.max_in_flight:
@@ -137,6 +148,9 @@ class SchedulerConfig:
             raise ValueError("endgame_threshold and max_duplicates must be >= 0")
         if self.attempts_per_source < 1 or self.max_consecutive_failures < 1:
             raise ValueError("attempts_per_source and max_consecutive_failures must be >= 1")
+        for budget in (self.max_unverified_bytes, self.max_source_bytes):
+            if budget is not None and budget <= 0:
+                raise ValueError("byte budgets must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +242,7 @@ class Scheduler:
         self._sources: dict[str, _Source] = {}
         self._upstreams: list[_Source] = []  # priority order
         self._seq = 0
+        self._peer_requests = 0  # peer requests in flight: unverified bytes held
 
     # ---- sources -------------------------------------------------------------------------
 
@@ -324,12 +339,12 @@ class Scheduler:
                 and c in have
                 and (c not in fails or self._peer_may_serve(src, c, levels))
             ]
-            for key in heapq.nsmallest(src.limit - len(src.in_flight), keys):
+            for key in heapq.nsmallest(self._room(src), keys):
                 out.append(self._issue(src, self._by_rank[key % n], now))
 
         # 2. Upstream: what no live peer can serve at the chunk's lowest failure level.
         ups = [u for u in self._upstreams if u.state is SourceState.LIVE]
-        if any(len(u.in_flight) < u.limit for u in ups):
+        if any(self._room(u) for u in ups):
             # In file order from a random start: downloaders sharing a slow upstream fetch
             # different stretches, which they then trade (a shared order would make them
             # fetch the same chunks at the same time and have nothing to trade).
@@ -344,9 +359,9 @@ class Scheduler:
                     continue
                 chunk_fails = self._fails.get(c, {})
                 u = next(u for u in ups if chunk_fails.get(u.id, 0) == level)
-                if len(u.in_flight) < u.limit:
+                if self._room(u):
                     out.append(self._issue(u, c, now))
-                    if all(len(x.in_flight) >= x.limit for x in ups):
+                    if not any(self._room(x) for x in ups):
                         break
 
         # 3. Endgame: duplicate the last outstanding chunks onto idle peer slots.
@@ -497,6 +512,19 @@ class Scheduler:
         src = self._sources.get(req.source)
         return src is not None and req in src.in_flight
 
+    def _room(self, src: _Source) -> int:
+        """How many more requests ``src`` may take now: its slot limit and both byte
+        budgets (one request is always allowed when nothing is in flight to wait for)."""
+        cfg, size = self.config, self.chunk_size
+        room = src.limit - len(src.in_flight)
+        if cfg.max_source_bytes is not None:
+            fit = (cfg.max_source_bytes - len(src.in_flight) * size) // size
+            room = min(room, fit if src.in_flight else max(1, fit))
+        if cfg.max_unverified_bytes is not None and src.kind is SourceKind.PEER:
+            fit = (cfg.max_unverified_bytes - self._peer_requests * size) // size
+            room = min(room, fit if self._peer_requests else max(1, fit))
+        return max(0, room)
+
     def _free_peers(self) -> list[_Source]:
         """Live peers with a free slot, fastest first (unmeasured ones last)."""
         free = [
@@ -573,7 +601,9 @@ class Scheduler:
                 and src.id not in self._fails.get(c, ())
                 and all(r.source != src.id for r in copies)
             ]
-            free = src.limit - len(src.in_flight)
+            free = self._room(src)
+            if not free:
+                continue
             picks = heapq.nsmallest(
                 free,
                 cands,
@@ -598,6 +628,7 @@ class Scheduler:
         req = Request(src.id, c, src.kind, now, deadline, self._seq)
         self._seq += 1
         src.in_flight[req] = None
+        self._peer_requests += src.kind is SourceKind.PEER
         self._in_flight.setdefault(c, []).append(req)
         self._pool.discard(c)
         return req
@@ -606,6 +637,7 @@ class Scheduler:
         """Forget a tracked request; its chunk returns to the pool unless done or still in
         flight elsewhere."""
         del self._sources[req.source].in_flight[req]
+        self._peer_requests -= req.kind is SourceKind.PEER
         copies = self._in_flight[req.chunk]
         copies.remove(req)
         if not copies:

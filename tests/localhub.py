@@ -462,6 +462,8 @@ class LocalHub:
         self._records: list[RequestRecord] = []
         self._bytes_served = 0
         self._tb_next = 0.0  # token bucket: when the next reserved send slot starts (monotonic)
+        # Link time booked by throttled sends: what the throttle imposed, whatever the load.
+        self.throttled_seconds = 0.0
         self._closing = False
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -806,6 +808,7 @@ class LocalHub:
         now = time.monotonic()
         slot = max(now, self._tb_next)
         self._tb_next = slot + n / rate
+        self.throttled_seconds += n / rate
         while now < slot:  # bounded in time by the slot; wakes often to notice changes
             if self._closing or gone.is_set():
                 return

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from hffs.cache import HubCache
-from hffs.daemon.client import DaemonClient
-from hffs.daemon.process import pid_alive
-from hffs.daemon.runfiles import is_running, read_pid
+from hffs.daemonctl.client import DaemonClient
+from hffs.daemonctl.process import pid_alive
+from hffs.runfiles import is_running, read_pid
 
 CLI_TIMEOUT = 30.0
 COMMIT = "c0ffee" + "0" * 34
@@ -70,10 +70,11 @@ class Node:
             "HF_HOME": str(root / "hf-home"),
             "XDG_CONFIG_HOME": str(root / "xdg-config"),
             "XDG_DATA_HOME": str(root / "xdg-data"),
+            # Nothing listens there: no test reaches the internet. (No HF_HUB_OFFLINE: a
+            # daemon runs `model add` jobs with the endpoints the CLI sends.)
             "HFFS_ENDPOINTS": "http://127.0.0.1:9",
-            "HF_HUB_OFFLINE": "1",
         }
-        for key in ("HF_TOKEN", "HF_ENDPOINT"):
+        for key in ("HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
             self.env.pop(key, None)
 
     def cli(self, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from hffs.cache import HubCache
-from hffs.daemon.process import pid_alive
-from hffs.daemon.runfiles import is_running, read_pid
+from hffs.daemonctl.process import pid_alive
+from hffs.runfiles import is_running, read_pid
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.store import PartialFile
 from tests.nodes import COMMIT, REPO, Node, free_port, wait_for

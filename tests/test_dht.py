@@ -12,6 +12,7 @@ import pytest
 import umsgpack
 from kademlia.node import Node
 
+from hffs.daemon.announcer import Announcer
 from swarm.dht import DHTNode, DHTProtocol, NodeCrawl, dht_key
 from swarm.providers import ProviderStore
 
@@ -113,7 +114,9 @@ async def test_provider_that_stops_reannouncing_expires(start: Start) -> None:
         key = dht_key("file", "expiring")
         keeper, quitter, seeker = nodes[1], nodes[2], nodes[4]
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: keeper.maintain(lambda: [key], 7001, interval=0.5))
+            # the daemon's own announce loop keeps the keeper's record alive
+            announcer = Announcer(keeper, 7001, lambda: [key], period=0.5, tick=0.1)
+            tg.start_soon(announcer.run)
             await quitter.provide(key, 7002)
             await anyio.sleep(0.3)
             assert {p.port for p in await seeker.find_providers(key)} == {7001, 7002}

@@ -24,8 +24,8 @@ import httpx
 import pytest
 from anyio.from_thread import start_blocking_portal
 
-from hffs.daemon.process import pid_alive
-from hffs.daemon.runfiles import read_pid
+from hffs.daemonctl.process import pid_alive
+from hffs.runfiles import read_pid
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.dht import DHTNode
 from swarm.store import PartialFile, read_partial_state

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from hffs.cache import HubCache, is_commit
 from hffs.daemon.app import CacheIndex, create_app, scan_inventory, valid_repo_id, valid_revision
 from hffs.daemon.control import Query, create_control_app
-from hffs.daemon.runfiles import TOKEN_HEADER
+from hffs.runfiles import TOKEN_HEADER
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.dht import DHTNode, DHTProtocol
 from swarm.ids import is_file_id

@@ -21,16 +21,9 @@ import anyio
 import httpx
 import pytest
 from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 
 from hffs.cache import HubCache
-from hffs.daemon.downloads import (
-    BLOCK,
-    DownloadManager,
-    FileJob,
-    SpanReader,
-    Transfer,
-    TransferFailed,
-)
 from hffs.daemon.hub_api import (
     ApiCall,
     is_hub_path,
@@ -42,9 +35,17 @@ from hffs.daemon.hub_api import (
     valid_revision,
 )
 from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.downloads import (
+    BLOCK,
+    DownloadManager,
+    FileJob,
+    SpanReader,
+    Transfer,
+    TransferFailed,
+)
 from swarm.chunking import MIN_CHUNK_SIZE
-from swarm.store import PartialFile
-from tests.localhub import LocalHub, make_random_file
+from swarm.sources import Source
+from tests.localhub import LocalHub, lfs_pointer, make_random_file
 from tests.nodes import Node, wait_for
 
 REPO, DATASET, PRIVATE, SHARED = "org/swarmed", "org/data", "org/secret", "org/shared"
@@ -294,8 +295,12 @@ def test_bytes_stream_as_chunks_verify_and_the_download_outlives_its_client(
         with httpx.Client(trust_env=False, timeout=20) as http, http.stream("GET", url) as r:
             assert r.status_code == 200
             first = next(r.iter_bytes())
+            # Slow the rest right away: however loaded the machine, the file cannot
+            # complete between the first bytes and the check below.
+            world.hub.throttle_bps = MIN_CHUNK_SIZE // 8
             assert data.startswith(first)
             assert not blob.exists()  # bytes flow long before the file is complete
+        world.hub.throttle_bps = None
         # The client is gone; the daemon finishes the download it started anyway.
         wait_for(blob.is_file, 20, "the daemon to finish the download")
     finally:
@@ -316,7 +321,7 @@ def test_a_private_repo_needs_a_token_upstream_accepts(world: World) -> None:
             r = http.get(f"{world.c.url}/api/models/{PRIVATE}", headers=headers)
             assert r.status_code in (401, 404)
     for token in (False, "hf_wrong"):
-        with pytest.raises(Exception):  # noqa: B017  (RepositoryNotFound or HTTP 401)
+        with pytest.raises(HfHubHTTPError):  # RepositoryNotFound (404) or HTTP 401
             hf_hub_download(
                 PRIVATE, "weights.bin", endpoint=world.c.url, cache_dir=cache, token=token
             )
@@ -331,6 +336,7 @@ def test_a_private_repo_needs_a_token_upstream_accepts(world: World) -> None:
     assert (Path(snap) / "config.json").read_bytes() == world.files[PRIVATE]["config.json"]
     assert world.hub.bytes_served == 0  # the bytes came from A
     # Upstream saw the caller's token on every request the daemon made for it.
+    assert world.hub.auth_log  # it did ask upstream (listing and access check)
     assert all(auth == f"Bearer {TOKEN}" for _, auth in world.hub.auth_log)
 
 
@@ -403,7 +409,7 @@ def test_with_upstream_down_peers_still_serve_a_commit(world: World) -> None:
 class QuietSwarm:
     """A SwarmView with no peers: nothing but what the test puts on disk."""
 
-    async def find_providers(self, query: tuple[str, ...]) -> list[dict[str, Any]]:
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[dict[str, Any]]:
         return []
 
     async def announce(
@@ -415,43 +421,56 @@ class QuietSwarm:
         pass
 
 
-def test_a_download_another_process_runs_is_followed_not_repeated(tmp_path: Path) -> None:
-    data = os.urandom(2 * MIN_CHUNK_SIZE + 5)
+def test_jobs_and_readers_share_one_download_per_file_id(tmp_path: Path) -> None:
+    """Two `model add` jobs and an HF client asking for one file: one download."""
+    data = os.urandom(3 * MIN_CHUNK_SIZE + 5)
     file_id = hashlib.sha256(data).hexdigest()
     cache, partial = HubCache(tmp_path / "hub"), tmp_path / "partial"
-    commit = "1" * 40
-    job = FileJob("model", "org/x", commit, "w.bin", file_id, len(data), upstream=())
+    with LocalHub() as hub:
+        commit = hub.add_repo("org/x", {"w.bin": data})
+        hub.throttle_bps = 4 * MIN_CHUNK_SIZE  # slow enough for all three to join
+        url = f"{hub.url}/org/x/resolve/{commit}/w.bin"
+        job = FileJob(
+            "model",
+            "org/x",
+            commit,
+            "w.bin",
+            file_id,
+            len(data),
+            upstream=(Source(hub.url, url, True, {}),),
+        )
+        heard: list[int] = []
 
-    async def main() -> None:
-        async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
-            manager = DownloadManager(cache, partial, QuietSwarm(), client, {})
-            tg.start_soon(manager.run)
-            other = PartialFile(partial, file_id, len(data))  # "another process" holds the lock
-            reader = await manager.reader(job, 0, len(data))
-            got = bytearray()
+        async def main() -> None:
+            async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
+                manager = DownloadManager(cache, partial, QuietSwarm(), client, {})
+                tg.start_soon(manager.run)
+                blobs: list[Path] = []
 
-            async def consume() -> None:
-                while block := await reader.read():
-                    got.extend(block)
+                async def job_wait() -> None:
+                    blob, _ = await manager.fetch(job, lambda s, up, n: heard.append(n))
+                    blobs.append(blob)
 
-            with anyio.fail_after(20):
-                async with anyio.create_task_group() as readers:
-                    readers.start_soon(consume)
-                    for i in range(other.n_chunks):
-                        start, end = other.span(i)
-                        assert other.write_chunk(i, data[start:end])
-                        if i == 0:  # streamed as the other writer verifies it
-                            while len(got) < MIN_CHUNK_SIZE:
-                                await anyio.sleep(0.05)
-                            assert len(got) == MIN_CHUNK_SIZE
-                    assert other.verify_whole()
-                    other.publish(cache.blob_path("model", "org/x", file_id))
-            reader.close()
-            assert bytes(got) == data
-            assert [f.path for f in cache.files("model", "org/x", commit)] == ["w.bin"]
-            tg.cancel_scope.cancel()
+                got = bytearray()
 
-    anyio.run(main, backend="asyncio")
+                async def read_all() -> None:
+                    reader = await manager.reader(job, 0, len(data))
+                    while block := await reader.read():
+                        got.extend(block)
+                    reader.close()
+
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as clients:
+                        clients.start_soon(job_wait)
+                        clients.start_soon(job_wait)
+                        clients.start_soon(read_all)
+                assert bytes(got) == data
+                assert len(set(blobs)) == 1 and blobs[0].read_bytes() == data
+                tg.cancel_scope.cancel()
+
+        anyio.run(main, backend="asyncio")
+        assert hub.bytes_served == len(data)  # fetched once for all three
+    assert sum(heard) == 2 * len(data)  # each job heard every byte
 
 
 def test_a_reader_holds_the_last_block_and_refuses_changed_chunks(tmp_path: Path) -> None:
@@ -562,7 +581,8 @@ def test_a_ref_resolves_to_the_newest_commit_the_swarm_reports() -> None:
     tree = listing.tree("", recursive=False)
     assert [(e["type"], e["path"]) for e in tree or []] == [("file", "a"), ("directory", "b")]
     (entry,) = listing.paths_info(["a"])
-    assert entry["lfs"] == {"oid": sha, "size": 1, "pointerSize": entry["lfs"]["pointerSize"]}
+    # pointerSize: the size of the git LFS pointer file the hub stores for it
+    assert entry["lfs"] == {"oid": sha, "size": 1, "pointerSize": len(lfs_pointer(sha, 1))}
 
 
 class FakeDaemon(QuietSwarm):

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from hffs.cli import app
 from swarm.chunking import MIN_CHUNK_SIZE
+from swarm.scheduler import SchedulerConfig
 from tests.localhub import LocalHub, make_random_file
 
 runner = CliRunner()
@@ -23,6 +24,8 @@ runner = CliRunner()
 
 def hffs(*args: str) -> tuple[int, str]:
     result = runner.invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
     return result.exit_code, result.output
 
 
@@ -224,8 +227,10 @@ def test_resume_after_sigkill_fetches_only_the_missing_half(
         assert done.returncode == 0, done.stderr
         second = slow.bytes_served
     # Upstream bytes are written as they arrive and their progress recorded, so the
-    # second run fetches the missing part plus at most one chunk.
-    assert second <= size - first + MIN_CHUNK_SIZE, (first, second)
+    # second run fetches the missing part plus, per parallel stream, what the hub had
+    # sent but the killed process never read (socket buffers: more under load).
+    streams = SchedulerConfig().upstream_max_in_flight
+    assert second <= size - first + streams * MIN_CHUNK_SIZE, (first, second)
     blob = Path(hffs_env["HF_HUB_CACHE"]) / "models--org--big" / "blobs"
     (published,) = blob.iterdir()
     assert hashlib.sha256(published.read_bytes()).hexdigest() == published.name

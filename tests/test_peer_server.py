@@ -7,14 +7,17 @@ import os
 import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.applications import Starlette
 
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.manifest import Manifest, build_manifest, chunk_digest
 from swarm.peer_server import (
+    PeerServer,
     RangeError,
     RateLimiter,
     UploadLimits,
@@ -299,10 +302,22 @@ async def test_too_many_uploads_get_503(swarm: Swarm) -> None:
 
 
 async def test_the_upload_rate_is_capped(swarm: Swarm) -> None:
-    rate = 400_000  # burst rate/4 = 100 kB, then 400 kB/s
-    async with swarm.client(limits=UploadLimits(max_rate=rate)) as c:
-        started = time.monotonic()
+    """Against an injected clock that only sleeping advances: the 300 kB took exactly
+    (300 kB - 100 kB burst) / 400 kB/s of the limiter's time, whatever the machine's load."""
+    rate = 400_000
+    now = [1000.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await anyio.sleep(0)
+
+    server = PeerServer(
+        swarm.index, swarm.partial_root, swarm.manifest_dir, UploadLimits(max_rate=rate)
+    )
+    server.limiter = RateLimiter(rate, rate // 4, clock=lambda: now[0], sleep=sleep)
+    app = Starlette(routes=server.routes())
+    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 4567))
+    async with httpx.AsyncClient(transport=transport, base_url="http://peer") as c:
         r = await c.get(f"/v1/blobs/{swarm.full_id}", headers={"Range": "bytes=0-299999"})
-        elapsed = time.monotonic() - started
     assert r.content == swarm.full[:300_000]
-    assert 0.4 < elapsed < 2.0  # (300 kB - 100 kB burst) / 400 kB/s = 0.5 s
+    assert now[0] - 1000.0 == pytest.approx((300_000 - rate // 4) / rate, abs=0.02)

@@ -216,6 +216,59 @@ def test_in_flight_limit_respected() -> None:
     assert s.stats["p"].in_flight == 2
 
 
+def test_byte_budget_binds_and_every_request_returned_can_start() -> None:
+    """8 MiB chunks from 10 peers under a 64 MiB budget: the scheduler hands out only what
+    fits, so a driver starting every request it gets never leaves one registered but
+    unstarted (such a chunk would sit blocked until its deadline and blame a good peer)."""
+    big = 8 << 20
+    budget = 64 << 20
+    s = Scheduler(
+        64,
+        big,
+        rng=random.Random(1),
+        config=SchedulerConfig(initial_in_flight=4, max_unverified_bytes=budget),
+    )
+    for i in range(10):
+        s.add_peer(f"p{i}", range(64))
+    started: set[Request] = set()
+    now = 0.0
+    for step in range(200):
+        batch = s.next_requests(now)
+        started.update(batch)  # the driver starts all it is given
+        # Whatever the scheduler counts as in flight was started, and fits the budget.
+        assert set(s.in_flight) <= started
+        assert len(s.in_flight) * big <= budget
+        if step == 0:
+            assert len(batch) == budget // big  # 40 slots wanted: the budget binds
+        if s.done:
+            break
+        now += 0.1
+        oldest = s.in_flight[0]
+        s.on_success(oldest, now, big)
+        started.discard(oldest)
+    assert s.done
+    assert max(st.chunks for st in s.stats.values()) < 64  # spread over the peers
+
+
+def test_per_source_byte_budget_and_oversized_chunks() -> None:
+    s = Scheduler(
+        8,
+        CHUNK,
+        rng=random.Random(0),
+        config=SchedulerConfig(initial_in_flight=8, max_source_bytes=3 * CHUNK),
+    )
+    s.add_peer("a", range(8))
+    s.add_upstream("m")
+    assert by_source(s.next_requests(0.0)) == {"a": by_source(s.in_flight)["a"]}
+    assert s.stats["a"].in_flight == 3
+    # A budget smaller than one chunk still lets one request through at a time.
+    t = Scheduler(4, CHUNK, config=SchedulerConfig(max_unverified_bytes=CHUNK // 2))
+    t.add_peer("a", range(4))
+    t.add_peer("b", range(4))
+    assert len(t.next_requests(0.0)) == 1
+    assert t.next_requests(0.1) == []
+
+
 def test_limit_grows_for_fast_peer_not_for_slow_one() -> None:
     s = make(300, target_latency=1.0, max_in_flight=16)
     s.add_peer("fast", range(300))
@@ -541,6 +594,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         max_duplicates=draw(st.integers(0, 2)),
         attempts_per_source=draw(st.integers(1, 2)),
         max_consecutive_failures=draw(st.integers(1, 4)),
+        max_unverified_bytes=draw(st.sampled_from([None, CHUNK // 2, 3 * CHUNK])),
+        max_source_bytes=draw(st.sampled_from([None, 2 * CHUNK])),
     )
     return Scenario(
         n=n,
@@ -598,6 +653,12 @@ def run_scenario(sc: Scenario) -> tuple[Scheduler, Sim, dict[str, set[int]]]:
         pairs = Counter((r.source, r.chunk) for r in in_flight)
         assert max(pairs.values(), default=1) == 1
         assert max(copies.values(), default=1) <= 1 + cfg.max_duplicates
+        peer_reqs = sum(r.kind is SourceKind.PEER for r in in_flight)
+        if cfg.max_unverified_bytes is not None:
+            assert peer_reqs <= max(1, cfg.max_unverified_bytes // CHUNK)
+        if cfg.max_source_bytes is not None:
+            per_source = Counter(r.source for r in in_flight)
+            assert max(per_source.values(), default=0) <= cfg.max_source_bytes // CHUNK
         for r in batch:
             assert not sched.is_done(r.chunk) and r.chunk not in sc.done
             assert stats[r.source].state is SourceState.LIVE

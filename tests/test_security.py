@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from hffs.cache import HubCache
-from hffs.daemon.runfiles import TOKEN_HEADER
+from hffs.runfiles import TOKEN_HEADER
 from swarm.chunking import MIN_CHUNK_SIZE
 from tests.hostile import FakePeer, manifest_of, wait_until
 from tests.localhub import LocalHub

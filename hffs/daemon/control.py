@@ -15,15 +15,24 @@ bad parameters get 400 ``{"error": ...}``.
 - ``POST /v1/rescan`` -> ``{"files", "partials", "repos"}``
 - ``POST /v1/transfer`` ``{"from_peers": bytes, "from_upstream": bytes}``: download totals
 - ``POST /v1/peers/refresh``: re-read and probe the saved peers now
+- ``POST /v1/jobs`` a ``hffs.jobs.JobSpec`` -> the job's progress, one JSON event per
+  line (``hffs.jobs.replay`` reads them), ending with ``done`` or ``error``. Closing
+  the connection cancels the job (files another client wants keep downloading).
 - ``POST /v1/stop``
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+import logging
+import math
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -31,12 +40,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hffs.cache import REPO_TYPES, is_commit
+from hffs.cache import REPO_TYPES, CacheError, check_repo_path, is_commit
 from hffs.daemon.app import RepoRev, valid_repo_id, valid_revision
-from hffs.daemon.runfiles import TOKEN_HEADER
+from hffs.errors import HffsError
+from hffs.jobs import JobPlan, JobResult, JobSpec, plan_event, result_event
+from hffs.runfiles import TOKEN_HEADER
 from swarm.ids import is_file_id
+from swarm.peer_server import cancel_on_disconnect
+
+log = logging.getLogger(__name__)
 
 MAX_ANNOUNCE = 10_000  # items per announce request
+FLUSH = 0.2  # seconds between byte-count events of a job
 
 # What a lookup asks for: ("file", id) or ("repo", type, repo id, revision).
 Query = tuple[str, ...]
@@ -55,6 +70,7 @@ class DaemonOps(Protocol):
     def report_transfer(self, from_peers: int, from_upstream: int) -> None: ...
     def refresh_peers(self) -> None: ...
     def request_stop(self) -> None: ...
+    async def run_job(self, spec: JobSpec, listener: Any) -> JobResult: ...
 
 
 class BadRequest(ValueError):
@@ -102,6 +118,89 @@ def parse_announce(body: Any) -> tuple[list[str], list[RepoRev], bool]:
             raise BadRequest("announced revisions must be commits")
         revs.append((repo_type, repo_id, commit))
     return file_ids, revs, body.get("wait") is True
+
+
+def parse_job(body: Any) -> JobSpec:
+    try:
+        spec = JobSpec.from_json(body)
+        parse_repo(body)  # the same repo id and revision rules as every other route
+        for path in spec.files or ():
+            check_repo_path(path)
+    except (ValueError, CacheError) as exc:
+        raise BadRequest(str(exc)) from None
+    return spec
+
+
+class _Events:
+    """A job's listener inside the daemon: events queued for the client's stream, bytes
+    summed per (file, source) and sent every FLUSH seconds."""
+
+    def __init__(self, stream: MemoryObjectSendStream[dict[str, Any]]) -> None:
+        self.stream = stream
+        self.pending: Counter[tuple[str, str, bool]] = Counter()
+
+    def put(self, event: dict[str, Any]) -> None:
+        self.stream.send_nowait(event)
+
+    def flush(self) -> None:
+        for (path, source, upstream), n in self.pending.items():
+            self.put(
+                {"event": "bytes", "path": path, "source": source, "upstream": upstream, "n": n}
+            )
+        self.pending.clear()
+
+    def planned(self, plan: JobPlan) -> None:
+        self.put(plan_event(plan))
+
+    def on_bytes(self, path: str, source: str, upstream: bool, n: int) -> None:
+        self.pending[(path, source, upstream)] += n
+
+    def file_done(self, path: str, how: str, by_source: Mapping[str, int]) -> None:
+        self.flush()
+        self.put({"event": "file", "path": path, "how": how, "by_source": dict(by_source)})
+
+
+class JobResponse:
+    """Runs a job for as long as its client listens, streaming its events."""
+
+    def __init__(self, ops: DaemonOps, spec: JobSpec) -> None:
+        self.ops, self.spec = ops, spec
+
+    async def _run(self, events: _Events) -> None:
+        try:
+            result = await self.ops.run_job(self.spec, events)
+            events.flush()
+            events.put(result_event(result))
+        except HffsError as exc:
+            events.flush()
+            events.put({"event": "error", "message": str(exc)})
+        except Exception as exc:  # a bug must reach the user as one line, not a hang
+            log.exception("job %s failed", self.spec.repo_id)
+            events.put({"event": "error", "message": f"the daemon failed: {exc!r}"})
+        finally:
+            events.stream.close()
+
+    async def _flush_often(self, events: _Events) -> None:
+        while True:
+            await anyio.sleep(FLUSH)
+            events.flush()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/x-ndjson")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        tx, rx = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+        events = _Events(tx)
+        async with anyio.create_task_group() as tg:
+            # The client leaving (Ctrl-C) cancels the job with everything below.
+            tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(self._run, events)
+            tg.start_soon(self._flush_often, events)
+            async with rx:
+                async for event in rx:
+                    body = json.dumps(event).encode() + b"\n"
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            tg.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _count(body: Mapping[str, Any], name: str) -> int:
@@ -163,6 +262,9 @@ def create_control_app(ops: DaemonOps, token: str) -> ASGIApp:
         ops.refresh_peers()
         return JSONResponse({})
 
+    async def jobs(request: Request) -> JobResponse:
+        return JobResponse(ops, parse_job(await json_object(request)))
+
     async def stop(request: Request) -> Response:
         ops.request_stop()
         return JSONResponse({"stopping": True})
@@ -179,6 +281,7 @@ def create_control_app(ops: DaemonOps, token: str) -> ASGIApp:
             Route("/v1/rescan", rescan, methods=["POST"]),
             Route("/v1/transfer", transfer, methods=["POST"]),
             Route("/v1/peers/refresh", refresh_peers, methods=["POST"]),
+            Route("/v1/jobs", jobs, methods=["POST"]),
             Route("/v1/stop", stop, methods=["POST"]),
         ],
         exception_handlers={BadRequest: bad_request},

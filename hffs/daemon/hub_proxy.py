@@ -45,7 +45,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hffs.cache import CacheError, HubCache, check_repo_path, is_commit
 from hffs.config import hf_token
 from hffs.daemon.app import read_revision, valid_repo_id
-from hffs.daemon.downloads import DownloadManager, FileJob, SpanReader, SwarmView, TransferFailed
 from hffs.daemon.hub_api import (
     FORWARD_HEADERS,
     HOPS_HEADER,
@@ -65,6 +64,7 @@ from hffs.daemon.hub_api import (
     valid_revision,
 )
 from hffs.daemon.upstream import Answer, TTLCache, Upstream, auth_key, relay
+from hffs.downloads import DownloadManager, FileJob, SpanReader, SwarmView, TransferFailed
 from hffs.hub import file_url
 from swarm.peer_server import RangeError, cancel_on_disconnect, parse_range
 from swarm.sources import Source

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import ipaddress
 import logging
-import math
 import os
 import secrets
 import signal
@@ -21,95 +20,61 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import uvicorn
 
-from hffs.cache import HubCache, is_commit
-from hffs.config import DEFAULT_PORT, Config, ConfigError, Peer, hub_cache_dir
+from hffs.cache import HubCache
+from hffs.config import DEFAULT_PORT, Config, ConfigError, hub_cache_dir
 from hffs.daemon.activity import Activity
+from hffs.daemon.announcer import Announcer
 from hffs.daemon.app import (
     CacheIndex,
     Inventory,
     RepoRev,
-    any_revision_key,
     create_app,
-    file_key,
-    repo_key,
-    scan_inventory,
 )
 from hffs.daemon.control import Query, create_control_app
+from hffs.daemon.holdings import Holdings
 from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.daemon.lookups import Finder, Lookups
 from hffs.daemon.metrics import MetricSources, make_registry
-from hffs.daemon.peers import PeerClient
-from hffs.daemon.runfiles import (
+from hffs.daemon.peerbook import PeerBook, PeerState, resolve
+from hffs.daemon.status_page import LocalSurface
+from hffs.discovery import newest_revision
+from hffs.errors import HffsError
+from hffs.fetch import JobHost, run_job
+from hffs.hub import RemoteRevision
+from hffs.jobs import JobListener, JobResult, JobSpec
+from hffs.peers import PeerClient
+from hffs.runfiles import (
     DaemonInfo,
+    DaemonSettings,
     InstanceLock,
     read_pid,
     remove_run_files,
     write_info,
     write_pid,
 )
-from hffs.daemon.status_page import LocalSurface
-from swarm.dht import DEFAULT_TTL, DHTNode
+from swarm.dht import DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
 from swarm.transport_server import FrontLimits, FrontShared, install_front
 from swarm.wire import auth_headers
 
 log = logging.getLogger("hffs.daemon")
 
-TICK = 1.0  # how often the announce loop looks at the routing table
-ANNOUNCE_PERIOD = DEFAULT_TTL / 3  # a record survives two lost rounds
-ANNOUNCE_MIN_GAP = 2.0  # between full announces triggered by new contacts
-SMALL_SWARM = 20  # below this many contacts, every newcomer triggers a re-announce
-PROBE_PERIOD = 30.0  # saved peers are probed this often
 SAMPLE_PERIOD = 1.0  # rates and the throughput history of the status page
 ALIVE_WINDOW = 60.0  # a peer that traded bytes this recently counts as alive
-BOOTSTRAP_RETRY = 5.0  # while the routing table is empty
-RESCAN_PERIOD = 300.0  # catches cache changes nobody told us about
-LOOKUP_TIMEOUT = 15.0  # one DHT lookup
-BOOTSTRAP_TIMEOUT = 15.0
-QUERY_PARALLEL = 16  # peers asked at once over HTTP
-
-T = TypeVar("T")
 
 
-class DaemonStartError(Exception):
+class DaemonStartError(HffsError):
     """The daemon cannot start; the message is one line for the user."""
 
 
-@dataclass(frozen=True)
-class DaemonSettings:
-    home: Path
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    bootstrap: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass
-class PeerState:
-    active: bool | None = None  # None: not probed yet
-    last_seen: float | None = None  # unix time of the last good probe
-
-
 # -- plain decisions ---------------------------------------------------------------
-
-
-def announce_due(now: float, last_at: float, last_size: int, size: int) -> bool:
-    """Whether to re-announce everything now.
-
-    Periodically, before records expire; and, in a small swarm, whenever the
-    routing table grew since the last round: the new node may be the one closest
-    to our keys (and a lone node's first announce reached nobody)."""
-    if size == 0:
-        return False
-    if now - last_at >= ANNOUNCE_PERIOD:
-        return True
-    return now - last_at >= ANNOUNCE_MIN_GAP and size > last_size and last_size < SMALL_SWARM
 
 
 def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -156,21 +121,6 @@ def bind_tcp(ip: str, port: int, what: str = "TCP") -> socket.socket:
     return sock
 
 
-async def resolve(host: str, port: int) -> str | None:
-    """An IP literal for host (the DHT never resolves names itself)."""
-    try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        pass
-    try:
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except OSError as exc:
-        log.warning("cannot resolve %s: %s", host, exc)
-        return None
-    return str(infos[0][4][0]) if infos else None
-
-
 def front_limits() -> FrontLimits:
     """The peer port's connection limits; tests shorten the timeouts through the
     environment (``HFFS_HEADER_TIMEOUT``, ``HFFS_STALL_TIMEOUT``)."""
@@ -208,27 +158,15 @@ def _uvicorn(app: Any) -> _Server:
     )
 
 
-async def _gather(items: Iterable[T], fn: Callable[[T], Awaitable[Any]]) -> list[Any]:
-    """``fn`` over items, QUERY_PARALLEL at a time, results in order."""
-    items = list(items)
-    results: list[Any] = [None] * len(items)
-    limiter = anyio.CapacityLimiter(QUERY_PARALLEL)
-
-    async def one(i: int, item: T) -> None:
-        async with limiter:
-            results[i] = await fn(item)
-
-    async with anyio.create_task_group() as tg:
-        for i, item in enumerate(items):
-            tg.start_soon(one, i, item)
-    return results
-
-
 # -- the daemon --------------------------------------------------------------------
 
 
 class Daemon:
-    """State and behaviour of a running daemon; the control API's ``DaemonOps``."""
+    """The composition root: the services, wired; the control API's ``DaemonOps``.
+
+    Services, one job each: holdings (what we hold), announcer (telling the DHT),
+    peer book (saved peers, bootstrap), finder and lookups (who holds what), and
+    the download manager (inside the HF endpoint, shared with `model add` jobs)."""
 
     def __init__(
         self,
@@ -251,142 +189,14 @@ class Daemon:
         self.bytes_from_peers = 0
         self.bytes_from_upstream = 0
         self.started_at = time.time()
-        self.announced_at: float | None = None  # unix time of the last full announce
-        self.saved_peers: list[Peer] = list(config.peers)
-        self.peer_states: dict[Peer, PeerState] = {}
-        self.bootstrap_ips: list[tuple[str, int]] = []
-        # Announced through the control API since the last scan: kept re-announced
-        # until a scan shows whether they are still held (value: when added).
-        self._extra_files: dict[str, float] = {}
-        self._extra_repos: dict[RepoRev, float] = {}
-        self._pending: set[bytes] = set()
-        self._wake_announce = anyio.Event()
-        self._wake_peers = anyio.Event()
+        self.http = PeerClient(config.swarm_secret)
+        self.holdings = Holdings(self.index, config.partial_dir)
+        self.announcer = Announcer(node, port, self.holdings.held_keys)
+        self.book = PeerBook(settings, node, self.http, config.peers, self.is_self)
+        self.finder = Finder(node, self.book, self.http, on_lookup=self.activity.dht_lookup)
+        self.lookups = Lookups(self.finder.find_providers)
         self._stop = anyio.Event()
-        self._peers_http: PeerClient | None = None
-
-    # -- what we hold ----------------------------------------------------------
-
-    async def scan(self) -> Inventory:
-        started = time.monotonic()
-        inventory = await anyio.to_thread.run_sync(
-            scan_inventory, self.index.cache, self.config.partial_dir
-        )
-        self.index.inventory = inventory
-        self._extra_files = {k: t for k, t in self._extra_files.items() if t >= started}
-        self._extra_repos = {k: t for k, t in self._extra_repos.items() if t >= started}
-        return inventory
-
-    def held_keys(self) -> set[bytes]:
-        keys = self.index.inventory.keys()
-        keys.update(file_key(f) for f in self._extra_files)
-        for repo_type, repo_id, commit in self._extra_repos:
-            keys.add(repo_key(repo_type, repo_id, commit))
-            keys.add(any_revision_key(repo_type, repo_id))
-        return keys
-
-    async def _provide(self, keys: Iterable[bytes]) -> int:
-        keys = list(keys)
-        if not keys or self.node.routing_size() == 0:
-            return 0
-        reached = await self.node.announce(keys, self.port)
-        log.info("announced %d key(s), %d reached the DHT", len(keys), reached)
-        return reached
-
-    # -- loops -----------------------------------------------------------------
-
-    async def _announce_loop(self) -> None:
-        last_at, last_size = -math.inf, 0
-        while True:
-            with anyio.move_on_after(TICK):
-                await self._wake_announce.wait()
-            self._wake_announce = anyio.Event()
-            pending, self._pending = self._pending, set()
-            size, now = self.node.routing_size(), time.monotonic()
-            if announce_due(now, last_at, last_size, size):
-                last_at, last_size = now, size
-                await self._provide(self.held_keys())
-                self.announced_at = time.time()
-                self.node.store.expire(time.monotonic())
-                with anyio.move_on_after(BOOTSTRAP_TIMEOUT):
-                    await self.node.refresh()
-            elif pending:  # with nobody to tell, the next full round covers them
-                await self._provide(pending)
-
-    async def _rescan_loop(self) -> None:
-        while True:
-            await anyio.sleep(RESCAN_PERIOD)
-            before = self.held_keys()
-            await self.scan()
-            new = self.held_keys() - before
-            if new:
-                self._queue(new)
-
-    async def _peer_loop(self) -> None:
-        await self._bootstrap(self.settings.bootstrap)
-        last_probe = -math.inf
-        while True:
-            if time.monotonic() - last_probe >= PROBE_PERIOD or self._wake_peers.is_set():
-                self._wake_peers = anyio.Event()
-                last_probe = time.monotonic()
-                came_up = await self._probe_saved_peers()
-                if came_up:
-                    await self._bootstrap([], came_up)
-            if self.node.routing_size() == 0:
-                await self._bootstrap(self.settings.bootstrap)
-            with anyio.move_on_after(BOOTSTRAP_RETRY):
-                await self._wake_peers.wait()
-
-    async def _bootstrap(
-        self, extra: Iterable[tuple[str, int]], peers: Iterable[Peer] | None = None
-    ) -> None:
-        """Join the DHT through the given nodes and the saved peers (or ``peers``)."""
-        wanted = [
-            *extra,
-            *((p.host, p.port) for p in (self.saved_peers if peers is None else peers)),
-        ]
-        addrs: list[tuple[str, int]] = []
-        for host, port in wanted:
-            ip = await resolve(host, port)
-            if ip is not None and not self.is_self(ip, port) and (ip, port) not in addrs:
-                addrs.append((ip, port))
-        if not addrs:
-            return
-        with anyio.move_on_after(BOOTSTRAP_TIMEOUT):
-            size = await self.node.bootstrap(addrs)
-            log.info("bootstrapped through %d node(s): %d contact(s)", len(addrs), size)
-
-    async def _probe_saved_peers(self) -> list[Peer]:
-        """Re-read the saved peers and probe each; return those that just came up."""
-        with contextlib.suppress(ConfigError):
-            loaded = await anyio.to_thread.run_sync(Config.load, self.settings.home)
-            self.saved_peers = list(loaded.peers)
-        http = self._http()
-        peers = list(self.saved_peers)
-        alive = await _gather(peers, lambda p: http.ping(p.host, p.port))
-        came_up = []
-        for peer, ok in zip(peers, alive, strict=True):
-            state = self.peer_states.setdefault(peer, PeerState())
-            if ok and not state.active:
-                came_up.append(peer)
-            state.active = ok
-            if ok:
-                state.last_seen = time.time()
-        self.peer_states = {p: s for p, s in self.peer_states.items() if p in peers}
-        return came_up
-
-    async def _watch_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("got %s: stopping", signal.Signals(signum).name)
-                self.request_stop()
-                return
-
-    def _http(self) -> PeerClient:
-        assert self._peers_http is not None, "used outside run()"
-        return self._peers_http
+        self._hub: HubEndpoint | None = None
 
     def is_self(self, host: str, port: int) -> bool:
         if port != self.port:
@@ -398,14 +208,26 @@ class Daemon:
         except ValueError:
             return False
 
-    def _queue(self, keys: Iterable[bytes]) -> None:
-        self._pending.update(keys)
-        self._wake_announce.set()
+    async def scan(self) -> Inventory:
+        return await self.holdings.scan()
+
+    async def _watch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("got %s: stopping", signal.Signals(signum).name)
+                self.request_stop()
+                return
 
     # -- DaemonOps (the control API) ---------------------------------------------
 
     def status(self) -> dict[str, Any]:
         inv = self.index.inventory
+        files, partials = set(inv.files), set(inv.partials)
+        if self._hub is not None:  # downloads finished or running since the last scan
+            files |= self._hub.downloads.completed
+            partials |= self._hub.downloads.running - files
         return {
             "pid": os.getpid(),
             "host": self.settings.host,
@@ -414,17 +236,9 @@ class Daemon:
             "node_id": self.node.node_id,
             "routing_size": self.node.routing_size(),
             "bootstrap": [f"{h}:{p}" for h, p in self.settings.bootstrap],
-            "peers": [
-                {
-                    "host": p.host,
-                    "port": p.port,
-                    "active": self.peer_states.get(p, PeerState()).active,
-                    "last_seen": self.peer_states.get(p, PeerState()).last_seen,
-                }
-                for p in self.saved_peers
-            ],
-            "files_shared": len(inv.files),
-            "partials_shared": len(inv.partials),
+            "peers": self.book.status(),
+            "files_shared": len(files),
+            "partials_shared": len(partials),
             "repos_shared": len(inv.repos),
             "uploads_active": self.uploads.active,
             "bytes_up": self.uploads.total,
@@ -432,82 +246,31 @@ class Daemon:
             "bytes_down_peers": self.bytes_from_peers,
             "bytes_down_upstream": self.bytes_from_upstream,
             "started_at": self.started_at,
-            "announced_at": self.announced_at,
+            "announced_at": self.announcer.announced_at,
+            "holder_lookups": self.lookups.crawls,
+            "holder_asks": self.lookups.asks,
         }
 
-    def _lookup_key(self, query: Query) -> bytes:
-        if query[0] == "file":
-            return file_key(query[1])
-        _, repo_type, repo_id, revision = query
-        if is_commit(revision):
-            return repo_key(repo_type, repo_id, revision)
-        return any_revision_key(repo_type, repo_id)
-
-    async def _candidates(self, key: bytes) -> tuple[list[tuple[str, int]], list[Peer]]:
-        """Holders the DHT names (self excluded), and the saved peers not among them."""
-        found: list[tuple[str, int]] = []
-        if self.node.routing_size():
-            with anyio.move_on_after(LOOKUP_TIMEOUT):
-                started = time.monotonic()
-                try:
-                    providers = await self.node.find_providers(key)
-                finally:
-                    self.activity.dht_lookup(time.monotonic() - started)
-                found = [(p.host, p.port) for p in providers if not self.is_self(p.host, p.port)]
-        saved = [
-            p
-            for p in self.saved_peers
-            if (p.host, p.port) not in found and not self.is_self(p.host, p.port)
-        ]
-        return found, saved
-
-    async def _ask(self, query: Query, host: str, port: int) -> Any:
-        http = self._http()
-        if query[0] == "file":
-            return await http.has_file(host, port, query[1])
-        return await http.revision(host, port, *query[1:])
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """For the downloads: the lookup of a file's holders, cached (lookups.py)."""
+        return await self.lookups.get(("file", file_id), fresh=fresh)
 
     async def find_providers(self, query: Query) -> list[dict[str, Any]]:
-        found, saved = await self._candidates(self._lookup_key(query))
-        answers = await _gather(saved, lambda p: self._ask(query, p.host, p.port))
-        out = [{"host": h, "port": p, "source": "dht"} for h, p in found]
-        out += [
-            {"host": p.host, "port": p.port, "source": "peer"}
-            for p, ok in zip(saved, answers, strict=True)
-            if ok
-        ]
-        return out
+        return await self.finder.find_providers(query)
 
     async def search(self, repo_type: str, repo_id: str, revision: str) -> list[dict[str, Any]]:
-        query: Query = ("repo", repo_type, repo_id, revision)
-        found, saved = await self._candidates(self._lookup_key(query))
-        everyone = [*found, *((p.host, p.port) for p in saved)]
-        listings = await _gather(everyone, lambda a: self._ask(query, *a))
-        return [
-            {"host": host, "port": port, **listing}
-            for (host, port), listing in zip(everyone, listings, strict=True)
-            if listing
-        ]
+        return await self.finder.search(repo_type, repo_id, revision)
 
     async def announce(self, file_ids: list[str], repos: list[RepoRev], wait: bool) -> int | None:
-        now = time.monotonic()
-        keys: set[bytes] = set()
-        for f in file_ids:
-            self._extra_files[f] = now
-            keys.add(file_key(f))
-        for repo_type, repo_id, commit in repos:
-            self._extra_repos[(repo_type, repo_id, commit)] = now
-            keys.update(
-                (repo_key(repo_type, repo_id, commit), any_revision_key(repo_type, repo_id))
-            )
+        keys = self.holdings.add(file_ids, repos)
         if wait:
-            return await self._provide(keys)
-        self._queue(keys)
+            return await self.announcer.provide(keys)
+        self.announcer.queue(keys)
         return None
 
     async def rescan(self) -> dict[str, int]:
-        inventory = await self.scan()
-        self._queue(self.held_keys())
+        inventory = await self.holdings.scan()
+        self.announcer.queue(self.holdings.held_keys())
         return {
             "files": len(inventory.files),
             "partials": len(inventory.partials),
@@ -519,7 +282,10 @@ class Daemon:
         self.bytes_from_upstream += from_upstream
 
     def refresh_peers(self) -> None:
-        self._wake_peers.set()
+        self.book.refresh()
+
+    def request_stop(self) -> None:
+        self._stop.set()
 
     # -- what /metrics and the status page show ---------------------------------------
 
@@ -527,8 +293,9 @@ class Daemon:
         """(known, alive): saved peers and peers traded with; alive if the last probe
         answered or bytes moved within ALIVE_WINDOW."""
         now = time.time()
-        known = {p.host for p in self.saved_peers} | set(self.activity.peers)
-        alive = {p.host for p in self.saved_peers if self.peer_states.get(p, PeerState()).active}
+        saved = self.book.saved_peers
+        known = {p.host for p in saved} | set(self.activity.peers)
+        alive = {p.host for p in saved if self.book.states.get(p, PeerState()).active}
         alive |= {h for h, a in self.activity.peers.items() if now - a.last_active < ALIVE_WINDOW}
         return len(known), len(alive)
 
@@ -557,8 +324,24 @@ class Daemon:
             self.activity.sample(self.uploads.by_host)
             await anyio.sleep(SAMPLE_PERIOD)
 
-    def request_stop(self) -> None:
-        self._stop.set()
+    async def revision_from_peers(
+        self, repo_type: str, repo_id: str, revision: str
+    ) -> RemoteRevision | None:
+        return newest_revision(await self.search(repo_type, repo_id, revision), repo_type, repo_id)
+
+    async def run_job(self, spec: JobSpec, listener: JobListener) -> JobResult:
+        """A ``hffs model add`` job, through the same DownloadManager as the HF endpoint."""
+        assert self._hub is not None, "used outside run()"
+        host = JobHost(
+            self.config,
+            self.index.cache,
+            self._hub.downloads,
+            self,
+            cache_changed=self.rescan,
+            is_self=self._hub._is_us,
+            where="the daemon ",
+        )
+        return await run_job(spec, host, listener)
 
     # -- running -----------------------------------------------------------------
 
@@ -585,22 +368,22 @@ class Daemon:
             cfg.partial_dir,
             auth_headers(cfg.swarm_secret),
         )
+        self._hub = hub
         hub.downloads.activity = self.activity
         app = self.local_surface(hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret)))
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
         # Blob bodies leave by sendfile through the front; other routes reach the app.
         secret = cfg.swarm_secret.encode() if cfg.swarm_secret else None
         install_front(peer_server.config, FrontShared(peer, secret, front_limits()))
-        async with PeerClient(cfg.swarm_secret) as http, anyio.create_task_group() as tg:
-            self._peers_http = http
+        async with self.http, anyio.create_task_group() as tg:
             tg.start_soon(peer_server.serve, [tcp])
             tg.start_soon(control_server.serve, [control])
             async with anyio.create_task_group() as loops:
                 loops.start_soon(hub.run)
                 loops.start_soon(self._watch_signals)
-                loops.start_soon(self._announce_loop)
-                loops.start_soon(self._peer_loop)
-                loops.start_soon(self._rescan_loop)
+                loops.start_soon(self.announcer.run)
+                loops.start_soon(self.book.run)
+                loops.start_soon(self.holdings.rescan_loop, self.announcer.queue)
                 loops.start_soon(self._sample_loop)
                 await self._stop.wait()
                 loops.cancel_scope.cancel()

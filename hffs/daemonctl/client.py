@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -9,16 +10,18 @@ from typing import Any
 import httpx
 
 from hffs.config import home_dir
-from hffs.daemon.runfiles import TOKEN_HEADER, DaemonInfo, is_running, read_info
+from hffs.errors import HffsError
+from hffs.jobs import JobListener, JobResult, JobSpec, replay
+from hffs.runfiles import TOKEN_HEADER, DaemonInfo, is_running, read_info
 
 RepoSpec = str | tuple[str, str, str]  # "type/org/name/revision" or (type, repo id, revision)
 
 
-class DaemonNotRunning(Exception):
+class DaemonNotRunning(HffsError):
     """No daemon answers for this home; the message says what to do."""
 
 
-class DaemonError(Exception):
+class DaemonError(HffsError):
     """The daemon refused a request or did not answer in time."""
 
 
@@ -138,3 +141,44 @@ class DaemonClient:
 
     def stop(self) -> None:
         self._call("POST", "/v1/stop")
+
+    def run_job(self, spec: JobSpec, listener: JobListener) -> JobResult:
+        """Have the daemon run a download job, hearing its progress as it goes.
+
+        Leaving early (Ctrl-C) closes the stream: the daemon cancels the job, and
+        stops each file's download unless another client still wants it."""
+        url = self.info.control_url + "/v1/jobs"
+        headers = {TOKEN_HEADER: self.info.token}
+        # No read timeout: a job may go quiet for long (a slow hub); a dead daemon
+        # closes the connection, which ends the stream.
+        timeout = httpx.Timeout(self.timeout, read=None)
+        try:
+            with (
+                httpx.Client(trust_env=False, timeout=timeout) as http,
+                http.stream("POST", url, json=spec.to_json(), headers=headers) as r,
+            ):
+                if r.status_code != 200:
+                    r.read()
+                    try:
+                        detail = r.json().get("error")
+                    except (ValueError, AttributeError):
+                        detail = r.text[:200]
+                    raise DaemonError(f"the daemon refused the job: {detail}")
+                for line in r.iter_lines():
+                    if not line:
+                        continue
+                    try:
+                        event = json.loads(line)
+                        result = replay(event, listener)
+                    except ValueError as exc:
+                        raise DaemonError(f"the daemon sent a bad progress line: {exc}") from None
+                    if result is not None:
+                        return result
+        except httpx.ConnectError:
+            raise DaemonNotRunning(
+                f"the hffs daemon (pid {self.info.pid}) does not answer; "
+                "restart it with `hffs daemon stop` and `hffs daemon start`"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise DaemonError(f"the daemon stopped answering during the job ({exc})") from None
+        raise DaemonError("the daemon ended the job without a result (did it stop?)")

@@ -1,19 +1,17 @@
-"""The daemon's own downloads, for HF clients served through its hub endpoint.
+"""The one download manager of a host: the daemon (for its HF endpoint and for
+``hffs model add`` jobs), or the CLI process when no daemon runs.
 
-One swarm download (``swarm.download.download_file``) per file id, however many
-clients ask for the file at once; each client gets a ``SpanReader`` that streams
-its byte range in order, chunk by chunk as chunks verify, from the partial file
-on disk (memory stays at one block per client, whatever the file size).
+One swarm download (``swarm.download.download_file``) per file id, whoever asks
+and however many at once. A job (``fetch``) waits for the file and hears its bytes;
+an HF client gets a ``SpanReader`` that streams its byte range in order, chunk by
+chunk as chunks verify, from the partial file on disk (memory stays at one block
+per client, whatever the file size).
 
-A download started for a client runs to completion even if that client goes
-away: the bytes already fetched are paid for, a retrying client (huggingface_hub
-resumes with a Range request) or another client usually wants the rest, and the
-finished file lands in the HF cache where the swarm shares it. It is bounded by
-the daemon's lifetime; a stopped daemon resumes the partial file next time.
-
-A file that another process (``hffs model add``) is already downloading is not
-fetched twice: its progress is followed through the partial store's on-disk
-state until that process publishes the blob, or gives up and we take over.
+A download an HF client started runs to completion even if that client goes away:
+the bytes already fetched are paid for, a retrying client (huggingface_hub resumes
+with a Range request) or another client usually wants the rest. A download only
+jobs wait for stops when the last of them is cancelled (Ctrl-C on ``model add``);
+the partial file stays, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -32,28 +30,29 @@ import xxhash
 
 from hffs.cache import HubCache
 from hffs.daemon.activity import Activity
+from hffs.errors import HffsError
 from swarm.chunking import chunk_count, chunk_size_for
-from swarm.download import DownloadError, download_file
+from swarm.download import DownloadError, OnBytes, download_file
 from swarm.sources import PeerAddr, Source
-from swarm.store import PartialFile, StoreError, read_partial_state
+from swarm.store import StoreError
 
 log = logging.getLogger(__name__)
 
 BLOCK = 256 * 1024  # bytes per read and send: bounds memory per client
-POLL = 0.5  # how often a running download's on-disk state is re-read
-FOLLOW_STALL = 120.0  # another process's download idle this long: stop waiting for it
-MAX_STORE_ERRORS = 3
 FILES_AT_ONCE = 8  # downloads running at once (huggingface_hub asks for 8 files at a time)
 
 
-class TransferFailed(Exception):
-    """The bytes a reader waits for will not come; the message says why."""
+class TransferFailed(HffsError):
+    """The bytes a reader or job waits for will not come; the message says why."""
 
 
 class SwarmView(Protocol):
     """What the manager needs of the daemon (``service.Daemon`` provides it)."""
 
-    async def find_providers(self, query: tuple[str, ...]) -> list[dict[str, Any]]: ...
+    async def holders(self, file_id: str, *, fresh: bool) -> list[dict[str, Any]]:
+        """Who holds a file, for a download (``{"host", "port"}`` each); may be cached."""
+        ...
+
     async def announce(
         self, file_ids: list[str], repos: list[tuple[str, str, str]], wait: bool
     ) -> int | None: ...
@@ -66,8 +65,8 @@ class DaemonHolders:
     def __init__(self, view: SwarmView) -> None:
         self.view = view
 
-    async def holders(self, file_id: str) -> list[PeerAddr]:
-        found = await self.view.find_providers(("file", file_id))
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
+        found = await self.view.holders(file_id, fresh=fresh)
         return list(dict.fromkeys(PeerAddr(p["host"], p["port"]) for p in found))
 
     async def announce_partial(self, file_id: str) -> None:
@@ -104,7 +103,11 @@ class Transfer:
         self.epoch = [0] * self.n_chunks
         self.blob: Path | None = None  # set once the whole file is verified and published
         self.error: str | None = None
-        self.jobs: list[FileJob] = []  # every (repo, path) to link once complete
+        self.jobs: list[FileJob] = []  # every (repo, path) an HF client asked: linked once complete
+        self.listeners: dict[object, OnBytes] = {}  # jobs waiting for this file
+        self.keep = False  # an HF client asked: run to completion whoever leaves
+        self.by_source: dict[str, int] = {}  # verified bytes per source, once complete
+        self.scope = anyio.CancelScope()
         self._changed = anyio.Event()
 
     @property
@@ -124,19 +127,24 @@ class Transfer:
         self.epoch[index] += 1
         self._notify()
 
-    def set_flags(self, flags: list[bool], *, rising: bool) -> None:
-        """Apply on-disk verified flags: drops always, new chunks only if ``rising``
-        (our own download reports those through ``chunk_verified``)."""
-        if len(flags) != self.n_chunks:
-            return
-        changed = False
-        for i, flag in enumerate(flags):
-            if flag != self.have[i] and (rising or not flag):
-                self.have[i] = flag
-                self.epoch[i] += flag
-                changed = True
-        if changed:
-            self._notify()
+    def chunks_dropped(self, indexes: list[int]) -> None:
+        """The downloader gave these chunks up (a failed whole-file check, a new
+        manifest): readers wait for them again."""
+        for i in indexes:
+            self.have[i] = False
+        self._notify()
+
+    def opened(self, flags: list[bool]) -> None:
+        """What the partial file held (re-checked) when the download opened it."""
+        for i, flag in enumerate(flags[: self.n_chunks]):
+            if flag and not self.have[i]:
+                self.have[i] = True
+                self.epoch[i] += 1
+        self._notify()
+
+    def on_bytes(self, source: str, upstream: bool, n: int) -> None:
+        for listener in list(self.listeners.values()):
+            listener(source, upstream, n)
 
     def complete(self, blob: Path) -> None:
         self.blob = blob
@@ -282,13 +290,6 @@ def _same_bytes(path: Path, spans: list[_Sent]) -> bool:
     return True
 
 
-def _open_flags(root: Path, file_id: str, size: int) -> list[bool]:
-    """Blocking: open the partial file once (re-checking what a past run left) and close
-    it; StoreError when another process holds it."""
-    with PartialFile(root, file_id, size) as pf:
-        return pf.have()
-
-
 class DownloadManager:
     """The daemon's downloads; ``run()`` owns their task group for the daemon's life."""
 
@@ -309,9 +310,15 @@ class DownloadManager:
         self.peer_headers = peer_headers
         self.holders = DaemonHolders(view)
         self._transfers: dict[str, Transfer] = {}
+        self.completed: set[str] = set()  # file ids this manager published (for status)
         self._tg: anyio.abc.TaskGroup | None = None
         self._ready = anyio.Event()
         self._limiter = anyio.CapacityLimiter(FILES_AT_ONCE)
+
+    @property
+    def running(self) -> set[str]:
+        """File ids being downloaded now."""
+        return set(self._transfers)
 
     async def run(self) -> None:
         """Serve downloads until cancelled (which cancels them; partial files stay)."""
@@ -341,6 +348,9 @@ class DownloadManager:
         transfer = await self._transfer(job)
         if transfer.size != job.size:
             raise TransferFailed("two listings disagree on this file's size")
+        transfer.keep = True
+        if job not in transfer.jobs:
+            transfer.jobs.append(job)
         return SpanReader(
             start, end, transfer=transfer, partial=self.partial_dir / f"{job.file_id}.part"
         )
@@ -353,23 +363,52 @@ class DownloadManager:
             t = Transfer(job.file_id, job.size)
             self._transfers[job.file_id] = t
             self._tg.start_soon(self._drive, t, job)
-        if job not in t.jobs:
-            t.jobs.append(job)
         return t
 
-    async def _drive(self, t: Transfer, job: FileJob) -> None:
+    async def fetch(
+        self, job: FileJob, on_bytes: OnBytes | None = None
+    ) -> tuple[Path, dict[str, int]]:
+        """The file of ``job`` complete in the cache (started, or joined if another job or
+        client asked first): its blob and the verified bytes per source. Cancelling the
+        caller stops the download unless another job or an HF client still wants it."""
+        blob = await anyio.to_thread.run_sync(self.complete_blob, job.file_id, job.size)
+        if blob is not None:
+            return blob, {}
+        t = await self._transfer(job)
+        if t.size != job.size:
+            raise TransferFailed("two listings disagree on this file's size")
+        me = object()
+        t.listeners[me] = on_bytes or (lambda source, upstream, n: None)
         try:
-            async with self._limiter:
-                blob = await self._fetch(t, job)
-            await anyio.to_thread.run_sync(self._link, blob, list(t.jobs))
-            t.complete(blob)
-        except Exception as exc:  # one file's failure must never take the daemon down
-            leaf = first_leaf(exc)
-            log.warning("download of %s… failed: %s", t.file_id[:12], leaf)
-            t.fail(str(leaf) or type(leaf).__name__)
+            while True:
+                changed = t.changed()
+                if t.finished:
+                    break
+                await changed.wait()
         finally:
-            t.fail("the daemon is stopping")  # if cancelled; no-op once finished
-            self.activity.file_finished(t.file_id, t.error)
+            del t.listeners[me]
+            if not t.listeners and not t.keep and not t.finished:
+                t.scope.cancel()  # nobody wants the rest now; the partial file stays
+        if t.error is not None:
+            raise TransferFailed(t.error)
+        assert t.blob is not None
+        return t.blob, dict(t.by_source)
+
+    async def _drive(self, t: Transfer, job: FileJob) -> None:
+        with t.scope:
+            try:
+                async with self._limiter:
+                    blob = await self._fetch(t, job)
+                await anyio.to_thread.run_sync(self._link, blob, list(t.jobs))
+                t.complete(blob)
+                self.completed.add(t.file_id)
+            except Exception as exc:  # one file's failure must never take the host down
+                leaf = first_leaf(exc)
+                log.warning("download of %s… failed: %s", t.file_id[:12], leaf)
+                t.fail(str(leaf) or type(leaf).__name__)
+            finally:
+                t.fail("the download was stopped")  # if cancelled; no-op once finished
+                self.activity.file_finished(t.file_id, t.error)
             if self._transfers.get(t.file_id) is t:
                 del self._transfers[t.file_id]
         if t.blob is not None:
@@ -378,80 +417,41 @@ class DownloadManager:
                 await self.view.announce([t.file_id], revisions, False)
 
     async def _fetch(self, t: Transfer, job: FileJob) -> Path:
-        """Download, or wait for another process's download; returns the published blob."""
+        """Download the file; returns the published blob."""
         dest = self.cache.blob_path(job.repo_type, job.repo_id, job.file_id)
-        store_errors = 0
-        idle_since = anyio.current_time()
-        while True:
-            blob = await anyio.to_thread.run_sync(self.complete_blob, t.file_id, t.size)
-            if blob is not None:
-                return blob
-            try:
-                flags = await anyio.to_thread.run_sync(
-                    _open_flags, self.partial_dir, t.file_id, t.size
-                )
-            except StoreError:  # someone else is downloading it: follow their progress
-                flags = None
-            if flags is None:
-                before = sum(t.have)
-                await self._follow(t)
-                now = anyio.current_time()
-                if sum(t.have) != before:
-                    idle_since = now
-                elif now - idle_since > FOLLOW_STALL:
-                    raise DownloadError("another process's download of this file stalled")
-                continue
-            t.set_flags(flags, rising=True)
-            watch = self.activity.file_started(
-                t.file_id, f"{job.repo_id}/{job.path}", t.size, list(t.have)
+        blob = await anyio.to_thread.run_sync(self.complete_blob, t.file_id, t.size)
+        if blob is not None:
+            return blob
+
+        def on_bytes(source: str, upstream: bool, n: int) -> None:
+            self.view.report_transfer(0 if upstream else n, n if upstream else 0)
+            self.activity.bytes_in(source, upstream, n)
+            t.on_bytes(source, upstream, n)
+
+        watch = self.activity.file_started(
+            t.file_id, f"{job.repo_id}/{job.path}", t.size, list(t.have)
+        )
+
+        try:
+            report = await download_file(
+                t.file_id,
+                t.size,
+                dest=dest,
+                store_root=self.partial_dir,
+                upstream=list(job.upstream),
+                client=self.client,
+                holders=self.holders,
+                peer_headers=self.peer_headers,
+                on_bytes=on_bytes,
+                on_open=t.opened,
+                on_chunk=t.chunk_verified,
+                on_drop=t.chunks_dropped,
+                observer=watch,
             )
-            failure: Exception | None = None
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_drops, t)
-                try:
-                    await download_file(
-                        t.file_id,
-                        t.size,
-                        dest=dest,
-                        store_root=self.partial_dir,
-                        upstream=list(job.upstream),
-                        client=self.client,
-                        holders=self.holders,
-                        peer_headers=self.peer_headers,
-                        on_bytes=self._count,
-                        on_chunk=t.chunk_verified,
-                        observer=watch,
-                    )
-                except Exception as exc:  # raised below, not wrapped in this group's error
-                    failure = first_leaf(exc)
-                tg.cancel_scope.cancel()
-            if isinstance(failure, StoreError) and store_errors < MAX_STORE_ERRORS - 1:
-                store_errors += 1  # lost a race for the lock, or the disk failed: look again
-                continue
-            if failure is not None:
-                raise failure
-            return dest
-
-    async def _follow(self, t: Transfer) -> None:
-        """One poll period of following another process's download."""
-        for _ in range(4):
-            state = await anyio.to_thread.run_sync(read_partial_state, self.partial_dir, t.file_id)
-            if state is not None and state[0] == t.size:
-                t.set_flags(state[1], rising=True)
-            await anyio.sleep(POLL)
-
-    async def _watch_drops(self, t: Transfer) -> None:
-        """Chunks the downloader drops (a failed whole-file check, a new manifest) must be
-        waited for again: only the on-disk state tells."""
-        while True:
-            await anyio.sleep(POLL)
-            state = await anyio.to_thread.run_sync(read_partial_state, self.partial_dir, t.file_id)
-            if state is not None and state[0] == t.size:
-                t.set_flags(state[1], rising=False)
-
-    def _count(self, source: str, upstream: bool, n: int) -> None:
-        self.view.report_transfer(0 if upstream else n, n if upstream else 0)
-        self.activity.bytes_in(source, upstream, n)
+        except (DownloadError, StoreError) as exc:
+            raise TransferFailed(str(exc)) from None
+        t.by_source = dict(report.bytes_by_source)
+        return dest
 
     def _link(self, blob: Path, jobs: list[FileJob]) -> None:
         """Blocking: the HF cache layout for every revision that asked for this file."""

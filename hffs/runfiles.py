@@ -17,11 +17,23 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hffs.config import DEFAULT_PORT
+
 LOCK_FILE = "daemon.lock"
 PID_FILE = "daemon.pid"
 INFO_FILE = "daemon.json"
 LOG_FILE = "daemon.log"
 TOKEN_HEADER = "X-HFFS-Token"
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """How to run a daemon (the CLI passes them as ``hffs.daemon.service`` arguments)."""
+
+    home: Path
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    bootstrap: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from hffs.daemon.client import DaemonClient, DaemonError, DaemonNotRunning
-from hffs.daemon.runfiles import (
+from hffs.daemonctl.client import DaemonClient, DaemonError, DaemonNotRunning
+from hffs.errors import HffsError
+from hffs.runfiles import (
     LOG_FILE,
     DaemonInfo,
+    DaemonSettings,
     clear_stale,
     is_running,
     read_info,
     read_pid,
 )
-from hffs.daemon.service import DaemonSettings, DaemonStartError, run_foreground
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -34,7 +35,7 @@ LOG_ROTATE_BYTES = 10 << 20
 POLL = 0.1
 
 
-class DaemonProcessError(Exception):
+class DaemonProcessError(HffsError):
     """Starting or stopping failed; the message is one line for the user."""
 
 
@@ -87,6 +88,8 @@ def start(settings: DaemonSettings, *, foreground: bool = False) -> DaemonInfo |
         raise DaemonProcessError(already_running_message(home))
     clear_stale(home)
     if foreground:
+        from hffs.daemon.service import DaemonStartError, run_foreground  # the daemon, here
+
         try:
             run_foreground(settings)
         except DaemonStartError as exc:

@@ -1,0 +1,147 @@
+"""Who holds what (one service: lookups): the DHT and the saved peers (``Finder``), and
+for the daemon's downloads the same lookups cached per key (``Lookups``).
+
+A download asks who holds its file every few seconds; a DHT crawl per ask would
+flood the swarm (a BitTorrent client asks its tracker every few minutes and then
+trades have-messages). So an answer is kept for LOOKUP_TTL (EMPTY_TTL when nobody
+was found: a holder may announce any moment), and a download whose holders all
+failed may ask for a fresh one, at most every MIN_GAP. The control API's own
+lookups (``hffs model search``) stay uncached: a person asked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from hffs.cache import is_commit
+from hffs.config import Peer
+from hffs.daemon.app import any_revision_key, file_key, repo_key
+from hffs.daemon.peerbook import PeerBook, gather
+from hffs.peers import PeerClient
+from swarm.dht import DHTNode
+
+LOOKUP_TTL = 60.0
+EMPTY_TTL = 5.0
+MIN_GAP = 5.0
+MAX_KEYS = 4096
+
+Query = tuple[str, ...]
+Found = list[dict[str, Any]]
+
+
+def lookup_due(looked_at: float | None, found: int, now: float, *, fresh: bool) -> bool:
+    """Whether to look a key up again (plain rule, see the module docstring)."""
+    if looked_at is None:
+        return True
+    age = now - looked_at
+    if fresh:
+        return age >= MIN_GAP
+    return age >= (LOOKUP_TTL if found else EMPTY_TTL)
+
+
+class Lookups:
+    """Cached answers of ``find`` per query; ``crawls`` counts the lookups made."""
+
+    def __init__(
+        self, find: Callable[[Query], Awaitable[Found]], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._find = find
+        self._clock = clock
+        self._cache: dict[Query, tuple[float, Found]] = {}
+        self._locks: dict[Query, anyio.Lock] = {}
+        self.crawls = 0  # lookups made
+        self.asks = 0  # answers given, cached or not
+
+    async def get(self, query: Query, *, fresh: bool = False) -> Found:
+        self.asks += 1
+        lock = self._locks.setdefault(query, anyio.Lock())
+        async with lock:  # concurrent asks for one key share one lookup
+            hit = self._cache.get(query)
+            if hit is not None and not lookup_due(hit[0], len(hit[1]), self._clock(), fresh=fresh):
+                return hit[1]
+            found = await self._find(query)
+            self.crawls += 1
+            self._cache[query] = (self._clock(), found)
+        if len(self._cache) > MAX_KEYS:  # forget the oldest answers
+            for key, _ in sorted(self._cache.items(), key=lambda kv: kv[1][0])[: MAX_KEYS // 2]:
+                del self._cache[key]
+                self._locks.pop(key, None)
+        return found
+
+    def forget(self, query: Query) -> None:
+        """A holder announced itself for this key: the next ask looks again."""
+        self._cache.pop(query, None)
+
+
+LOOKUP_TIMEOUT = 15.0  # one DHT lookup
+
+
+def lookup_key(query: Query) -> bytes:
+    """The DHT key of a query: a file id, a commit, or any revision of a repo (a ref)."""
+    if query[0] == "file":
+        return file_key(query[1])
+    _, repo_type, repo_id, revision = query
+    if is_commit(revision):
+        return repo_key(repo_type, repo_id, revision)
+    return any_revision_key(repo_type, repo_id)
+
+
+class Finder:
+    """Who holds what: the DHT's holders of a key, and the saved peers asked directly."""
+
+    def __init__(
+        self,
+        node: DHTNode,
+        book: PeerBook,
+        http: PeerClient,
+        on_lookup: Callable[[float], None] | None = None,  # seconds one DHT lookup took
+    ) -> None:
+        self.node, self.book, self.http = node, book, http
+        self.on_lookup = on_lookup
+
+    async def _candidates(self, key: bytes) -> tuple[list[tuple[str, int]], list[Peer]]:
+        """Holders the DHT names (self excluded), and the saved peers not among them."""
+        found: list[tuple[str, int]] = []
+        if self.node.routing_size():
+            with anyio.move_on_after(LOOKUP_TIMEOUT):
+                started = time.monotonic()
+                try:
+                    providers = await self.node.find_providers(key)
+                finally:
+                    if self.on_lookup is not None:
+                        self.on_lookup(time.monotonic() - started)
+                found = [
+                    (p.host, p.port) for p in providers if not self.book.is_self(p.host, p.port)
+                ]
+        return found, self.book.others(found)
+
+    async def _ask(self, query: Query, host: str, port: int) -> Any:
+        if query[0] == "file":
+            return await self.http.has_file(host, port, query[1])
+        return await self.http.revision(host, port, *query[1:])
+
+    async def find_providers(self, query: Query) -> Found:
+        found, saved = await self._candidates(lookup_key(query))
+        answers = await gather(saved, lambda p: self._ask(query, p.host, p.port))
+        out = [{"host": h, "port": p, "source": "dht"} for h, p in found]
+        out += [
+            {"host": p.host, "port": p.port, "source": "peer"}
+            for p, ok in zip(saved, answers, strict=True)
+            if ok
+        ]
+        return out
+
+    async def search(self, repo_type: str, repo_id: str, revision: str) -> Found:
+        query: Query = ("repo", repo_type, repo_id, revision)
+        found, saved = await self._candidates(lookup_key(query))
+        everyone = [*found, *((p.host, p.port) for p in saved)]
+        listings = await gather(everyone, lambda a: self._ask(query, *a))
+        return [
+            {"host": host, "port": port, **listing}
+            for (host, port), listing in zip(everyone, listings, strict=True)
+            if listing
+        ]
