@@ -17,7 +17,7 @@ from hffs.console import err, expected_failures, fail, out
 from hffs.progress import human_bytes
 
 if TYPE_CHECKING:
-    from hffs.jobs import JobSpec
+    from hffs.jobs import JobPlan, JobSpec
 
 # -h as well as --help, on every command (click passes it down to subcommands)
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -130,30 +130,97 @@ def _check_repo_type(repo_type: str) -> None:
 @model_app.command("add")
 def model_add(
     repo_id: str,
+    filenames: FilenamesArg = None,
     file: FileOpt = None,
     revision: Annotated[str, typer.Option(help="Branch, tag or commit")] = "main",
     repo_type: RepoType = "model",
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    local_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--local-dir",
+            metavar="DIR",
+            help="Also place the files under DIR, as hf download --local-dir does",
+        ),
+    ] = None,
+    cache_dir: CacheDirOpt = None,
+    token: Annotated[
+        str | None,
+        typer.Option(metavar="TOKEN", help="HF token for upstream [default: HF_TOKEN]"),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the path (no progress)")
+    ] = False,
+    force_download: Annotated[
+        bool, typer.Option("--force-download", help="Fetch again even what is cached")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Say what would be fetched, sizes and holders; fetch nothing"
+        ),
+    ] = False,
+    max_workers: Annotated[
+        int | None, typer.Option("--max-workers", metavar="N", help="Files fetched at once")
+    ] = None,
 ) -> None:
-    """Download a repo revision or one file: peers, then the mirror(s), then huggingface.co."""
+    """Download a repo revision or some of its files, as hf download does: peers first,
+    then the mirror(s), then huggingface.co. Prints the snapshot (or local-dir) path,
+    or the file's when one FILE is named; everything else goes to stderr."""
     _check_repo_type(repo_type)
     from hffs.jobs import JobSpec
+    from hffs.selection import SelectionError, check_arguments
 
+    names = [*(filenames or []), *([file] if file else [])]
+    if local_dir is not None and cache_dir is not None:
+        fail("--local-dir and --cache-dir cannot be used together (as in hf download)")
+    if max_workers is not None and not 1 <= max_workers <= 64:
+        fail("--max-workers must be 1..64")
+    try:
+        check_arguments(names, include or [], exclude or [])
+    except SelectionError as exc:
+        fail(str(exc))
+    if [n for n in names if not n.endswith("/")] and (include or exclude) and not quiet:
+        err.print("[yellow]note:[/yellow] --include/--exclude are ignored: files were named")
+    cache = _cache(cache_dir)
     with expected_failures():
         spec = JobSpec(
             repo_id,
             revision,
             repo_type,
-            files=(file,) if file else None,
-            token=config.hf_token(),
-            cache_dir=str(config.hub_cache_dir().absolute()),
+            files=tuple(names) or None,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            token=token or config.hf_token(),
+            cache_dir=str(cache.root.absolute()),
             endpoints=() if config.offline() else tuple(config.Config.load().upstream_endpoints()),
+            force=force_download,
+            dry_run=dry_run,
+            max_workers=max_workers,
         )
-        _run_job(spec)
+        plan = _run_job(spec, quiet=quiet)
+        if dry_run or plan is None:
+            return
+        single = len(names) == 1 and not names[0].endswith("/")
+        folder = cache.snapshot_dir(repo_type, repo_id, plan.commit)
+        if local_dir is not None:
+            from hffs.local_dir import place
+
+            folder = Path(os.path.realpath(local_dir.expanduser()))
+            for f in plan.files:
+                blob = cache.blob_path(repo_type, repo_id, f.file_id)
+                place(folder, f.path, blob, plan.commit, f.file_id, force=force_download)
+        result = folder.joinpath(*plan.files[0].path.split("/")) if single else folder
+    # the one line on stdout, for scripts: path=$(hffs model add ...)
+    out.print(str(result), highlight=False, soft_wrap=True)
 
 
-def _run_job(spec: JobSpec) -> None:
+def _run_job(spec: JobSpec, *, quiet: bool = False) -> JobPlan | None:
     """The daemon runs the job when one runs (the CLI only shows progress); else this
-    process runs the same code."""
+    process runs the same code. Returns the job's plan (None if it never planned)."""
+    from rich.console import Console
+
     from hffs.daemonctl.client import DaemonClient, DaemonNotRunning
     from hffs.progress import DownloadProgress
 
@@ -161,7 +228,8 @@ def _run_job(spec: JobSpec) -> None:
         daemon: DaemonClient | None = DaemonClient.from_home(config.home_dir())
     except DaemonNotRunning:
         daemon = None
-    with DownloadProgress(err) as progress:
+    console = Console(stderr=True, quiet=True) if quiet else err
+    with DownloadProgress(console) as progress:
         if daemon is not None:
             result = daemon.run_job(spec, progress)
         else:
@@ -171,9 +239,10 @@ def _run_job(spec: JobSpec) -> None:
 
             result = anyio.run(run_local, spec, progress, backend="asyncio")
     if spec.dry_run:
-        progress.dry_run()
+        progress.dry_run(out)
     else:
         progress.summary(result)
+    return progress.plan
 
 
 @model_app.command("ls")

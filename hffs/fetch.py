@@ -28,9 +28,12 @@ from hffs.cache import CacheError, HubCache, is_commit
 from hffs.downloads import DownloadManager, FileJob, SwarmView, TransferFailed
 from hffs.hub import HubClient, HubError, Refused, RemoteFile, RemoteRevision, file_url
 from hffs.jobs import JobListener, JobPlan, JobResult, JobSpec, PlannedFile
+from hffs.selection import select
 from swarm.sources import Source
 
 log = logging.getLogger(__name__)
+
+HOLDERS_TIMEOUT = 20.0  # a dry run's lookup of one file's holders
 
 
 class PeersView(SwarmView, Protocol):
@@ -116,18 +119,22 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     endpoints = spec.endpoints if spec.endpoints is not None else host.cfg.upstream_endpoints()
     hub = HubClient([e for e in endpoints if not (host.is_self and host.is_self(e))], token)
     rev, note = await resolve(hub, host.view, spec)
-    wanted = [rev.file(p) for p in spec.files] if spec.files is not None else list(rev.files)
+    if spec.files is not None and len(spec.files) == 1 and not spec.files[0].endswith("/"):
+        rev.file(spec.files[0])  # one named file that is not there: NotFound, naming the repo
+    chosen = select([f.path for f in rev.files], spec.files or (), spec.include, spec.exclude)
+    wanted = [rev.file(p) for p in chosen.paths]
     kinds = (spec.repo_type, spec.repo_id)
 
     todo = [
         f for f in wanted if spec.force or not _held(cache.blob_path(*kinds, f.file_id), f.size)
     ]
+    holders = await count_holders(host.view, todo) if spec.dry_run else {}
     listener.planned(
         JobPlan(
             spec.repo_type,
             spec.repo_id,
             rev.commit,
-            tuple(PlannedFile(f.path, f.size, f.file_id) for f in wanted),
+            tuple(PlannedFile(f.path, f.size, f.file_id, holders.get(f.path)) for f in wanted),
             tuple(f.path for f in todo),
             tuple(hub.endpoints),
             note,
@@ -137,8 +144,13 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     if spec.dry_run:
         return result
     pending = {f.path for f in todo}
+    workers = anyio.CapacityLimiter(spec.max_workers or len(wanted) or 1)
 
     async def one(f: RemoteFile) -> None:
+        async with workers:
+            await fetch_one(f)
+
+    async def fetch_one(f: RemoteFile) -> None:
         own = cache.blob_path(*kinds, f.file_id)
         by_source: dict[str, int] = {}
         if f.path not in pending:
@@ -193,6 +205,25 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     return result
 
 
+async def count_holders(view: PeersView, files: list[RemoteFile]) -> dict[str, int]:
+    """How many peers hold each file (a dry run's answer), a few lookups at a time."""
+    counts: dict[str, int] = {}
+    limiter = anyio.CapacityLimiter(8)
+
+    async def one(f: RemoteFile) -> None:
+        async with limiter:
+            with anyio.move_on_after(HOLDERS_TIMEOUT):
+                try:
+                    counts[f.path] = len(await view.holders(f.file_id, fresh=False))
+                except Exception as exc:  # a dry run says what it can
+                    log.info("holders of %s: %s", f.path, exc)
+
+    async with anyio.create_task_group() as tg:
+        for f in files:
+            tg.start_soon(one, f)
+    return counts
+
+
 def first_leaf(exc: BaseException) -> BaseException:
     """The first real failure inside nested task-group errors, for a one-line message."""
     while isinstance(exc, BaseExceptionGroup):
@@ -201,12 +232,13 @@ def first_leaf(exc: BaseException) -> BaseException:
 
 
 @contextlib.asynccontextmanager
-async def local_host(cfg: config.Config) -> AsyncIterator[JobHost]:
-    """A host in this process (no daemon runs): saved peers are the only holders."""
+async def local_host(cfg: config.Config, cache_dir: str | None = None) -> AsyncIterator[JobHost]:
+    """A host in this process (no daemon runs): saved peers are the only holders; its
+    cache is the asker's (``--cache-dir``), so nothing lands anywhere else."""
     from hffs.discovery import SavedPeers
     from hffs.peers import PeerClient
 
-    cache = HubCache(config.hub_cache_dir())
+    cache = HubCache(Path(cache_dir)) if cache_dir else HubCache(config.hub_cache_dir())
     async with (
         httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=5.0),
@@ -226,7 +258,7 @@ async def local_host(cfg: config.Config) -> AsyncIterator[JobHost]:
 async def run_local(spec: JobSpec, listener: JobListener) -> JobResult:
     """Run a job in this process (no daemon runs)."""
     try:
-        async with local_host(config.Config.load()) as host:
+        async with local_host(config.Config.load(), spec.cache_dir) as host:
             return await run_job(spec, host, listener)
     except BaseExceptionGroup as group:  # the host's task group wraps the job's failure
         raise first_leaf(group) from None

@@ -20,6 +20,8 @@ from hffs.errors import HffsError
 REPO_TYPES = ("model", "dataset", "space")
 MAX_FILES = 100_000
 MAX_TEXT = 4096
+MAX_GLOBS = 256
+MAX_WORKERS = 64
 HOWS = ("downloaded", "cached", "hardlinked")
 
 
@@ -50,12 +52,17 @@ class JobSpec:
     repo_id: str
     revision: str = "main"
     repo_type: str = "model"
-    files: tuple[str, ...] | None = None  # None: every file of the revision
+    # hf download's selection (hffs/selection.py): FILENAMES (a trailing / is a folder)
+    # and --include/--exclude globs; no names and no globs: every file of the revision
+    files: tuple[str, ...] | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     token: str | None = None  # the asker's HF token; None: the host's own, if any
     cache_dir: str | None = None  # the asker's HF cache; None: the host's
     endpoints: tuple[str, ...] | None = None  # the asker's upstreams (() offline); None: host's
     force: bool = False  # fetch again even what the cache holds
-    dry_run: bool = False  # plan only: say what would be fetched
+    dry_run: bool = False  # plan only: say what would be fetched (and from how many holders)
+    max_workers: int | None = None  # files fetched at once; None: the host's default
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +75,9 @@ class JobSpec:
             "endpoints": list(self.endpoints) if self.endpoints is not None else None,
             "force": self.force,
             "dry_run": self.dry_run,
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "max_workers": self.max_workers,
         }
 
     @classmethod
@@ -96,6 +106,17 @@ class JobSpec:
         for flag in ("force", "dry_run"):
             if not isinstance(obj.get(flag, False), bool):
                 raise ValueError(f"{flag} must be true or false")
+        globs = {}
+        for name in ("include", "exclude"):
+            value = obj.get(name, [])
+            if not isinstance(value, list) or len(value) > MAX_GLOBS:
+                raise ValueError(f"{name} must be a list of globs")
+            if not all(isinstance(g, str) and g and len(g) <= MAX_TEXT for g in value):
+                raise ValueError(f"{name} must be a list of globs")
+            globs[name] = tuple(value)
+        workers = obj.get("max_workers")
+        if workers is not None and (type(workers) is not int or not 1 <= workers <= MAX_WORKERS):
+            raise ValueError(f"max_workers must be 1..{MAX_WORKERS}")
         return cls(
             repo_id=str(_text(obj, "repo_id")),
             revision=str(_text(obj, "revision")),
@@ -106,6 +127,9 @@ class JobSpec:
             endpoints=tuple(endpoints) if endpoints is not None else None,
             force=obj.get("force", False),
             dry_run=obj.get("dry_run", False),
+            include=globs["include"],
+            exclude=globs["exclude"],
+            max_workers=workers,
         )
 
 
@@ -114,6 +138,7 @@ class PlannedFile:
     path: str
     size: int
     file_id: str
+    holders: int | None = None  # peers holding it (asked for dry runs only)
 
 
 @dataclass(frozen=True)
@@ -158,7 +183,10 @@ def plan_event(plan: JobPlan) -> dict[str, Any]:
         "repo_type": plan.repo_type,
         "repo_id": plan.repo_id,
         "commit": plan.commit,
-        "files": [{"path": f.path, "size": f.size, "file_id": f.file_id} for f in plan.files],
+        "files": [
+            {"path": f.path, "size": f.size, "file_id": f.file_id, "holders": f.holders}
+            for f in plan.files
+        ],
         "todo": list(plan.todo),
         "endpoints": list(plan.endpoints),
         "note": plan.note,
@@ -214,7 +242,12 @@ def replay(event: Any, listener: JobListener) -> JobResult | None:
                 str(_text(event, "repo_id")),
                 str(_text(event, "commit")),
                 tuple(
-                    PlannedFile(str(_text(f, "path")), _count(f, "size"), str(_text(f, "file_id")))
+                    PlannedFile(
+                        str(_text(f, "path")),
+                        _count(f, "size"),
+                        str(_text(f, "file_id")),
+                        _count(f, "holders") if f.get("holders") is not None else None,
+                    )
                     for f in files
                     if isinstance(f, dict)
                 ),

@@ -148,15 +148,25 @@ class DownloadProgress:
                 table.add_row(source, human_bytes(n), f"{100 * n / total:.0f}%")
             self.console.print(table)
 
-    def dry_run(self) -> None:
+    def dry_run(self, out: Console) -> None:
+        """What would be fetched, on ``out`` (stdout: it is the command's result), as hf
+        download --dry-run says it, plus how many peers hold each file."""
         plan = self.plan
         if plan is None:
             return
-        sizes = {f.path: f.size for f in plan.files}
-        for p in plan.todo:
-            self.console.print(f"would fetch {p} ({human_bytes(sizes.get(p, 0))})", highlight=False)
-        self.console.print(
-            f"{plan.repo_id} at {plan.commit[:12]}: {len(plan.todo)} file(s) to fetch, "
-            f"{len(plan.files) - len(plan.todo)} already cached",
+        todo = set(plan.todo)
+        total = sum(f.size for f in plan.files if f.path in todo)
+        out.print(
+            f"[dry-run] {plan.repo_id} at {plan.commit[:12]}: would fetch {len(todo)} file(s) "
+            f"(out of {len(plan.files)}) totalling {human_bytes(total)}",
             highlight=False,
+            soft_wrap=True,
         )
+        table = Table("file", "size", "peers holding it", box=None)
+        for f in sorted(plan.files, key=lambda f: f.path):
+            if f.path in todo:
+                held = "-" if f.holders is None else str(f.holders)
+                table.add_row(f.path, human_bytes(f.size), held)
+            else:
+                table.add_row(f.path, "-", "cached")
+        out.print(table, soft_wrap=True)

@@ -20,8 +20,10 @@ from pathlib import Path, PurePosixPath
 
 from huggingface_hub.utils import filter_repo_objects
 
+from hffs.errors import HffsError
 
-class SelectionError(ValueError):
+
+class SelectionError(HffsError, ValueError):
     """The arguments cannot select files; the message says why, for the user."""
 
 

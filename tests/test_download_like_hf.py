@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.localhub import LocalHub
+from tests.nodes import free_port
 
 REPO = "org/like-hf"
 FILES = {
@@ -160,9 +161,7 @@ def test_token_force_and_cache_dir(like_hub: tuple[LocalHub, str], tmp_path: Pat
     hub, _ = like_hub
     _, ours = sides(tmp_path, hub)
     other = tmp_path / "other-cache"
-    r = run(
-        ours, "config.json", "--cache-dir", str(other), "--token", "hf_abc", "--max-workers", "2"
-    )
+    r = run(ours, "config.json", "--cache-dir", str(other), "--token", "hf_t", "--max-workers", "2")
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).is_relative_to(other) and Path(r.stdout.strip()).is_file()
     assert not (ours.root / "cache" / "models--org--like-hf").exists()
@@ -175,3 +174,26 @@ def test_token_force_and_cache_dir(like_hub: tuple[LocalHub, str], tmp_path: Pat
     assert hub.bytes_served == len(FILES["config.json"])
     both = run(ours, "config.json", "--cache-dir", str(other), "--local-dir", "x")
     assert both.returncode != 0 and "--local-dir" in both.stderr
+
+
+def test_through_a_running_daemon_too(like_hub: tuple[LocalHub, str], tmp_path: Path) -> None:
+    """The daemon runs the job (the CLI submits it): same selection, layout and stdout."""
+    hub, _ = like_hub
+    hf, ours = sides(tmp_path, hub)
+    port = free_port("127.0.0.6")
+    start = [*HFFS, "daemon", "start", "--host", "127.0.0.6", "--port", str(port)]
+    started = subprocess.run(start, env=ours.env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    try:
+        args = ["sub/", "config.json", "--local-dir", "m", "--quiet"]
+        theirs = run(hf, *args)
+        got = run(ours, *args)
+        assert got.returncode == 0 and got.stderr == "", got.stderr
+        assert relative_out(ours, got.stdout) == relative_out(hf, theirs.stdout)
+        assert set(files_under(ours.root / "m")) == set(files_under(hf.root / "m"))
+        dry = run(ours, "--include", "*.safetensors", "--dry-run")
+        assert dry.returncode == 0 and "model-fp32.safetensors" in dry.stdout, dry.stderr
+    finally:
+        subprocess.run(
+            [*HFFS, "daemon", "stop"], env=ours.env, capture_output=True, text=True, timeout=60
+        )

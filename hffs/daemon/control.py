@@ -124,8 +124,8 @@ def parse_job(body: Any) -> JobSpec:
     try:
         spec = JobSpec.from_json(body)
         parse_repo(body)  # the same repo id and revision rules as every other route
-        for path in spec.files or ():
-            check_repo_path(path)
+        for path in spec.files or ():  # a name, or a folder ("sub/") as hf download takes it
+            check_repo_path(path.removesuffix("/"))
     except (ValueError, CacheError) as exc:
         raise BadRequest(str(exc)) from None
     return spec
