@@ -18,6 +18,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from hffs.errors import HffsError
+from swarm.files import atomic_write
 from swarm.ids import is_file_id
 
 REPO_TYPES = ("model", "dataset", "space")
@@ -149,9 +150,7 @@ class HubCache:
         check_repo_path(ref)
         path = self.repo_dir(repo_type, repo_id) / "refs" / ref
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(commit)
-        os.replace(tmp, path)
+        atomic_write(path, commit)
 
     # -- writing -------------------------------------------------------------
 

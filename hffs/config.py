@@ -15,6 +15,7 @@ from pathlib import Path
 import platformdirs
 
 from hffs.errors import HffsError
+from swarm.files import atomic_write
 
 DEFAULT_PORT = 9009
 DEFAULT_ENDPOINTS = ("https://hf-mirror.com", "https://huggingface.co")
@@ -163,12 +164,7 @@ class Config:
             "swarm_secret": self.swarm_secret,
         }
         # owner-only: the file may hold the swarm secret
-        tmp = self.path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(data, indent=2), private=True)
 
     def upstream_endpoints(self) -> list[str]:
         """Upstream endpoints in the order to try: HF_ENDPOINT first, then the rest.

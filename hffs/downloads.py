@@ -33,6 +33,7 @@ from hffs.daemon.activity import Activity
 from hffs.errors import HffsError
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.download import DownloadError, OnBytes, download_file
+from swarm.files import hash_range, pread_of
 from swarm.sources import PeerAddr, Source
 from swarm.store import StoreError
 
@@ -280,12 +281,9 @@ def _same_bytes(path: Path, spans: list[_Sent]) -> bool:
     """Blocking: whether each span of ``path`` hashes to what was sent."""
     with path.open("rb") as f:
         for s in spans:
-            f.seek(s.start)
-            hasher, left = xxhash.xxh3_128(), s.end - s.start
-            while left > 0 and (block := f.read(min(BLOCK, left))):
-                hasher.update(block)
-                left -= len(block)
-            if left or hasher.digest() != s.hasher.digest():
+            hasher = xxhash.xxh3_128()
+            n = hash_range(pread_of(f.fileno()), s.start, s.end, hasher)
+            if n != s.end - s.start or hasher.digest() != s.hasher.digest():
                 return False
     return True
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hffs.cache import CacheError, HubCache, check_repo_path, is_commit
 from hffs.config import ZERO_COMMIT
+from swarm.files import hash_range, pread_of
 from swarm.ids import git_blob_hasher
 
 LFS_MIN_SIZE = 10 * 1024 * 1024  # the hub stores any file over 10 MB in LFS
@@ -28,7 +29,6 @@ LFS_SUFFIXES = frozenset(
     ).split()
 )
 METHODS = ("cp", "mv", "ln")
-_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,7 @@ def hub_file_id(path: Path, name_in_repo: str) -> str:
     lfs = size > LFS_MIN_SIZE or Path(name_in_repo).suffix.lower() in LFS_SUFFIXES
     hasher = hashlib.sha256() if lfs else git_blob_hasher(size)
     with path.open("rb") as f:
-        while block := f.read(_BLOCK):
-            hasher.update(block)
+        hash_range(pread_of(f.fileno()), 0, size, hasher)
     return hasher.hexdigest()
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from swarm.files import atomic_write
 
 
 def _path(home: Path) -> Path:
@@ -21,9 +22,7 @@ def load(home: Path) -> set[tuple[str, str, str]]:
 
 def _save(home: Path, entries: set[tuple[str, str, str]]) -> None:
     home.mkdir(parents=True, exist_ok=True)
-    tmp = _path(home).with_suffix(".tmp")
-    tmp.write_text(json.dumps(sorted(entries)))
-    os.replace(tmp, _path(home))
+    atomic_write(_path(home), json.dumps(sorted(entries)))
 
 
 def remember(home: Path, repo_type: str, repo_id: str, commit: str) -> None:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hffs.config import DEFAULT_PORT
+from swarm.files import atomic_write
 
 LOCK_FILE = "daemon.lock"
 PID_FILE = "daemon.pid"
@@ -56,13 +57,7 @@ class DaemonInfo:
 
 def write_info(home: Path, info: DaemonInfo) -> None:
     """Atomically, readable by the owner only: the token guards the control API."""
-    path = home / INFO_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(info), f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(home / INFO_FILE, json.dumps(asdict(info), indent=2), private=True)
 
 
 def read_info(home: Path) -> DaemonInfo | None:
@@ -82,9 +77,7 @@ def read_pid(home: Path) -> int | None:
 
 
 def write_pid(home: Path, pid: int) -> None:
-    tmp = home / (PID_FILE + ".tmp")
-    tmp.write_text(f"{pid}\n")
-    os.replace(tmp, home / PID_FILE)
+    atomic_write(home / PID_FILE, f"{pid}\n")
 
 
 def remove_run_files(home: Path, pid: int) -> None:

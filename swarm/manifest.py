@@ -14,10 +14,10 @@ from pathlib import Path
 import xxhash
 
 from swarm.chunking import chunk_count, chunk_size_for, chunk_span
+from swarm.files import hash_range, pread_of
 from swarm.ids import check_file_id, content_hasher
 
 DIGEST_SIZE = 16
-READ_BLOCK = 1 << 20
 
 
 def chunk_digest(data: bytes) -> bytes:
@@ -94,17 +94,12 @@ def build_manifest(path: Path, file_id: str) -> Manifest:
     digests: list[bytes | None] = []
     whole = content_hasher(file_id, size)
     with path.open("rb") as f:
+        read = pread_of(f.fileno())
         for i in range(base.n_chunks):
             start, end = base.span(i)
             hasher = xxhash.xxh3_128()
-            remaining = end - start
-            while remaining:
-                block = f.read(min(READ_BLOCK, remaining))
-                if not block:
-                    raise ManifestError(f"{path} shrank while being read")
-                hasher.update(block)
-                whole.update(block)
-                remaining -= len(block)
+            if hash_range(read, start, end, hasher, whole) != end - start:
+                raise ManifestError(f"{path} shrank while being read")
             digests.append(hasher.digest())
     if whole.hexdigest() != file_id:
         raise ManifestError(f"{path} does not match its id {file_id[:12]}…")

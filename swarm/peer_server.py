@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from swarm.chunking import chunk_count, chunk_size_for
+from swarm.files import atomic_write
 from swarm.ids import is_file_id
 from swarm.manifest import Manifest, ManifestError, build_manifest
 from swarm.store import partial_digests, read_partial_state
@@ -257,9 +258,7 @@ class _ManifestCache:
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise ManifestError(f"{file_id[:12]}… changed while being digested")
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(".tmp")
-        tmp.write_bytes(manifest.to_json())
-        os.replace(tmp, entry)
+        atomic_write(entry, manifest.to_json())
         return manifest
 
 

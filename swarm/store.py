@@ -30,6 +30,7 @@ from pathlib import Path
 
 import xxhash
 
+from swarm.files import atomic_write, hash_range, pread_of
 from swarm.ids import check_file_id, content_hasher
 from swarm.manifest import DIGEST_SIZE, Manifest, ManifestError, chunk_digest
 
@@ -39,7 +40,6 @@ _PROGRESS = struct.Struct("<I")
 # Per chunk: a "have" flag, the chunk's digest, and how many leading bytes of a chunk
 # still being streamed in are on disk (so a killed download resumes mid-chunk).
 _RECORD = 1 + DIGEST_SIZE + _PROGRESS.size
-_READ_BLOCK = 1 << 20
 
 
 class StoreError(Exception):
@@ -132,13 +132,7 @@ class PartialFile:
     def _digest_on_disk(self, index: int) -> bytes:
         start, end = self.span(index)
         hasher = xxhash.xxh3_128()
-        pos = start
-        while pos < end:
-            block = os.pread(self._fd, min(_READ_BLOCK, end - pos), pos)
-            if not block:
-                break
-            hasher.update(block)
-            pos += len(block)
+        hash_range(pread_of(self._fd), start, end, hasher)
         return hasher.digest()
 
     # -- queries -----------------------------------------------------------
@@ -189,9 +183,7 @@ class PartialFile:
         for i in dropped:
             self._set_record(i, None)
         self.manifest = manifest
-        tmp = self._path(".manifest.tmp")
-        tmp.write_bytes(manifest.to_json())
-        os.replace(tmp, self._path(".manifest"))
+        atomic_write(self._path(".manifest"), manifest.to_json())
         return dropped
 
     def clear_manifest(self) -> None:
@@ -274,13 +266,8 @@ class PartialFile:
         if not self.complete:
             return False
         hasher = content_hasher(self.file_id, self.size)
-        pos = 0
-        while pos < self.size:
-            block = os.pread(self._fd, min(_READ_BLOCK, self.size - pos), pos)
-            if not block:
-                return False
-            hasher.update(block)
-            pos += len(block)
+        if hash_range(pread_of(self._fd), 0, self.size, hasher) != self.size:
+            return False
         return hasher.hexdigest() == self.file_id
 
     def publish(self, dest: Path) -> None:

@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from hffs.cli import app
-from hffs.hub import RemoteFile, RemoteRevision
+from hffs.jobs import JobPlan, PlannedFile
 from hffs.progress import DownloadProgress, human_bytes
 
 runner = CliRunner()
@@ -72,15 +72,15 @@ def test_download_is_model_add() -> None:
 
 def test_progress_bytes_are_binary_like_the_summary() -> None:
     size = 13 * 1024 * 1024 + 5
-    f = RemoteFile("w.bin", size, "ab" * 32, True)
-    rev = RemoteRevision("model", "org/r", "c" * 40, (f,), "http://127.0.0.1:9")
+    f = PlannedFile("w.bin", size, "ab" * 32)
+    plan = JobPlan("model", "org/r", "c" * 40, (f,), ("w.bin",), ("http://127.0.0.1:9",))
     buf = io.StringIO()
     console = Console(file=buf, width=200, force_terminal=False)
-    with DownloadProgress(console, rev, [f]) as progress:
-        on_bytes = progress.callback(f)
-        on_bytes("http://127.0.0.1:9", True, size // 2)
-        on_bytes("127.0.0.2:9009", False, size - size // 2)
-        progress.file_done(f)
+    with DownloadProgress(console) as progress:
+        progress.planned(plan)
+        progress.on_bytes("w.bin", "http://127.0.0.1:9", True, size // 2)
+        progress.on_bytes("w.bin", "127.0.0.2:9009", False, size - size // 2)
+        progress.file_done("w.bin", "downloaded", {})
     text = buf.getvalue()
     assert f"{human_bytes(size)}/{human_bytes(size)}" in text, text
     assert "13.0 MiB/13.0 MiB" in text
