@@ -150,6 +150,7 @@ def daemon_start(
         err.print(
             f"hffs daemon started (pid {info.pid}): peers and DHT on {_addr(info.host, info.port)}"
             f", control on 127.0.0.1:{info.control_port}; log {cfg.home / 'daemon.log'}\n"
+            f"status page {endpoint_url(info.host, info.port)}/ui; "
             "HF tools download through the swarm with:",
             highlight=False,
             soft_wrap=True,
@@ -182,6 +183,7 @@ def daemon_status() -> None:
         ("listening", f"{_addr(s['host'], s['port'])} (TCP peers, UDP DHT)"),
         ("control", f"127.0.0.1:{s['control_port']}"),
         ("HF endpoint", export_line(s["host"], s["port"])),
+        ("status page", f"{endpoint_url(s['host'], s['port'])}/ui (metrics: /metrics)"),
         ("node id", s["node_id"]),
         ("DHT contacts", str(s["routing_size"])),
         ("files shared", f"{s['files_shared']} complete, {s['partials_shared']} partial"),

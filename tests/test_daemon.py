@@ -49,6 +49,7 @@ def test_start_status_stop(nodes: Callable[[str], Node]) -> None:
     assert r.returncode == 0, r.stderr
     assert str(a.port) in r.stdout and info["node_id"] in r.stdout
     assert export in r.stdout
+    assert f"http://127.0.0.2:{a.port}/ui" in r.stdout
 
     line = one_clear_line(a.start())
     assert "already runs" in line

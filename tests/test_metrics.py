@@ -117,14 +117,44 @@ def test_a_remote_caller_gets_neither_metrics_nor_page() -> None:
     src = MetricSources(activity, UploadStats(), 32, dict, lambda: 0, lambda: (0, 0))
     surface = LocalSurface(hf_app, activity, make_registry(src), lambda: {"secret": "state"})
 
-    async def get(client: tuple[str, int], path: str) -> httpx.Response:
+    async def get(client: tuple[str, int], path: str, lan: bool = False) -> httpx.Response:
+        if lan:  # what uvicorn reports for a connection from 192.0.2.5 to 192.0.2.5:9009
+            return await call_lan(path)
         transport = httpx.ASGITransport(app=surface, client=client)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9009") as c:
             return await c.get(path)
 
+    async def call_lan(path: str) -> httpx.Response:
+        sent: dict[str, object] = {}
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [(b"host", b"192.0.2.5:9009")],
+            "client": ("192.0.2.5", 41000),
+            "server": ("192.0.2.5", 9009),
+            "scheme": "http",
+            "http_version": "1.1",
+            "root_path": "",
+        }
+        await surface(scope, receive, send)
+        return httpx.Response(int(sent["status"]))  # type: ignore[call-overload]
+
     async def main() -> None:
         for path in ("/metrics", "/ui", "/ui/state.json"):
             assert (await get(("127.0.0.1", 5000), path)).status_code == 200
+            # a browser on the daemon's machine using its LAN address (client = server)
+            assert (await get(("127.0.0.1", 5000), path, lan=True)).status_code == 200
             far = await get(("192.0.2.7", 5000), path)
             assert far.status_code == 403 and b"hffs_" not in far.content
             assert b"secret" not in far.content
@@ -134,7 +164,7 @@ def test_a_remote_caller_gets_neither_metrics_nor_page() -> None:
 
     anyio.run(main)
     assert activity.http_requests[("local", 403)] == 3
-    assert activity.http_requests[("local", 200)] == 3
+    assert activity.http_requests[("local", 200)] == 6
     assert activity.http_requests[("hf", 404)] == 1
 
 
@@ -143,6 +173,9 @@ def test_names_of_this_machine() -> None:
         assert loopback_host(ok), ok
     for bad in (None, "", "evil.example", "10.0.0.1:9009", "127.0.0.1.evil.example", "[::2]:1"):
         assert not loopback_host(bad), bad
+    # the address the daemon was reached on, literally, names it too; another does not
+    assert loopback_host("192.0.2.5:9009", "192.0.2.5")
+    assert not loopback_host("192.0.2.6:9009", "192.0.2.5")
     assert host_of("127.0.0.2:9009") == "127.0.0.2"
     assert host_of("[::1]:9009") == "::1"
 

@@ -2,9 +2,11 @@
 page ``/ui`` (one static HTML file that polls ``/ui/state.json``), and ``/`` redirecting
 there; plus a count of every response by route and status for the metrics.
 
-Loopback only: a caller from another address, or a request whose ``Host`` is not a
-loopback name (a web page rebinding its DNS name to 127.0.0.1), gets 403, and for ``/``
-the request goes on to the HF endpoint as before.
+Local callers only: a loopback address, or the very address the daemon was reached on
+(a browser on this machine using its LAN address; a remote peer cannot complete a TCP
+handshake from our address), under a ``Host`` that names this machine by a loopback
+name or that address literally (a web page rebinding its DNS name to us sends its own
+name, and gets 403). For others ``/`` goes on to the HF endpoint as before.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from hffs.daemon.metrics import CONTENT_TYPE, render
 LOCAL_PATHS = frozenset({"/metrics", "/ui", "/ui/", "/ui/state.json"})
 
 
-def loopback_host(host_header: str | None) -> bool:
-    """Whether a Host header names this machine by a loopback name or address."""
+def loopback_host(host_header: str | None, server_ip: str | None = None) -> bool:
+    """Whether a Host header names this machine: a loopback name or address, or the
+    address it was reached on (``server_ip``), written as an IP literal."""
     if not host_header:
         return False
     host = host_header.strip().lower()
@@ -39,9 +42,30 @@ def loopback_host(host_header: str | None) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return ip.is_loopback or (server_ip is not None and ip == _ip(server_ip))
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def local_caller(scope: Scope) -> bool:
+    """A caller on this machine, under a Host that names this machine (see above)."""
+    client, server = scope.get("client"), scope.get("server")
+    server_ip = str(server[0]) if server else None
+    if is_loopback(client):
+        same = True
+    else:
+        mine = _ip(server_ip) if server_ip else None
+        theirs = _ip(str(client[0])) if client else None
+        same = mine is not None and not mine.is_unspecified and mine == theirs
+    return same and loopback_host(Headers(scope=scope).get("host"), server_ip)
 
 
 def route_kind(path: str) -> str:
@@ -77,7 +101,7 @@ class LocalSurface:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        local = is_loopback(scope.get("client")) and loopback_host(Headers(scope=scope).get("host"))
+        local = local_caller(scope)
         if path in LOCAL_PATHS:
             response = self._local(path) if local else _forbidden()
             await self._counted("local", response, scope, receive, send)
