@@ -32,7 +32,7 @@ from hffs.cache import HubCache
 from hffs.daemon.activity import Activity
 from hffs.errors import HffsError
 from swarm.chunking import chunk_count, chunk_size_for
-from swarm.download import DownloadError, OnBytes, download_file
+from swarm.download import AccessRefused, DownloadError, OnBytes, download_file
 from swarm.files import hash_range, pread_of
 from swarm.sources import PeerAddr, Source
 from swarm.store import StoreError
@@ -45,6 +45,10 @@ FILES_AT_ONCE = 8  # downloads running at once (huggingface_hub asks for 8 files
 
 class TransferFailed(HffsError):
     """The bytes a reader or job waits for will not come; the message says why."""
+
+
+class UpstreamRefused(TransferFailed):
+    """No peer held the missing chunks and upstream refused them (HTTP 401/403)."""
 
 
 class SwarmView(Protocol):
@@ -104,6 +108,7 @@ class Transfer:
         self.epoch = [0] * self.n_chunks
         self.blob: Path | None = None  # set once the whole file is verified and published
         self.error: str | None = None
+        self.refused = False  # the error is upstream's 401/403
         self.jobs: list[FileJob] = []  # every (repo, path) an HF client asked: linked once complete
         self.listeners: dict[object, OnBytes] = {}  # jobs waiting for this file
         self.keep = False  # an HF client asked: run to completion whoever leaves
@@ -388,7 +393,7 @@ class DownloadManager:
             if not t.listeners and not t.keep and not t.finished:
                 t.scope.cancel()  # nobody wants the rest now; the partial file stays
         if t.error is not None:
-            raise TransferFailed(t.error)
+            raise (UpstreamRefused if t.refused else TransferFailed)(t.error)
         assert t.blob is not None
         return t.blob, dict(t.by_source)
 
@@ -403,6 +408,7 @@ class DownloadManager:
             except Exception as exc:  # one file's failure must never take the host down
                 leaf = first_leaf(exc)
                 log.warning("download of %s… failed: %s", t.file_id[:12], leaf)
+                t.refused = isinstance(leaf, UpstreamRefused)
                 t.fail(str(leaf) or type(leaf).__name__)
             finally:
                 t.fail("the download was stopped")  # if cancelled; no-op once finished
@@ -446,6 +452,8 @@ class DownloadManager:
                 on_drop=t.chunks_dropped,
                 observer=watch,
             )
+        except AccessRefused as exc:
+            raise UpstreamRefused(str(exc)) from None
         except (DownloadError, StoreError) as exc:
             raise TransferFailed(str(exc)) from None
         t.by_source = dict(report.bytes_by_source)

@@ -62,6 +62,10 @@ class DownloadError(Exception):
     """The file could not be completed; the message says why, for the user."""
 
 
+class AccessRefused(DownloadError):
+    """An upstream endpoint refused the file (HTTP 401/403) and nobody else had it."""
+
+
 class Holders(Protocol):
     """Where to learn who holds a file, and how to tell others we do."""
 
@@ -184,6 +188,7 @@ class _Round:
         self.wake = anyio.Event()
         self.restart = False
         self.manifest_suspect = False
+        self.refused: dict[str, int] = {}  # upstream id -> 401/403 it answered
 
     # -- holders -------------------------------------------------------------
 
@@ -315,6 +320,8 @@ class _Round:
                         ok, nbytes = await self._fetch_peer(req, source)
                 except SourceError as exc:
                     log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
+                    if source.upstream and exc.status in (401, 403):
+                        self.refused[source.id] = exc.status
                     if self.pf.progress(req.chunk) > before:
                         # A cut stream that still delivered bytes is progress, not a fault:
                         # the next request resumes where it stopped.
@@ -443,6 +450,12 @@ class _Round:
             tg.cancel_scope.cancel()
         if not sched.done and not self.restart:
             missing = sched.failed_chunks or list(range(sched.remaining))
+            if self.refused:
+                who = ", ".join(f"{s} (HTTP {code})" for s, code in self.refused.items())
+                raise AccessRefused(
+                    f"{len(missing)} chunk(s) of {pf.file_id[:12]}… are held by no peer and "
+                    f"upstream refused access: {who}"
+                )
             raise DownloadError(
                 f"{len(missing)} chunk(s) of {pf.file_id[:12]}… could not be fetched from any "
                 "peer or endpoint (is the mirror or huggingface.co reachable?)"

@@ -24,6 +24,10 @@ MAX_HAVE_BYTES = 1 << 16
 class SourceError(Exception):
     """A source failed to deliver what was asked (transport error or bad answer)."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status it answered, when it answered one
+
 
 @dataclass(frozen=True)
 class PeerAddr:
@@ -64,7 +68,7 @@ async def stream_range(
                 if not m or (int(m[1]), int(m[2])) != (start, end - 1):
                     raise SourceError(f"{source.id} answered another range")
             elif resp.status_code != 200 or start != 0:
-                raise SourceError(f"{source.id} answered HTTP {resp.status_code}")
+                raise SourceError(f"{source.id} answered HTTP {resp.status_code}", resp.status_code)
             whole = resp.status_code == 200
             async for block in resp.aiter_bytes():
                 if len(block) > want - got:
