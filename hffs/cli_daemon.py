@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import time
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from hffs.config import Config, Peer
 from hffs.console import err, expected_failures, fail, out
 from hffs.daemon.client import DaemonClient, DaemonError, DaemonNotRunning
 from hffs.progress import human_bytes
+from swarm.hostport import format_hostport, is_ip
 
 daemon_app = typer.Typer(help="Start, stop and inspect the daemon.", no_args_is_help=True)
 peer_app = typer.Typer(help="Saved peers: bootstrap nodes, always probed.", no_args_is_help=True)
@@ -26,7 +28,7 @@ PEER_PROBE_TIMEOUT = 1.5
 
 
 def _addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(host, port)
 
 
 def _parse_peer(host: str, port: int | None) -> Peer:
@@ -39,6 +41,13 @@ def _parse_peer(host: str, port: int | None) -> Peer:
     if port is not None and p != port:
         fail(f"two ports given: {host} and --port {port}")
     return Peer(h, p)
+
+
+def _resolves(name: str) -> bool:
+    try:
+        return bool(socket.getaddrinfo(name, None, type=socket.SOCK_DGRAM))
+    except (OSError, UnicodeError):
+        return False
 
 
 def _tell_daemon_peers_changed() -> None:
@@ -121,6 +130,9 @@ def daemon_start(
             boot = tuple(parse_hostport(b) for b in bootstrap or [])
         except ValueError as exc:
             fail(f"--bootstrap: {exc}")
+        for name, _ in boot:  # a name that does not resolve now is a typo, not an outage
+            if not is_ip(name) and not _resolves(name):
+                fail(f"--bootstrap: cannot resolve {name!r}; give an address or a known name")
         settings = DaemonSettings(cfg.home, host, port, boot)
         if foreground:
             err.print(f"hffs daemon on {_addr(host, port)} (Ctrl-C stops)", highlight=False)

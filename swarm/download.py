@@ -36,6 +36,7 @@ from swarm.sources import (
     fetch_have,
     fetch_manifest,
     fetch_range,
+    report_bad_chunk,
     stream_range,
 )
 from swarm.store import PartialFile
@@ -155,6 +156,7 @@ class _Round:
         self.wake = anyio.Event()
         self.restart = False
         self.manifest_suspect = False
+        self.bad_reports: dict[str, int] = {}  # holder -> a chunk of it that failed
 
     # -- holders -------------------------------------------------------------
 
@@ -362,7 +364,19 @@ class _Round:
         self.report.bad_chunks += 1
         if not self.sources[req.source].upstream:
             self.banned.add(req.source)
+            self.bad_reports.setdefault(req.source, req.chunk)
         self._cancel(self.sched.on_failure(req, anyio.current_time(), bad_data=True))
+
+    async def _report_bad(self) -> None:
+        """Tell each holder that sent a bad chunk (it may not know its copy rotted)."""
+        reports, self.bad_reports = self.bad_reports, {}
+        peers = [(self.peers[pid], chunk) for pid, chunk in reports.items() if pid in self.peers]
+        if not peers:
+            return
+        fid, client, headers = self.pf.file_id, self.client, self.peer_headers
+        async with anyio.create_task_group() as tg:
+            for peer, chunk in peers:
+                tg.start_soon(report_bad_chunk, client, peer, fid, chunk, headers)
 
     async def run(self) -> None:
         if self.holders is not None:
@@ -405,6 +419,7 @@ class _Round:
                 with anyio.move_on_after(TICK_SECONDS):
                     await self.wake.wait()
             tg.cancel_scope.cancel()
+        await self._report_bad()
         if not sched.done and not self.restart:
             missing = sched.failed_chunks or list(range(sched.remaining))
             raise DownloadError(
