@@ -26,6 +26,7 @@ from typing import Protocol
 import anyio
 import httpx
 
+from swarm.goal import Goal
 from swarm.ids import content_hasher
 from swarm.manifest import Manifest
 from swarm.scheduler import Request, Scheduler, SchedulerConfig, State
@@ -54,6 +55,10 @@ STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
 
 class DownloadError(Exception):
     """The file could not be completed; the message says why, for the user."""
+
+
+class DownloadPaused(Exception):
+    """Every chunk the goal asked for is held; the rest was not asked for (yet)."""
 
 
 class Holders(Protocol):
@@ -132,6 +137,7 @@ class _Job:
     on_chunk: OnChunk | None
     rng: random.Random
     banned: set[str] = field(default_factory=set)  # holders distrusted for this file
+    goal: Goal | None = None  # the chunks asked for; None: the whole file
 
 
 class _Round:
@@ -143,6 +149,7 @@ class _Round:
         self.pf, self.upstream, self.client = job.pf, job.upstream, job.client
         self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
+        self.goal = job.goal
         self.sources: dict[str, Source] = {s.id: s for s in self.upstream}
         self.peers: dict[str, PeerAddr] = {}
         self.partial_peers: set[str] = set()  # holders still downloading
@@ -385,10 +392,12 @@ class _Round:
             await self.holders.announce_partial(self.pf.file_id)
         found = await self._discover()
         pf = self.pf
+        goal, goal_seen = self.goal, self.goal.version if self.goal else 0
         self.sched = sched = Scheduler(
             pf.n_chunks,
             pf.chunk_size,
-            done=[i for i in range(pf.n_chunks) if pf.has(i)],
+            # chunks nobody asked for count as done until someone does
+            done=[i for i in range(pf.n_chunks) if pf.has(i) or (goal and not goal.wants(i))],
             rng=self.rng,
             config=SchedulerConfig(),
         )
@@ -400,6 +409,9 @@ class _Round:
             tg.start_soon(self._refresh_loop)
             tg.start_soon(self.running_hash.run)
             while not sched.done and not self.restart:
+                if goal is not None and goal.version != goal_seen:
+                    goal_seen = goal.version  # a request asked for more of the file
+                    sched.reopen(i for i in goal.wanted() if not pf.has(i))
                 now = anyio.current_time()
                 self._cancel(sched.expire(now))
                 for req in sched.next_requests(now)[
@@ -441,11 +453,14 @@ async def download_file(
     on_bytes: OnBytes | None = None,
     on_chunk: OnChunk | None = None,
     rng: random.Random | None = None,
+    goal: Goal | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
     Resumes whatever an earlier attempt left in ``store_root``. Raises
-    DownloadError when the file cannot be completed and verified."""
+    DownloadError when the file cannot be completed and verified. With a ``goal``,
+    fetches only the chunks it asks for (more as it grows) and raises DownloadPaused
+    once they are all held short of the whole file."""
     started = anyio.current_time()
     report = FileReport(file_id, size)
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
@@ -458,6 +473,7 @@ async def download_file(
         on_bytes,
         on_chunk,
         rng or random.Random(),
+        goal=goal,
     )
     try:
         for attempt in range(MAX_ROUNDS):
@@ -467,6 +483,9 @@ async def download_file(
             running_hash = _RunningHash(pf)
             rnd = _Round(job, None if alone else holders, running_hash)
             await rnd.run()
+            if goal is not None and not pf.complete and not rnd.restart:
+                # What was asked is held; the caller asks again if its goal grew since.
+                raise DownloadPaused(f"{file_id[:12]}…: every chunk asked for is held")
             if rnd.restart and not rnd.manifest_suspect:
                 continue  # a trusted manifest dropped chunks we held: plan again
             verdict: bool | None = False
@@ -489,9 +508,15 @@ async def download_file(
                 rnd.peer_chunks if rnd.peer_chunks or rnd.manifest_suspect else range(pf.n_chunks)
             )
             pf.clear_manifest()
+        pf.drop_chunks(range(pf.n_chunks))  # no source agrees with the id: nothing to resume
         raise DownloadError(
             f"{file_id[:12]}… did not match its hash after {report.rounds} attempt(s); "
             "nothing was published"
         )
     finally:
-        pf.close()
+        # A partial file that holds nothing is not kept (a fake id or size leaves no trace);
+        # one that holds verified chunks stays, to resume from.
+        if pf.complete or any(pf.have()):
+            pf.close()
+        else:
+            pf.discard()

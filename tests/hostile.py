@@ -64,6 +64,8 @@ class FakePeer:
         blob: BlobMode = "serve",
         listing: dict[str, object] | None = None,
         repo_path: str | None = None,
+        manifest_raw: bytes | None = None,
+        have_raw: bytes | None = None,
     ) -> None:
         self.host = host
         self.file_id = file_id
@@ -73,6 +75,8 @@ class FakePeer:
         self.have = have if have is not None else [True] * base.n_chunks
         self.blob = blob
         self.listing = listing  # served at repo_path: a /v1/repos/... answer
+        self.manifest_raw = manifest_raw  # any bytes at all, instead of ``manifest``
+        self.have_raw = have_raw  # any bytes at all, instead of the encoded ``have``
         self.repo_path = repo_path
         self.seen: list[Seen] = []
         self.blob_requests = 0
@@ -149,6 +153,8 @@ class FakePeer:
         base = f"/v1/blobs/{self.file_id}"
         if path == "/v1/ping":
             await _reply(send, 200, b'{"service":"hffs-peer","protocol":1}', "application/json")
+        elif path == base + "/manifest" and self.manifest_raw is not None:
+            await _reply(send, 200, self.manifest_raw, "application/json")
         elif path == base + "/manifest" and self.manifest is not None:
             await _reply(send, 200, self.manifest.to_json(), "application/json")
         elif path == base + "/have":
@@ -156,7 +162,8 @@ class FakePeer:
                 (b"x-chunk-count", str(len(self.have)).encode()),
                 (b"x-file-size", str(len(self.data)).encode()),
             ]
-            await _reply(send, 200, encode_have(self.have), "application/octet-stream", extra)
+            bitmap = self.have_raw if self.have_raw is not None else encode_have(self.have)
+            await _reply(send, 200, bitmap, "application/octet-stream", extra)
         elif path == base:
             await self._blob(headers.get("range"), receive, send)
         elif self.listing is not None and path == self.repo_path:
