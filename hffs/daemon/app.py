@@ -23,7 +23,7 @@ from starlette.types import ASGIApp
 from hffs.cache import REPO_TYPES, HubCache, is_commit
 from swarm.dht import dht_key
 from swarm.ids import is_file_id
-from swarm.peer_server import UploadLimits, UploadStats, create_peer_app
+from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
 from swarm.selfcheck import OnRotten, drop_rotten_copies, stat_key
 from swarm.store import read_partial_state
 
@@ -180,18 +180,13 @@ def create_app(
     limits: UploadLimits,
     stats: UploadStats,
     secret: str | None,
+    server: PeerServer | None = None,
     on_rotten: OnRotten | None = None,
 ) -> ASGIApp:
-    return create_peer_app(
-        index,
-        partial_dir,
-        manifest_dir,
-        limits=limits,
-        stats=stats,
-        secret=secret,
-        extra_routes=repo_routes(index.cache),
-        on_rotten=on_rotten,
-    )
+    """The daemon's peer app; ``server`` when the sendfile front shares its state."""
+    if server is None:
+        server = PeerServer(index, partial_dir, manifest_dir, limits, stats, on_rotten)
+    return peer_app_for(server, secret=secret, extra_routes=repo_routes(index.cache))
 
 
 def drop_rotten_blob(cache: HubCache, file_id: str, path: Path) -> int:
