@@ -101,7 +101,7 @@ def json_values() -> st.SearchStrategy[Any]:
 def test_manifest_parser_raises_only_its_error(patch: dict[str, Any], noise: bytes) -> None:
     for raw in (json.dumps({**honest(), **patch}).encode(), noise):
         try:
-            m = Manifest.from_json(raw, file_id=FID)
+            m = Manifest.from_json(raw, file_id=FID, size=SIZE)
         except ManifestError:
             continue
         assert m.size == SIZE and len(m.digests) == m.n_chunks == 3  # only the honest shape
