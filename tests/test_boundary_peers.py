@@ -118,7 +118,7 @@ def test_model_search_against_an_endless_peer_keeps_the_daemon_small(
         r = node.cli("model", "search", REPO, "--revision", COMMIT, timeout=60)
         assert "Traceback" not in r.stderr
         assert r.returncode == 1  # nobody holds it: the endless peer is no holder
-        assert len(endless.requests) >= 2  # the probe and the search both asked it
+        assert any(b"/v1/repos/" in line for line in endless.requests)  # search asked it
         endless.stop()
         sent = endless.bytes_sent
         grown_mib = (peak_rss_kib(pid) - before) / 1024
@@ -126,3 +126,30 @@ def test_model_search_against_an_endless_peer_keeps_the_daemon_small(
         # timeout (GBs on loopback); bounded, by a few MiB at most.
         assert grown_mib < 64, (grown_mib, sent)
         assert node.client().status()["pid"] == pid  # and the daemon still answers
+
+
+def test_no_redirect_from_a_peer_is_ever_followed(nodes: Callable[[str], Node]) -> None:
+    """Item 10, peer side: a 'peer' that answers every request with a redirect to a
+    loopback service gets nothing from us but its own requests: the service is never hit."""
+    data = os.urandom(3 * CHUNK + 1)
+    with (
+        LocalHub() as hub,
+        RawHostile("127.0.0.21", "endless") as service,
+        RawHostile("127.0.0.20", "redirect", location=f"{service.url}/admin?x=1") as peer,
+    ):
+        hub.add_repo(REPO, {FILE: data})
+        d = nodes("127.0.0.2")
+        use_hub(d, hub)
+        add_peers(d, [peer])
+        assert d.start().returncode == 0
+        r = d.cli("model", "add", REPO, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert cached_bytes(d) == data
+        r = d.cli("model", "search", REPO, "--revision", COMMIT, timeout=60)
+        assert "Traceback" not in r.stderr
+        hub.inject("5xx", count=None)  # the hub is down: peers are asked for the listing
+        r = d.cli("model", "add", "org/elsewhere", timeout=120)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert any(b"/v1/repos/" in line for line in peer.requests)
+        assert peer.requests, "the redirecting peer was never asked"
+        assert service.requests == []
