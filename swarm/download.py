@@ -72,6 +72,14 @@ OnBytes = Callable[[str, bool, int], None]  # (source id, upstream?, bytes)
 OnChunk = Callable[[int], None]  # a chunk is verified and on disk
 
 
+class ChunkObserver(Protocol):
+    """Told each chunk's fate and source, for a status page and metrics; the calls are
+    synchronous and cheap, and must not raise."""
+
+    def chunk_verified(self, chunk: int, source: str, upstream: bool) -> None: ...
+    def chunk_failed(self, chunk: int, source: str, upstream: bool) -> None: ...
+
+
 @dataclass
 class FileReport:
     file_id: str
@@ -138,6 +146,7 @@ class _Job:
     rng: random.Random
     banned: set[str] = field(default_factory=set)  # holders distrusted for this file
     goal: Goal | None = None  # the chunks asked for; None: the whole file
+    observer: ChunkObserver | None = None
 
 
 class _Round:
@@ -150,6 +159,7 @@ class _Round:
         self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
         self.goal = job.goal
+        self.observer = job.observer
         self.sources: dict[str, Source] = {s.id: s for s in self.upstream}
         self.peers: dict[str, PeerAddr] = {}
         self.partial_peers: set[str] = set()  # holders still downloading
@@ -308,6 +318,8 @@ class _Round:
                 self.report.bytes_by_source[req.source] += nbytes
                 if self.on_chunk:
                     self.on_chunk(req.chunk)
+                if self.observer:
+                    self.observer.chunk_verified(req.chunk, req.source, source.upstream)
                 self.running_hash.more.set()
                 self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
         finally:
@@ -369,6 +381,8 @@ class _Round:
         assert self.sched is not None
         log.warning("chunk %d from %s failed verification", req.chunk, req.source)
         self.report.bad_chunks += 1
+        if self.observer:
+            self.observer.chunk_failed(req.chunk, req.source, self.sources[req.source].upstream)
         if not self.sources[req.source].upstream:
             self.banned.add(req.source)
             self.bad_reports.setdefault(req.source, req.chunk)
@@ -454,6 +468,7 @@ async def download_file(
     on_chunk: OnChunk | None = None,
     rng: random.Random | None = None,
     goal: Goal | None = None,
+    observer: ChunkObserver | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
@@ -474,6 +489,7 @@ async def download_file(
         on_chunk,
         rng or random.Random(),
         goal=goal,
+        observer=observer,
     )
     try:
         for attempt in range(MAX_ROUNDS):
