@@ -55,8 +55,8 @@ from hffs.daemon.runfiles import (
     write_info,
     write_pid,
 )
-from swarm import hostport
 from hffs.daemon.status_page import LocalSurface
+from swarm import hostport
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
 from swarm.transport_server import FrontLimits, FrontShared, install_front
