@@ -50,6 +50,8 @@ def _daemon_argv(settings: DaemonSettings) -> list[str]:
     argv += ["--host", settings.host, "--port", str(settings.port)]
     for host, port in settings.bootstrap:
         argv += ["--bootstrap", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if not settings.mdns:
+        argv.append("--no-mdns")
     return argv
 
 

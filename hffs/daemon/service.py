@@ -43,6 +43,7 @@ from hffs.daemon.app import (
 )
 from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.daemon.lan import run_lan
 from hffs.daemon.peers import PeerClient
 from hffs.daemon.runfiles import (
     DaemonInfo,
@@ -82,6 +83,7 @@ class DaemonSettings:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     bootstrap: tuple[tuple[str, int], ...] = ()
+    mdns: bool = True  # LAN discovery (hffs.daemon.lan)
 
 
 @dataclass
@@ -530,6 +532,16 @@ class Daemon:
                 loops.start_soon(self._announce_loop)
                 loops.start_soon(self._peer_loop)
                 loops.start_soon(self._rescan_loop)
+                if self.settings.mdns:
+                    loops.start_soon(
+                        run_lan,
+                        self.bind_ip,
+                        self.port,
+                        self.node.node_id,
+                        cfg.swarm_secret,
+                        self._bootstrap,
+                        self.node.routing_size,
+                    )
                 await self._stop.wait()
                 loops.cancel_scope.cancel()
             # uvicorn finishes in-flight requests (the stop reply among them), bounded
@@ -630,10 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--bootstrap", action="append", default=[], metavar="HOST[:PORT]")
+    parser.add_argument("--no-mdns", action="store_true")
     args = parser.parse_args(argv)
     try:
         boot = tuple(parse_hostport(b) for b in args.bootstrap)
-        settings = DaemonSettings(args.home, args.host, args.port, boot)
+        settings = DaemonSettings(args.home, args.host, args.port, boot, not args.no_mdns)
         run_foreground(settings)
     except (DaemonStartError, ValueError) as exc:
         # process.py shows the user the last "error:" line of the log
