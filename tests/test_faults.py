@@ -197,8 +197,8 @@ def test_daemon_killed_mid_announce_restarts_cleanly(nodes: Callable[[str], Node
         keys: set[bytes] = set()
         killed = threading.Event()
 
-        def counting(sender: tuple[str, int], nodeid: bytes, key: bytes, port: int) -> object:
-            result = real(sender, nodeid, key, port)
+        def counting(sender: tuple[str, int], proven: bool, nodeid: bytes, key: bytes) -> object:
+            result = real(sender, proven, nodeid, key)
             if result and sender[0] == victim.host:
                 keys.add(key)
                 pid = read_pid(victim.home)
