@@ -287,10 +287,10 @@ def test_link_or_copy(mode: str, tmp_path: Path) -> None:
         assert os.readlink(dst) == os.path.join("..", "..", "..", "blobs", "abc")
     else:  # Windows without Developer Mode: no symlink, a hard link (same file, no copy)
         assert how == "hardlink" and not portable.symlinks_supported(tmp_path)
-        assert not dst.is_symlink() and portable.same_file(dst.stat(), src.stat())
+        assert not dst.is_symlink() and portable.file_key(dst) == portable.file_key(src)
     other = tmp_path / "snapshots" / "c1" / "nolink.bin"
     assert portable.link_or_copy(src, other, symlink=False) == "hardlink"
-    assert portable.same_file(other.stat(), src.stat()) and not other.is_symlink()
+    assert portable.file_key(other) == portable.file_key(src) and not other.is_symlink()
 
 
 def test_link_or_copy_copies_across_filesystems(mode: str, tmp_path: Path) -> None:
@@ -303,7 +303,7 @@ def test_link_or_copy_copies_across_filesystems(mode: str, tmp_path: Path) -> No
         dst = tmp_path / "entry"
         how = portable.link_or_copy(src, dst, symlink=False)
         assert how == "copy" and dst.read_bytes() == b"far away"
-        assert not portable.same_file(dst.stat(), src.stat())
+        assert portable.file_key(dst) != portable.file_key(src)
         src.write_bytes(b"changed!")  # a copy: the entry keeps its own bytes
         assert dst.read_bytes() == b"far away"
     finally:
