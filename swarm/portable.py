@@ -259,10 +259,14 @@ def link_or_copy(src: Path, dst: Path, *, symlink: bool = True) -> str:
         return "copy"
 
 
-def same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    """Two stat results of one file (hard links included): inode and device on POSIX,
-    file index and volume serial on Windows."""
-    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev) and a.st_ino != 0
+def file_key(path: Path) -> tuple[int, int] | None:
+    """What two hard links of one file share (device and inode on POSIX, volume serial and
+    file index on Windows); None when unknown."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st.st_ino else None
 
 
 # -- paths from other machines ---------------------------------------------------
