@@ -142,6 +142,23 @@ def sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int:
     return sock.send(data) if data else 0
 
 
+# -- listening sockets -----------------------------------------------------------
+
+
+def reuse_address(sock: socket.socket) -> None:
+    """Let a restarted server bind its port again while old connections sit in TIME_WAIT,
+    never while another socket listens on it.
+
+    POSIX needs SO_REUSEADDR for that. On Windows SO_REUSEADDR would let another process
+    bind the very port this one listens on; there TIME_WAIT never blocks a bind, and
+    SO_EXCLUSIVEADDRUSE keeps the port ours. Real Windows only: a forced POSIX run keeps
+    SO_REUSEADDR, which gives it the behaviour Windows has by default."""
+    if WINDOWS:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined]
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+
 # -- processes -------------------------------------------------------------------
 
 # Win32 process creation flags (documented values; subprocess names them only on Windows).

@@ -197,6 +197,21 @@ def test_sendfile_sends_the_span(mode: str, tmp_path: Path) -> None:
     assert bytes(got) == data[start:end]
 
 
+# -- listening sockets -------------------------------------------------------------
+
+
+def test_a_port_in_use_stays_ours(mode: str) -> None:
+    with socket.socket() as first:
+        portable.reuse_address(first)
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        port = first.getsockname()[1]
+        with socket.socket() as second:
+            portable.reuse_address(second)
+            with pytest.raises(OSError):
+                second.bind(("127.0.0.1", port))
+
+
 # -- processes ---------------------------------------------------------------------
 
 _TERM = """

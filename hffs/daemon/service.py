@@ -138,7 +138,7 @@ def bind_tcp(ip: str, port: int, what: str = "TCP") -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only
+        portable.reuse_address(sock)  # TIME_WAIT only, never a port in use
         sock.bind((ip, port))
         sock.listen(128)
     except OSError as exc:
