@@ -192,7 +192,7 @@ class HubCache:
         """Point ``snapshots/<commit>/<path>`` at the blob, as huggingface_hub does."""
         entry = self.snapshot_entry(repo_type, repo_id, commit, path)
         blob = self.blob_path(repo_type, repo_id, blob_id)
-        entry.parent.mkdir(parents=True, exist_ok=True)
+        Path(portable.extended_path(entry.parent, limit=247)).mkdir(parents=True, exist_ok=True)
         tmp = Path(portable.extended_path(entry.with_name(entry.name + ".hffs-tmp")))
         tmp.unlink(missing_ok=True)
         # No symlinks (Windows without Developer Mode): HF copies; a hard link is that copy
