@@ -22,7 +22,7 @@ from starlette.types import ASGIApp
 from hffs.cache import REPO_TYPES, HubCache, is_commit
 from swarm.dht import dht_key
 from swarm.ids import is_file_id
-from swarm.peer_server import UploadLimits, UploadStats, create_peer_app
+from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
 from swarm.store import read_partial_state
 
 RepoRev = tuple[str, str, str]  # (repo type, repo id, commit)
@@ -178,13 +178,9 @@ def create_app(
     limits: UploadLimits,
     stats: UploadStats,
     secret: str | None,
+    server: PeerServer | None = None,
 ) -> ASGIApp:
-    return create_peer_app(
-        index,
-        partial_dir,
-        manifest_dir,
-        limits=limits,
-        stats=stats,
-        secret=secret,
-        extra_routes=repo_routes(index.cache),
-    )
+    """The daemon's peer app; ``server`` when the sendfile front shares its state."""
+    if server is None:
+        server = PeerServer(index, partial_dir, manifest_dir, limits, stats)
+    return peer_app_for(server, secret=secret, extra_routes=repo_routes(index.cache))
