@@ -11,6 +11,7 @@ Nothing here knows Hugging Face; callers add their own rules on top.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ntpath
 import os
@@ -21,7 +22,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import filelock
 import psutil
@@ -140,6 +141,23 @@ def sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int:
         return os.sendfile(sock.fileno(), fd, offset, count)
     data = pread(fd, min(count, SEND_BLOCK), offset)
     return sock.send(data) if data else 0
+
+
+async def transport_sendfile(
+    transport: asyncio.WriteTransport, file: BinaryIO, offset: int, count: int
+) -> int:
+    """Send ``count`` bytes of ``file`` from ``offset`` on an asyncio transport; returns
+    how many were sent.
+
+    asyncio picks the zero-copy call itself (os.sendfile on POSIX, TransmitFile on
+    Windows' proactor loop) and reads and writes where it has none. The forced branch
+    takes that read-and-write path (asyncio's own fallback) so tests exercise it."""
+    loop = asyncio.get_running_loop()
+    if FORCED and not WINDOWS:
+        fallback = getattr(loop, "_sendfile_fallback", None)
+        if fallback is not None:
+            return int(await fallback(transport, file, offset, count))
+    return await loop.sendfile(transport, file, offset, count)
 
 
 # -- listening sockets -----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ntpath
 import os
 import posixpath
@@ -195,6 +196,51 @@ def test_sendfile_sends_the_span(mode: str, tmp_path: Path) -> None:
         b.close()
         os.close(fd)
     assert bytes(got) == data[start:end]
+
+
+def test_transport_sendfile_sends_the_span(mode: str, tmp_path: Path) -> None:
+    data = os.urandom(5 * portable.SEND_BLOCK + 77)
+    (tmp_path / "f").write_bytes(data)
+    start, end = 333, len(data) - 5
+
+    async def main() -> bytes:
+        sent: list[int] = []
+
+        class Serve(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                asyncio.get_running_loop().create_task(self.send(transport))
+
+            async def send(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.WriteTransport)
+                with open(tmp_path / "f", "rb") as f:
+                    pos = start
+                    while pos < end:
+                        n = await portable.transport_sendfile(transport, f, pos, end - pos)
+                        sent.append(n)
+                        pos += n
+                transport.close()
+
+        loop = asyncio.get_running_loop()
+        native = loop._sendfile_native  # type: ignore[attr-defined]
+        zero_copy: list[int] = []
+
+        async def counted(*args: object) -> int:  # observes which path asyncio took
+            zero_copy.append(1)
+            return await native(*args)
+
+        loop._sendfile_native = counted  # type: ignore[attr-defined]
+        server = await loop.create_server(Serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(30):
+            got = await reader.read()
+        writer.close()
+        server.close()
+        assert sum(sent) == end - start
+        assert bool(zero_copy) is (mode == "native")  # forced: asyncio's read+write path
+        return got
+
+    assert asyncio.run(main()) == data[start:end]
 
 
 # -- listening sockets -------------------------------------------------------------
