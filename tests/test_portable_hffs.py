@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -156,3 +159,33 @@ def test_stop_when_the_control_api_refuses(nodes: Callable[[str], Node], forced:
     assert not (a.home / "daemon.json").exists()
     log = (a.home / "daemon.log").read_text()
     assert ("got SIGTERM" in log) is (not forced)
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["native", "portable"])
+def test_foreground_ctrl_c_stops_cleanly(nodes: Callable[[str], Node], forced: bool) -> None:
+    """Ctrl-C in a foreground run: a signal receiver on POSIX, KeyboardInterrupt where the
+    daemon watches no signals (Windows); either way the run files go and the lock frees."""
+    a = nodes("127.0.0.6")
+    if forced:
+        force(a)
+    argv = ["daemon", "start", "--foreground", "--host", a.host, "--port", str(a.port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hffs.cli", *argv],
+        env=a.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (a.home / "daemon.json").exists(), 20, "the daemon to listen")
+        assert a.client().status()["pid"] == proc.pid
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert not is_running(a.home) and not (a.home / "daemon.json").exists()
+    assert ("got SIGINT" in err) is (not forced)
