@@ -64,7 +64,7 @@ class Node:
         self.home = root / "home"
         self.hub = root / "hub"
         self.env = {
-            **os.environ,
+            **os.environ,  # HFFS_FORCE_PORTABLE too: .ci/run's forced run reaches every daemon
             "HFFS_HOME": str(self.home),
             "HF_HUB_CACHE": str(self.hub),
             "HF_HOME": str(root / "hf-home"),

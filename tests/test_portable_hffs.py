@@ -25,8 +25,13 @@ pytestmark = pytest.mark.skipif(portable.WINDOWS, reason="forces Windows' branch
 FILE = "model.safetensors"
 
 
-def force(node: Node) -> Node:
-    node.env[portable.FORCE_ENV] = "1"
+def force(node: Node, forced: bool = True) -> Node:
+    """The node's processes take the portable branches, or (False) the native ones even
+    when the whole suite runs forced."""
+    if forced:
+        node.env[portable.FORCE_ENV] = "1"
+    else:
+        node.env.pop(portable.FORCE_ENV, None)
     return node
 
 
@@ -146,9 +151,7 @@ def test_two_forced_daemons_share_a_model(
 def test_stop_when_the_control_api_refuses(nodes: Callable[[str], Node], forced: bool) -> None:
     """The control API is asked first; when it will not answer, the process is ended:
     SIGTERM on POSIX (the daemon cleans up), at once where there are no signals."""
-    a = nodes("127.0.0.4")
-    if forced:
-        force(a)
+    a = force(nodes("127.0.0.4"), forced)
     assert a.start().returncode == 0
     info = a.info()
     (a.home / "daemon.json").write_text(json.dumps({**info, "token": "wrong"}))
@@ -165,9 +168,7 @@ def test_stop_when_the_control_api_refuses(nodes: Callable[[str], Node], forced:
 def test_foreground_ctrl_c_stops_cleanly(nodes: Callable[[str], Node], forced: bool) -> None:
     """Ctrl-C in a foreground run: a signal receiver on POSIX, KeyboardInterrupt where the
     daemon watches no signals (Windows); either way the run files go and the lock frees."""
-    a = nodes("127.0.0.6")
-    if forced:
-        force(a)
+    a = force(nodes("127.0.0.6"), forced)
     argv = ["daemon", "start", "--foreground", "--host", a.host, "--port", str(a.port)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "hffs.cli", *argv],
