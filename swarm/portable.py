@@ -3,8 +3,9 @@
 POSIX takes the native branch of each function below; Windows takes the portable one.
 ``HFFS_FORCE_PORTABLE=1`` makes a POSIX machine take the portable branches too, so the
 test suite runs them here. What only Windows itself can do stays Windows-only even when
-forced, and says so where it applies: process creation flags, ``\\\\?\\`` long paths, and the
-kernel calls inside filelock and psutil (the same library calls run, on POSIX primitives).
+forced, and says so where it applies: process creation flags, SO_EXCLUSIVEADDRUSE,
+``\\\\?\\`` long paths, asyncio's TransmitFile, and the kernel calls inside filelock and
+psutil (the same library calls run, on POSIX primitives).
 
 Nothing here knows Hugging Face; callers add their own rules on top.
 """
