@@ -56,6 +56,7 @@ from hffs.daemon.runfiles import (
     write_pid,
 )
 from hffs.daemon.status_page import LocalSurface
+from swarm import portable
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
 from swarm.transport_server import FrontLimits, FrontShared, install_front
@@ -145,7 +146,7 @@ def bind_tcp(ip: str, port: int, what: str = "TCP") -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only
+        portable.reuse_address(sock)  # TIME_WAIT only, never a port in use
         sock.bind((ip, port))
         sock.listen(128)
     except OSError as exc:
@@ -378,9 +379,10 @@ class Daemon:
         return came_up
 
     async def _watch_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        stop_on = portable.stop_signals()  # none on Windows: the control API stops it
+        if not stop_on or threading.current_thread() is not threading.main_thread():
             return
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(*stop_on) as signals:
             async for signum in signals:
                 log.info("got %s: stopping", signal.Signals(signum).name)
                 self.request_stop()
@@ -674,12 +676,13 @@ async def _run_locked(settings: DaemonSettings, config: Config) -> None:
         write_pid(settings.home, info.pid)
         write_info(settings.home, info)
         log.info(
-            "hffs daemon %d listening on %s:%d (TCP+UDP), control on 127.0.0.1:%d, node %s",
+            "hffs daemon %d listening on %s:%d (TCP+UDP), control on 127.0.0.1:%d, node %s (%s)",
             info.pid,
             ip,
             port,
             info.control_port,
             info.node_id[:12],
+            portable.describe(),
         )
         try:
             await daemon.run(tcp, control, info.token)
