@@ -105,6 +105,9 @@ def daemon_start(
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops)")
     ] = False,
+    no_mdns: Annotated[
+        bool, typer.Option("--no-mdns", help="Do not find or advertise daemons on the LAN")
+    ] = False,
     max_upload_rate: Annotated[
         str | None,
         typer.Option(help="Cap on upload to peers, bytes/s (e.g. 20M, 512K; 0 = none); saved"),
@@ -153,7 +156,7 @@ def daemon_start(
         for name, _ in boot:  # a name that does not resolve now is a typo, not an outage
             if not is_ip(name) and not _resolves(name):
                 fail(f"--bootstrap: cannot resolve {name!r}; give an address or a known name")
-        settings = DaemonSettings(cfg.home, host, port, boot)
+        settings = DaemonSettings(cfg.home, host, port, boot, mdns=not no_mdns)
         if foreground:
             err.print(f"hffs daemon on {_addr(host, port)} (Ctrl-C stops)", highlight=False)
         info = start(settings, foreground=foreground)
