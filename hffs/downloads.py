@@ -31,9 +31,11 @@ import xxhash
 from hffs.cache import HubCache
 from hffs.daemon.activity import Activity
 from hffs.errors import HffsError
+from swarm import portable
 from swarm.chunking import chunk_count, chunk_size_for
-from swarm.download import DownloadError, OnBytes, download_file
+from swarm.download import AccessRefused, DownloadError, DownloadPaused, OnBytes, download_file
 from swarm.files import hash_range, pread_of
+from swarm.goal import Goal
 from swarm.sources import PeerAddr, Source
 from swarm.store import StoreError
 
@@ -45,6 +47,10 @@ FILES_AT_ONCE = 8  # downloads running at once (huggingface_hub asks for 8 files
 
 class TransferFailed(HffsError):
     """The bytes a reader or job waits for will not come; the message says why."""
+
+
+class UpstreamRefused(TransferFailed):
+    """No peer held the missing chunks and upstream refused them (HTTP 401/403)."""
 
 
 class SwarmView(Protocol):
@@ -104,6 +110,9 @@ class Transfer:
         self.epoch = [0] * self.n_chunks
         self.blob: Path | None = None  # set once the whole file is verified and published
         self.error: str | None = None
+        self.refused = False  # the error is upstream's 401/403
+        self.paused = False  # every chunk asked for is held; the rest was not asked
+        self.goal = Goal(size, self.chunk_size)  # what requests asked for: fetched, no more
         self.jobs: list[FileJob] = []  # every (repo, path) an HF client asked: linked once complete
         self.listeners: dict[object, OnBytes] = {}  # jobs waiting for this file
         self.keep = False  # an HF client asked: run to completion whoever leaves
@@ -113,7 +122,12 @@ class Transfer:
 
     @property
     def finished(self) -> bool:
-        return self.blob is not None or self.error is not None
+        return self.blob is not None or self.error is not None or self.paused
+
+    def pause(self) -> None:
+        """Every chunk requests asked for is held; nothing more is fetched for them."""
+        self.paused = True
+        self._notify()
 
     def changed(self) -> anyio.Event:
         """Set at the next change; take it before checking the state it guards."""
@@ -215,6 +229,8 @@ class SpanReader:
             last = self.pos + self._block() >= self.end
             if t.have[self.pos // t.chunk_size] and not (last and self.end == t.size):
                 return
+            if t.paused:  # not a chunk this reader asked for: cannot happen, never hang
+                raise TransferFailed("this part of the file was not asked for")
             await changed.wait()
 
     async def read(self) -> bytes:
@@ -227,7 +243,7 @@ class SpanReader:
         if t is not None and t.blob is not None and self._sent and self.pos + n >= self.end:
             await self._check_sent(t, t.blob)
         fd = await self._open()
-        data = await anyio.to_thread.run_sync(os.pread, fd, n, self.pos)
+        data = await anyio.to_thread.run_sync(portable.pread, fd, n, self.pos)
         if len(data) != n:
             raise TransferFailed("the file is shorter on disk than expected")
         if t is not None and t.blob is None:
@@ -254,7 +270,7 @@ class SpanReader:
         assert path is not None
         try:
             # An fd on the partial file stays valid when it is published (renamed or copied).
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fd = os.open(path, os.O_RDONLY | portable.O_BINARY)
         except OSError as exc:
             if t is None or t.blob is not None:
                 raise TransferFailed(f"cannot read {path.name}: {exc.strerror}") from None
@@ -347,6 +363,7 @@ class DownloadManager:
         if transfer.size != job.size:
             raise TransferFailed("two listings disagree on this file's size")
         transfer.keep = True
+        transfer.goal.add(start, end)  # Range: bytes=0-0 fetches one chunk, not the file
         if job not in transfer.jobs:
             transfer.jobs.append(job)
         return SpanReader(
@@ -377,6 +394,7 @@ class DownloadManager:
             raise TransferFailed("two listings disagree on this file's size")
         me = object()
         t.listeners[me] = on_bytes or (lambda source, upstream, n: None)
+        t.goal.add(0, t.size)  # a job wants the whole file
         try:
             while True:
                 changed = t.changed()
@@ -388,8 +406,9 @@ class DownloadManager:
             if not t.listeners and not t.keep and not t.finished:
                 t.scope.cancel()  # nobody wants the rest now; the partial file stays
         if t.error is not None:
-            raise TransferFailed(t.error)
-        assert t.blob is not None
+            raise (UpstreamRefused if t.refused else TransferFailed)(t.error)
+        if t.blob is None:  # paused before this job's goal was seen: go again
+            return await self.fetch(job, on_bytes)
         return t.blob, dict(t.by_source)
 
     async def _drive(self, t: Transfer, job: FileJob) -> None:
@@ -397,12 +416,18 @@ class DownloadManager:
             try:
                 async with self._limiter:
                     blob = await self._fetch(t, job)
+                    while blob is None and not all(t.have[i] for i in t.goal.wanted()):
+                        blob = await self._fetch(t, job)  # asked for more meanwhile
+                    if blob is None:
+                        t.pause()  # what was asked is held; the next request starts again
+                        return
                 await anyio.to_thread.run_sync(self._link, blob, list(t.jobs))
                 t.complete(blob)
                 self.completed.add(t.file_id)
             except Exception as exc:  # one file's failure must never take the host down
                 leaf = first_leaf(exc)
                 log.warning("download of %s… failed: %s", t.file_id[:12], leaf)
+                t.refused = isinstance(leaf, UpstreamRefused)
                 t.fail(str(leaf) or type(leaf).__name__)
             finally:
                 t.fail("the download was stopped")  # if cancelled; no-op once finished
@@ -414,8 +439,9 @@ class DownloadManager:
             with contextlib.suppress(Exception):  # announcing is best effort
                 await self.view.announce([t.file_id], revisions, False)
 
-    async def _fetch(self, t: Transfer, job: FileJob) -> Path:
-        """Download the file; returns the published blob."""
+    async def _fetch(self, t: Transfer, job: FileJob) -> Path | None:
+        """Download the file; returns the published blob, or None once every chunk
+        requests asked for is held (the rest was not asked for)."""
         dest = self.cache.blob_path(job.repo_type, job.repo_id, job.file_id)
         blob = await anyio.to_thread.run_sync(self.complete_blob, t.file_id, t.size)
         if blob is not None:
@@ -444,8 +470,13 @@ class DownloadManager:
                 on_open=t.opened,
                 on_chunk=t.chunk_verified,
                 on_drop=t.chunks_dropped,
+                goal=t.goal,
                 observer=watch,
             )
+        except DownloadPaused:
+            return None
+        except AccessRefused as exc:
+            raise UpstreamRefused(str(exc)) from None
         except (DownloadError, StoreError) as exc:
             raise TransferFailed(str(exc)) from None
         t.by_source = dict(report.bytes_by_source)

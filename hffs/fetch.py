@@ -25,7 +25,13 @@ import httpx
 
 from hffs import config, managed
 from hffs.cache import CacheError, HubCache, is_commit
-from hffs.downloads import DownloadManager, FileJob, SwarmView, TransferFailed
+from hffs.downloads import (
+    DownloadManager,
+    FileJob,
+    SwarmView,
+    TransferFailed,
+    UpstreamRefused,
+)
 from hffs.hub import HubClient, HubError, Refused, RemoteFile, RemoteRevision, file_url
 from hffs.jobs import JobListener, JobPlan, JobResult, JobSpec, PlannedFile
 from hffs.selection import select
@@ -174,6 +180,12 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
 
                 try:
                     blob, by_source = await host.downloads.fetch(job, on_bytes)
+                except UpstreamRefused as exc:
+                    what = "set HF_TOKEN to" if not token else "the token sent is not"
+                    raise Refused(
+                        f"{spec.repo_id} is gated or private: the hub refused {f.path} "
+                        f"and no peer holds it; {what} a token with access ({exc})"
+                    ) from None
                 except TransferFailed as exc:
                     raise TransferFailed(f"{f.path}: {exc}") from None
                 how = "downloaded"

@@ -1,6 +1,6 @@
 """The files a running daemon keeps in the home dir, and how to tell it is alive.
 
-- ``daemon.lock``: held (flock) by the daemon for its whole life. It is the one
+- ``daemon.lock``: held (an OS file lock) by the daemon for its whole life. It is the one
   truth about "a daemon runs": the kernel drops it when the process dies, so a
   stale pid file or a recycled pid can never fool us.
 - ``daemon.pid``: its pid, for signals and for people.
@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hffs.config import DEFAULT_PORT
+from swarm import portable
 from swarm.files import atomic_write
 
 LOCK_FILE = "daemon.lock"
@@ -35,6 +33,7 @@ class DaemonSettings:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     bootstrap: tuple[tuple[str, int], ...] = ()
+    mdns: bool = True  # LAN discovery (hffs.daemon.lan)
 
 
 @dataclass(frozen=True)
@@ -104,19 +103,16 @@ class InstanceLock:
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = portable.lock_file(self.path, 0o600)
         except OSError:
-            os.close(fd)
             return False
         self._fd = fd
-        return True
+        return fd is not None
 
     def release(self) -> None:
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+            portable.unlock_file(self._fd)
             self._fd = None
 
 

@@ -25,6 +25,7 @@ from typing import Protocol
 import anyio
 import httpx
 
+from swarm.goal import Goal
 from swarm.ids import content_hasher
 from swarm.manifest import Manifest
 from swarm.scheduler import (
@@ -42,6 +43,7 @@ from swarm.sources import (
     fetch_have,
     fetch_manifest,
     fetch_range,
+    report_bad_chunk,
     stream_range,
 )
 from swarm.store import PartialFile
@@ -60,6 +62,14 @@ STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
 
 class DownloadError(Exception):
     """The file could not be completed; the message says why, for the user."""
+
+
+class AccessRefused(DownloadError):
+    """An upstream endpoint refused the file (HTTP 401/403) and nobody else had it."""
+
+
+class DownloadPaused(Exception):
+    """Every chunk the goal asked for is held; the rest was not asked for (yet)."""
 
 
 class Holders(Protocol):
@@ -152,6 +162,7 @@ class _Job:
     on_drop: OnDrop | None
     rng: random.Random
     trust: Trust = field(default_factory=Trust)  # holders distrusted for this file
+    goal: Goal | None = None  # the chunks asked for; None: the whole file
     observer: ChunkObserver | None = None
 
     def drop(self, chunks: Iterable[int]) -> None:
@@ -171,6 +182,7 @@ class _Round:
         self.job = job
         self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.trust.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
+        self.goal = job.goal
         self.observer = job.observer
         self.sources: dict[str, Source] = {s.id: s for s in self.upstream}
         self.peers: dict[str, PeerAddr] = {}
@@ -184,6 +196,8 @@ class _Round:
         self.wake = anyio.Event()
         self.restart = False
         self.manifest_suspect = False
+        self.refused: dict[str, int] = {}  # upstream id -> 401/403 it answered
+        self.bad_reports: dict[str, int] = {}  # holder -> a chunk of it that failed
 
     # -- holders -------------------------------------------------------------
 
@@ -315,6 +329,8 @@ class _Round:
                         ok, nbytes = await self._fetch_peer(req, source)
                 except SourceError as exc:
                     log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
+                    if source.upstream and exc.status in (401, 403):
+                        self.refused[source.id] = exc.status
                     if self.pf.progress(req.chunk) > before:
                         # A cut stream that still delivered bytes is progress, not a fault:
                         # the next request resumes where it stopped.
@@ -399,7 +415,19 @@ class _Round:
             self.observer.chunk_failed(req.chunk, req.source, self.sources[req.source].upstream)
         if not self.sources[req.source].upstream:
             self.banned.add(req.source)
+            self.bad_reports.setdefault(req.source, req.chunk)
         self._cancel(self.sched.on_failure(req, anyio.current_time(), bad_data=True))
+
+    async def _report_bad(self) -> None:
+        """Tell each holder that sent a bad chunk (it may not know its copy rotted)."""
+        reports, self.bad_reports = self.bad_reports, {}
+        peers = [(self.peers[pid], chunk) for pid, chunk in reports.items() if pid in self.peers]
+        if not peers:
+            return
+        fid, client, headers = self.pf.file_id, self.client, self.peer_headers
+        async with anyio.create_task_group() as tg:
+            for peer, chunk in peers:
+                tg.start_soon(report_bad_chunk, client, peer, fid, chunk, headers)
 
     async def run(self) -> None:
         if self.holders is not None:
@@ -408,10 +436,12 @@ class _Round:
             await self.holders.announce_partial(self.pf.file_id)
         found = await self._discover()
         pf = self.pf
+        goal, goal_seen = self.goal, self.goal.version if self.goal else 0
         self.sched = sched = Scheduler(
             pf.n_chunks,
             pf.chunk_size,
-            done=[i for i in range(pf.n_chunks) if pf.has(i)],
+            # chunks nobody asked for count as done until someone does
+            done=[i for i in range(pf.n_chunks) if pf.has(i) or (goal and not goal.wants(i))],
             rng=self.rng,
             # The memory budget is the scheduler's input: every request it returns starts.
             config=SchedulerConfig(max_unverified_bytes=MEMORY_BUDGET),
@@ -424,6 +454,9 @@ class _Round:
             tg.start_soon(self._refresh_loop)
             tg.start_soon(self.running_hash.run)
             while not sched.done and not self.restart:
+                if goal is not None and goal.version != goal_seen:
+                    goal_seen = goal.version  # a request asked for more of the file
+                    sched.reopen(i for i in goal.wanted() if not pf.has(i))
                 now = anyio.current_time()
                 self._cancel(sched.expire(now))
                 for req in sched.next_requests(now):
@@ -441,8 +474,15 @@ class _Round:
                 with anyio.move_on_after(TICK_SECONDS):
                     await self.wake.wait()
             tg.cancel_scope.cancel()
+        await self._report_bad()
         if not sched.done and not self.restart:
             missing = sched.failed_chunks or list(range(sched.remaining))
+            if self.refused:
+                who = ", ".join(f"{s} (HTTP {code})" for s, code in self.refused.items())
+                raise AccessRefused(
+                    f"{len(missing)} chunk(s) of {pf.file_id[:12]}… are held by no peer and "
+                    f"upstream refused access: {who}"
+                )
             raise DownloadError(
                 f"{len(missing)} chunk(s) of {pf.file_id[:12]}… could not be fetched from any "
                 "peer or endpoint (is the mirror or huggingface.co reachable?)"
@@ -464,14 +504,17 @@ async def download_file(
     on_drop: OnDrop | None = None,
     on_open: Callable[[list[bool]], None] | None = None,
     rng: random.Random | None = None,
+    goal: Goal | None = None,
     observer: ChunkObserver | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
     Resumes whatever an earlier attempt left in ``store_root``. Raises
-    DownloadError when the file cannot be completed and verified. ``on_chunk`` and
-    ``on_drop`` tell a verified chunk landed and held chunks were given up;
-    ``on_open`` what the partial file held (re-checked) when it was opened."""
+    DownloadError when the file cannot be completed and verified. With a ``goal``,
+    fetches only the chunks it asks for (more as it grows) and raises DownloadPaused
+    once they are all held short of the whole file. ``on_chunk`` and ``on_drop`` tell
+    a verified chunk landed and held chunks were given up; ``on_open`` what the
+    partial file held (re-checked) when it was opened."""
     started = anyio.current_time()
     report = FileReport(file_id, size)
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
@@ -487,6 +530,7 @@ async def download_file(
         on_chunk,
         on_drop,
         rng or random.Random(),
+        goal=goal,
         observer=observer,
     )
     trust = job.trust
@@ -497,6 +541,9 @@ async def download_file(
             running_hash = _RunningHash(pf)
             rnd = _Round(job, holders if use_peers else None, running_hash)
             await rnd.run()
+            if goal is not None and not pf.complete and not rnd.restart:
+                # What was asked is held; the caller asks again if its goal grew since.
+                raise DownloadPaused(f"{file_id[:12]}…: every chunk asked for is held")
             action = trust.after_round(restart=rnd.restart, manifest_suspect=rnd.manifest_suspect)
             if action is Action.REPLAN:
                 continue  # a trusted manifest dropped chunks we held: plan again
@@ -522,9 +569,15 @@ async def download_file(
             log.warning("%s: distrusting %s", file_id[:12], sorted(verdict.ban))
             job.drop(verdict.drop)
             pf.clear_manifest()
+        job.drop(range(pf.n_chunks))  # no source agrees with the id: nothing to resume
         raise DownloadError(
             f"{file_id[:12]}… did not match its hash after {report.rounds} attempt(s); "
             "nothing was published"
         )
     finally:
-        pf.close()
+        # A partial file that holds nothing is not kept (a fake id or size leaves no trace);
+        # one that holds verified chunks stays, to resume from.
+        if pf.complete or any(pf.have()):
+            pf.close()
+        else:
+            pf.discard()

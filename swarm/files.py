@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from swarm import portable
+
 READ_BLOCK = 1 << 20
 
 
@@ -47,5 +49,5 @@ def hash_range(
 
 
 def pread_of(fd: int) -> Callable[[int, int], bytes]:
-    """A ``read(n, offset)`` over an open file descriptor."""
-    return lambda n, offset: os.pread(fd, n, offset)
+    """A ``read(n, offset)`` over an open file descriptor (positional, on every platform)."""
+    return lambda n, offset: portable.pread(fd, n, offset)

@@ -48,6 +48,7 @@ def test_the_daemon_fetches_the_bytes_and_the_cli_shows_them(
     assert "2 file(s) downloaded" in r.stderr
     status = a.client().status()
     assert status["bytes_down_upstream"] >= size  # the daemon moved the bytes
+    assert status["files_shared"] >= 2  # and shares them at once, no rescan awaited
     files = {f.path: f for f in HubCache(mine).files("model", REPO)}
     assert files["w.bin"].local_path.read_bytes() == src.read_bytes()
     # A rerun fetches nothing; a file of the same content in another repo is linked.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -149,6 +148,23 @@ def test_corrupt_bytes_are_never_published(
     assert code == 0, out
 
 
+def test_a_file_upstream_refuses_says_gated_not_unreachable(
+    hffs_env: dict[str, str], hub: LocalHub, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gated repo: its listing is public, its files answer 403 without a token."""
+    monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
+    hub.inject("5xx", status=403, path="model.safetensors", count=None)
+    try:
+        code, out = hffs("model", "add", "org/three", "--file", "model.safetensors")
+    finally:
+        hub.clear_faults()
+    assert code == 1
+    assert "gated or private" in out and "HF_TOKEN" in out, out
+    assert "reachable" not in out
+    blobs = Path(hffs_env["HF_HUB_CACHE"]) / "models--org--three" / "blobs"
+    assert not blobs.exists() or not any(blobs.iterdir())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -217,7 +233,7 @@ def test_resume_after_sigkill_fetches_only_the_missing_half(
         deadline = time.monotonic() + 30
         while slow.bytes_served < size // 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         proc.wait(timeout=10)
         first = slow.bytes_served
         assert MIN_CHUNK_SIZE < first < size, first
