@@ -161,6 +161,7 @@ class DownloadProgress:
             f"(out of {len(plan.files)}) totalling {human_bytes(total)}",
             highlight=False,
             soft_wrap=True,
+            markup=False,
         )
         table = Table("file", "size", "peers holding it", box=None)
         for f in sorted(plan.files, key=lambda f: f.path):

@@ -154,7 +154,8 @@ def test_dry_run_fetches_nothing_and_says_what(
     for name in ("model.safetensors", "model-fp32.safetensors", "fp32/model.safetensors"):
         assert name in r.stdout
     assert "config.json" not in r.stdout
-    assert "3 file(s)" in r.stdout and "5.9 KiB" in r.stdout  # 6000 bytes in binary units
+    assert r.stdout.startswith("[dry-run] ") and "3 file(s)" in r.stdout
+    assert "5.9 KiB" in r.stdout  # 6000 bytes, in binary units
 
 
 def test_token_force_and_cache_dir(like_hub: tuple[LocalHub, str], tmp_path: Path) -> None:
