@@ -60,8 +60,12 @@ class JobHost:
     where: str = ""  # "the daemon " when it is not the asker's own process
 
 
-def upstream_sources(hub: HubClient, rev: RemoteRevision, f: RemoteFile) -> tuple[Source, ...]:
-    """The endpoints in order, each a source of every chunk of ``f``."""
+def upstream_sources(
+    hub: HubClient | None, rev: RemoteRevision, f: RemoteFile
+) -> tuple[Source, ...]:
+    """The endpoints in order, each a source of every chunk of ``f`` (none offline)."""
+    if hub is None:
+        return ()
     return tuple(
         Source(
             e, file_url(e, rev.repo_type, rev.repo_id, rev.commit, f.path), True, hub.auth_headers()
@@ -84,11 +88,13 @@ def check_writable(folder: Path, where: str = "") -> None:
 
 
 async def resolve(
-    hub: HubClient, view: PeersView, spec: JobSpec
+    hub: HubClient | None, view: PeersView, spec: JobSpec
 ) -> tuple[RemoteRevision, str | None]:
-    """The hub or mirror resolves refs; with neither reachable, peers answer for a
-    commit. An endpoint's "no" (not found, gated, no access) is final."""
+    """The hub or mirror resolves refs; with neither reachable (or none, offline),
+    peers answer for a commit. An endpoint's "no" (not found, gated, no access) is final."""
     try:
+        if hub is None:
+            raise HubError("no upstream endpoint (offline)")
         return await hub.arevision(spec.repo_type, spec.repo_id, spec.revision), None
     except Refused:
         raise
@@ -120,7 +126,8 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     await anyio.to_thread.run_sync(check_writable, host.cfg.partial_dir, host.where)
     token = spec.token if spec.token is not None else config.hf_token()
     endpoints = spec.endpoints if spec.endpoints is not None else host.cfg.upstream_endpoints()
-    hub = HubClient([e for e in endpoints if not (host.is_self and host.is_self(e))], token)
+    endpoints = [e for e in endpoints if not (host.is_self and host.is_self(e))]
+    hub = HubClient(endpoints, token) if endpoints else None
     rev, note = await resolve(hub, host.view, spec)
     wanted = [rev.file(p) for p in spec.files] if spec.files is not None else list(rev.files)
     kinds = (spec.repo_type, spec.repo_id)
@@ -135,7 +142,7 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
             rev.commit,
             tuple(PlannedFile(f.path, f.size, f.file_id) for f in wanted),
             tuple(f.path for f in todo),
-            tuple(hub.endpoints),
+            tuple(endpoints),
             note,
         )
     )
