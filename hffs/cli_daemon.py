@@ -96,6 +96,9 @@ def daemon_start(
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops)")
     ] = False,
+    no_mdns: Annotated[
+        bool, typer.Option("--no-mdns", help="Do not find or advertise daemons on the LAN")
+    ] = False,
     max_upload_rate: Annotated[
         str | None,
         typer.Option(help="Cap on upload to peers, bytes/s (e.g. 20M, 512K; 0 = none); saved"),
@@ -141,7 +144,7 @@ def daemon_start(
             boot = tuple(parse_hostport(b) for b in bootstrap or [])
         except ValueError as exc:
             fail(f"--bootstrap: {exc}")
-        settings = DaemonSettings(cfg.home, host, port, boot)
+        settings = DaemonSettings(cfg.home, host, port, boot, mdns=not no_mdns)
         if foreground:
             err.print(f"hffs daemon on {_addr(host, port)} (Ctrl-C stops)", highlight=False)
         info = start(settings, foreground=foreground)

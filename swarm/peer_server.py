@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from swarm import portable
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.ids import is_file_id
 from swarm.manifest import Manifest, ManifestError, build_manifest
@@ -277,7 +278,7 @@ class _BlobResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self._server
         try:
-            fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            fd = os.open(self._path, os.O_RDONLY | portable.O_BINARY)
         except OSError:
             server.release_slot(self._host)
             await PlainTextResponse("not held\n", 404)(scope, receive, send)
@@ -308,7 +309,7 @@ class _BlobResponse(Response):
             n = min(server.block_size, self._end - pos)
             if server.limiter is not None:
                 await server.limiter.consume(n)
-            data = await anyio.to_thread.run_sync(os.pread, fd, n, pos)
+            data = await anyio.to_thread.run_sync(portable.pread, fd, n, pos)
             if not data:  # the file shrank under us: the client sees a short body
                 return
             await send({"type": "http.response.body", "body": data, "more_body": True})

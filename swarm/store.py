@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import struct
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import xxhash
 
+from swarm import portable
 from swarm.ids import check_file_id, content_hasher
 from swarm.manifest import DIGEST_SIZE, Manifest, ManifestError, chunk_digest
 
@@ -54,11 +54,11 @@ def _write_error(path: Path, exc: OSError) -> StoreError:
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    """``os.pwrite`` until every byte is written: on a filling disk a write can be short
+    """A positional write until every byte is written: on a filling disk a write can be short
     (no error), and only the next one raises ENOSPC."""
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = portable.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
 
 
@@ -79,16 +79,12 @@ class PartialFile:
         root.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
         if lock:
-            self._lock_fd = os.open(self._path(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._lock_fd)
-                raise StoreError(
-                    f"{file_id[:12]}… is being downloaded by another process"
-                ) from None
-        self._fd = os.open(self._path(".part"), os.O_RDWR | os.O_CREAT, 0o644)
-        self._state_fd = os.open(self._path(".state"), os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = portable.lock_file(self._path(".lock"))
+            if self._lock_fd is None:
+                raise StoreError(f"{file_id[:12]}… is being downloaded by another process")
+        flags = os.O_RDWR | os.O_CREAT | portable.O_BINARY
+        self._fd = os.open(self._path(".part"), flags, 0o644)
+        self._state_fd = os.open(self._path(".state"), flags, 0o644)
         self._load()
 
     # -- paths and loading -------------------------------------------------
@@ -97,7 +93,7 @@ class PartialFile:
         return self.root / f"{self.file_id}{suffix}"
 
     def _load(self) -> None:
-        header = os.pread(self._state_fd, _HEADER.size, 0)
+        header = portable.pread(self._state_fd, _HEADER.size, 0)
         fresh = _HEADER.pack(_MAGIC, self.size, self.chunk_size)
         if header != fresh:  # new, or a different size was recorded: start over
             os.ftruncate(self._state_fd, 0)
@@ -113,7 +109,7 @@ class PartialFile:
                 )
             except ManifestError:
                 manifest_path.unlink()
-        records = os.pread(self._state_fd, _RECORD * self.n_chunks, _HEADER.size)
+        records = portable.pread(self._state_fd, _RECORD * self.n_chunks, _HEADER.size)
         for i in range(self.n_chunks):
             rec = records[i * _RECORD : (i + 1) * _RECORD]
             if len(rec) != _RECORD:
@@ -134,7 +130,7 @@ class PartialFile:
         hasher = xxhash.xxh3_128()
         pos = start
         while pos < end:
-            block = os.pread(self._fd, min(_READ_BLOCK, end - pos), pos)
+            block = portable.pread(self._fd, min(_READ_BLOCK, end - pos), pos)
             if not block:
                 break
             hasher.update(block)
@@ -281,7 +277,7 @@ class PartialFile:
             raise _write_error(self._path(".state"), exc) from exc
 
     def read(self, start: int, end: int) -> bytes:
-        return os.pread(self._fd, end - start, start)
+        return portable.pread(self._fd, end - start, start)
 
     def verify_whole(self) -> bool:
         """True when every chunk is present and the whole file hashes to its id."""
@@ -290,7 +286,7 @@ class PartialFile:
         hasher = content_hasher(self.file_id, self.size)
         pos = 0
         while pos < self.size:
-            block = os.pread(self._fd, min(_READ_BLOCK, self.size - pos), pos)
+            block = portable.pread(self._fd, min(_READ_BLOCK, self.size - pos), pos)
             if not block:
                 return False
             hasher.update(block)
@@ -302,6 +298,10 @@ class PartialFile:
 
         The caller must have seen ``verify_whole()`` return True."""
         os.fsync(self._fd)
+        for fd in (self._fd, self._state_fd):  # Windows renames no file that is open
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fd = self._state_fd = -1
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = self._path(".part")
         try:
@@ -323,10 +323,12 @@ class PartialFile:
             self._path(suffix).unlink(missing_ok=True)
 
     def close(self) -> None:
-        for fd in (self._fd, self._state_fd, self._lock_fd):
-            if fd is not None and fd >= 0:
+        for fd in (self._fd, self._state_fd):
+            if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        if self._lock_fd is not None:
+            portable.unlock_file(self._lock_fd)
         self._fd = self._state_fd = -1
         self._lock_fd = None
 

@@ -32,6 +32,7 @@ import xxhash
 
 from hffs.cache import HubCache
 from hffs.daemon.activity import Activity
+from swarm import portable
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.download import DownloadError, download_file
 from swarm.sources import PeerAddr, Source
@@ -218,7 +219,7 @@ class SpanReader:
         if t is not None and t.blob is not None and self._sent and self.pos + n >= self.end:
             await self._check_sent(t, t.blob)
         fd = await self._open()
-        data = await anyio.to_thread.run_sync(os.pread, fd, n, self.pos)
+        data = await anyio.to_thread.run_sync(portable.pread, fd, n, self.pos)
         if len(data) != n:
             raise TransferFailed("the file is shorter on disk than expected")
         if t is not None and t.blob is None:
@@ -245,7 +246,7 @@ class SpanReader:
         assert path is not None
         try:
             # An fd on the partial file stays valid when it is published (renamed or copied).
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fd = os.open(path, os.O_RDONLY | portable.O_BINARY)
         except OSError as exc:
             if t is None or t.blob is not None:
                 raise TransferFailed(f"cannot read {path.name}: {exc.strerror}") from None

@@ -44,6 +44,7 @@ from hffs.daemon.app import (
 )
 from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.daemon.lan import run_lan
 from hffs.daemon.metrics import MetricSources, make_registry
 from hffs.daemon.peers import PeerClient
 from hffs.daemon.runfiles import (
@@ -55,6 +56,7 @@ from hffs.daemon.runfiles import (
     write_pid,
 )
 from hffs.daemon.status_page import LocalSurface
+from swarm import portable
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
 from swarm.transport_server import FrontLimits, FrontShared, install_front
@@ -88,6 +90,7 @@ class DaemonSettings:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     bootstrap: tuple[tuple[str, int], ...] = ()
+    mdns: bool = True  # LAN discovery (hffs.daemon.lan)
 
 
 @dataclass
@@ -143,7 +146,7 @@ def bind_tcp(ip: str, port: int, what: str = "TCP") -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only
+        portable.reuse_address(sock)  # TIME_WAIT only, never a port in use
         sock.bind((ip, port))
         sock.listen(128)
     except OSError as exc:
@@ -376,9 +379,10 @@ class Daemon:
         return came_up
 
     async def _watch_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        stop_on = portable.stop_signals()  # none on Windows: the control API stops it
+        if not stop_on or threading.current_thread() is not threading.main_thread():
             return
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(*stop_on) as signals:
             async for signum in signals:
                 log.info("got %s: stopping", signal.Signals(signum).name)
                 self.request_stop()
@@ -602,6 +606,16 @@ class Daemon:
                 loops.start_soon(self._peer_loop)
                 loops.start_soon(self._rescan_loop)
                 loops.start_soon(self._sample_loop)
+                if self.settings.mdns:
+                    loops.start_soon(
+                        run_lan,
+                        self.bind_ip,
+                        self.port,
+                        self.node.node_id,
+                        cfg.swarm_secret,
+                        self._bootstrap,
+                        self.node.routing_size,
+                    )
                 await self._stop.wait()
                 loops.cancel_scope.cancel()
             # uvicorn finishes in-flight requests (the stop reply among them), bounded
@@ -662,12 +676,13 @@ async def _run_locked(settings: DaemonSettings, config: Config) -> None:
         write_pid(settings.home, info.pid)
         write_info(settings.home, info)
         log.info(
-            "hffs daemon %d listening on %s:%d (TCP+UDP), control on 127.0.0.1:%d, node %s",
+            "hffs daemon %d listening on %s:%d (TCP+UDP), control on 127.0.0.1:%d, node %s (%s)",
             info.pid,
             ip,
             port,
             info.control_port,
             info.node_id[:12],
+            portable.describe(),
         )
         try:
             await daemon.run(tcp, control, info.token)
@@ -702,10 +717,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--bootstrap", action="append", default=[], metavar="HOST[:PORT]")
+    parser.add_argument("--no-mdns", action="store_true")
     args = parser.parse_args(argv)
     try:
         boot = tuple(parse_hostport(b) for b in args.bootstrap)
-        settings = DaemonSettings(args.home, args.host, args.port, boot)
+        settings = DaemonSettings(args.home, args.host, args.port, boot, not args.no_mdns)
         run_foreground(settings)
     except (DaemonStartError, ValueError) as exc:
         # process.py shows the user the last "error:" line of the log
