@@ -582,7 +582,10 @@ class DHTProtocol(KademliaProtocol):
     def _on_response(self, msg_id: bytes, msg: Any, addr: Any, sender_id: bytes) -> None:
         entry = self._pending.get(msg_id)
         if entry is None:
-            return self._drop("unsolicited response", addr)
+            # usually a late reply to a request a finished lookup gave up on: normal,
+            # so counted without a warning
+            self.drops["unsolicited response"] += 1
+            return None
         fut, timer, expected = entry
         if not _same_addr(addr, expected):
             return self._drop("response from the wrong address", addr)

@@ -101,6 +101,7 @@ class LookupState:
         self.queried = 0
         self.max_depth = 0
         self.in_flight = 0
+        self.slow_pending = 0  # requests past their soft timeout, not yet settled
         self.learn(seeds, 1)
 
     def learn(self, nodes: list[Node], depth: int) -> None:
@@ -138,7 +139,11 @@ class LookupState:
     def _settle(self, cand: _Candidate, state: str) -> None:
         if cand.state == "asked":
             self.in_flight -= 1
+        elif cand.state == "slow":
+            self.slow_pending -= 1
         cand.state = state
+        if state == "slow":
+            self.slow_pending += 1
 
     def slow(self, node: Node) -> None:
         """node's request outlived its soft timeout: free its slot; a late reply
@@ -159,8 +164,12 @@ class LookupState:
         self.failed.add(node.id)
 
     def done(self) -> bool:
-        """True once the k closest live contacts have all answered."""
-        return all(c.state == "answered" for c in self._closest_live())
+        """True once the k closest live contacts have all answered; with fewer than
+        k of them, only once no slow request may still bring more."""
+        live = self._closest_live()
+        if not all(c.state == "answered" for c in live):
+            return False
+        return len(live) >= self.ksize or self.slow_pending == 0
 
     def result(self) -> list[Node]:
         """The closest contacts that answered (at most k), nearest first."""

@@ -191,3 +191,21 @@ def test_soft_timeout_is_twice_the_rtt_within_bounds() -> None:
     for _ in range(10):
         e.observe(("10.0.0.3", 1), 0.001)
     assert e.soft_timeout(("10.0.0.3", 1)) == 0.05
+
+
+def test_a_lookup_whose_every_contact_is_slow_waits_for_them() -> None:
+    """All seeds past their soft timeout is not "done with nothing": their replies
+    are still awaited while fewer than k contacts answered."""
+    rng = random.Random(3)
+    a, b, c = _ids(rng, 3)
+    st_ = LookupState(Node(b"\0" * 20), [a, b], ksize=4, alpha=2)
+    first, second = st_.next(), st_.next()
+    st_.slow(first)
+    st_.slow(second)
+    assert st_.next() is None and not st_.done() and st_.slow_pending == 2
+    st_.answered(first, [c])
+    assert st_.slow_pending == 1 and st_.next() is not None  # c goes out
+    st_.answered(c, [])
+    assert not st_.done()  # 2 answered < k, and second may still answer
+    st_.failed_to_answer(second)
+    assert st_.done() and st_.slow_pending == 0 and len(st_.result()) == 2
