@@ -202,7 +202,7 @@ async def test_no_amplification_towards_an_unproven_address(start: Start) -> Non
 
 
 async def test_a_50000_key_flood_from_one_address_leaves_honest_records(start: Start) -> None:
-    with anyio.fail_after(60):
+    with anyio.fail_after(180):  # a bound for a loaded machine, not a timing claim
         store = ProviderStore(max_per_host=1000)
         target = await start("127.0.3.1", store=store)
         honest = [await start(f"127.0.3.{i}") for i in range(2, 5)]
