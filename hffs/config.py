@@ -14,6 +14,8 @@ from pathlib import Path
 
 import platformdirs
 
+from swarm.hostport import format_hostport, parse_host, parse_port
+
 DEFAULT_PORT = 9009
 DEFAULT_ENDPOINTS = ("https://hf-mirror.com", "https://huggingface.co")
 ZERO_COMMIT = "0" * 40
@@ -95,7 +97,7 @@ class Peer:
     port: int = DEFAULT_PORT
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 @dataclass
@@ -135,7 +137,9 @@ class Config:
         try:
             return cls(
                 home,
-                peers=[Peer(p["host"], int(p["port"])) for p in raw.get("peers", [])],
+                peers=[
+                    Peer(parse_host(p["host"]), parse_port(p["port"])) for p in raw.get("peers", [])
+                ],
                 endpoints=[str(e) for e in raw.get("endpoints", [])],
                 port=int(raw.get("port", DEFAULT_PORT)),
                 max_upload_rate=int(raw.get("max_upload_rate", 0)),

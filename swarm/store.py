@@ -30,6 +30,7 @@ from pathlib import Path
 import xxhash
 
 from swarm import portable
+from swarm.chunking import MAX_FILE_SIZE, chunk_count, chunk_size_for
 from swarm.ids import check_file_id, content_hasher
 from swarm.manifest import DIGEST_SIZE, Manifest, ManifestError, chunk_digest
 
@@ -67,6 +68,8 @@ class PartialFile:
 
     def __init__(self, root: Path, file_id: str, size: int, *, lock: bool = True) -> None:
         self.file_id = check_file_id(file_id)
+        if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+            raise StoreError(f"{file_id[:12]}…: {str(size)[:40]} is not a file size")
         self.root = root
         self.size = size
         base = Manifest.empty(file_id, size)
@@ -96,11 +99,14 @@ class PartialFile:
         header = portable.pread(self._state_fd, _HEADER.size, 0)
         fresh = _HEADER.pack(_MAGIC, self.size, self.chunk_size)
         if header != fresh:  # new, or a different size was recorded: start over
+            # Only the header: records and bytes take space as verified data arrives,
+            # never ahead of it on a size someone claimed (a missing record is "absent").
             os.ftruncate(self._state_fd, 0)
-            _pwrite_all(self._state_fd, fresh + bytes(_RECORD * self.n_chunks), 0)
+            _pwrite_all(self._state_fd, fresh, 0)
             os.ftruncate(self._fd, 0)
             self._path(".manifest").unlink(missing_ok=True)
-        os.ftruncate(self._fd, self.size)
+        if os.fstat(self._fd).st_size > self.size:
+            os.ftruncate(self._fd, self.size)
         manifest_path = self._path(".manifest")
         if manifest_path.exists():
             try:
@@ -209,6 +215,20 @@ class PartialFile:
             _pwrite_all(self._fd, data, start)
         except OSError as exc:
             raise _write_error(self._path(".part"), exc) from exc
+        self._set_record(index, digest)
+        return True
+
+    def fileno(self) -> int:
+        """The ``.part`` descriptor, for a writer that fills a chunk in place as its bytes
+        arrive (hashing them as it goes); the chunk counts only after ``mark_written``."""
+        return self._fd
+
+    def mark_written(self, index: int, digest: bytes) -> bool:
+        """Record chunk ``index``, whose bytes a caller wrote in place and hashed to
+        ``digest``, as held if that matches the manifest. False (nothing held) otherwise."""
+        expected = self._expected(index)
+        if expected is not None and expected != digest:
+            return False
         self._set_record(index, digest)
         return True
 
@@ -325,29 +345,43 @@ class PartialFile:
         self.close()
 
 
+def _read_state(root: Path, file_id: str) -> tuple[int, list[bytes | None]] | None:
+    """(size, per-chunk digest or None) from a state file, or None if it is not a sane
+    one; records past the end of the file (never written) are absent chunks."""
+    path = root / f"{check_file_id(file_id)}.state"
+    try:
+        with path.open("rb") as f:
+            header = f.read(_HEADER.size)
+            if len(header) < _HEADER.size:
+                return None
+            magic, size, chunk_size = _HEADER.unpack(header)
+            if magic != _MAGIC or not 0 <= size <= MAX_FILE_SIZE:
+                return None
+            if chunk_size != chunk_size_for(size):
+                return None
+            n = chunk_count(size, chunk_size)
+            raw = f.read(n * _RECORD)  # bounded by the largest file's chunk count
+    except FileNotFoundError:
+        return None
+    digests: list[bytes | None] = [None] * n
+    for i in range(min(n, len(raw) // _RECORD)):
+        pos = i * _RECORD
+        if raw[pos] == 1:
+            digests[i] = raw[pos + 1 : pos + 1 + DIGEST_SIZE]
+    return size, digests
+
+
 def read_partial_state(root: Path, file_id: str) -> tuple[int, list[bool]] | None:
     """(size, have-flags) of a partial file, read without taking its lock.
 
     For serving verified chunks of a file another process is still downloading."""
-    state = root / f"{check_file_id(file_id)}.state"
-    try:
-        raw = state.read_bytes()
-    except FileNotFoundError:
-        return None
-    if len(raw) < _HEADER.size:
-        return None
-    magic, size, _chunk_size = _HEADER.unpack_from(raw)
-    if magic != _MAGIC:
-        return None
-    n = (len(raw) - _HEADER.size) // _RECORD
-    flags = [raw[_HEADER.size + i * _RECORD] == 1 for i in range(n)]
-    return size, flags
+    state = _read_state(root, file_id)
+    return None if state is None else (state[0], [d is not None for d in state[1]])
 
 
 def partial_digests(root: Path, file_id: str) -> list[bytes | None]:
     """The recorded digest of each chunk of a partial file (None where absent)."""
-    raw = (root / f"{check_file_id(file_id)}.state").read_bytes()
-    out: list[bytes | None] = []
-    for pos in range(_HEADER.size, len(raw) - _RECORD + 1, _RECORD):
-        out.append(raw[pos + 1 : pos + 1 + DIGEST_SIZE] if raw[pos] == 1 else None)
-    return out
+    state = _read_state(root, file_id)
+    if state is None:
+        raise FileNotFoundError(f"no partial state for {file_id[:12]}…")
+    return state[1]

@@ -38,6 +38,7 @@ from hffs.daemon.app import (
     RepoRev,
     any_revision_key,
     create_app,
+    drop_rotten_blob,
     file_key,
     repo_key,
     scan_inventory,
@@ -56,7 +57,7 @@ from hffs.daemon.runfiles import (
     write_pid,
 )
 from hffs.daemon.status_page import LocalSurface
-from swarm import portable
+from swarm import hostport, portable
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
 from swarm.transport_server import FrontLimits, FrontShared, install_front
@@ -117,22 +118,8 @@ def announce_due(now: float, last_at: float, last_size: int, size: int) -> bool:
 
 def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address; ValueError if bad."""
-    value = value.strip()
-    host, port = value, default_port
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad address {value!r}")
-        if rest:
-            port = int(rest[1:])
-    elif value.count(":") == 1:
-        host, _, port_text = value.partition(":")
-        port = int(port_text)
-    if not host or any(c.isspace() or c in "/?#@" for c in host):
-        raise ValueError(f"bad host in {value!r}")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port out of range in {value!r}")
-    return host, port
+    hp = hostport.parse_hostport(value, default_port)
+    return hp.host, hp.port
 
 
 def _is_unspecified(ip: str) -> bool:
@@ -518,6 +505,12 @@ class Daemon:
             "repos": len(inventory.repos),
         }
 
+    async def _drop_rotten(self, file_id: str, path: Path) -> None:
+        """A blob that failed its check (a downloader told us): drop it and stop announcing."""
+        n = await anyio.to_thread.run_sync(drop_rotten_blob, self.index.cache, file_id, path)
+        log.warning("%s… rotted on disk: dropped %d copy(ies)", file_id[:12], n)
+        await self.scan()
+
     def report_transfer(self, from_peers: int, from_upstream: int) -> None:
         self.bytes_from_peers += from_peers
         self.bytes_from_upstream += from_upstream
@@ -570,7 +563,12 @@ class Daemon:
         cfg = self.config
         limits = UploadLimits(cfg.max_upload_rate, cfg.max_uploads)
         peer = PeerServer(
-            self.index, cfg.partial_dir, cfg.state_dir / "manifests", limits, self.uploads
+            self.index,
+            cfg.partial_dir,
+            cfg.state_dir / "manifests",
+            limits,
+            self.uploads,
+            on_rotten=self._drop_rotten,
         )
         peer_app = create_app(
             self.index,
