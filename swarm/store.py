@@ -284,7 +284,7 @@ class PartialFile:
 
     def read_into(self, view: memoryview, offset: int) -> int:
         """Fill ``view`` from ``offset`` of the file (fewer bytes only at its end)."""
-        return os.preadv(self._fd, [view], offset)
+        return portable.pread_into(self._fd, view, offset)
 
     def read(self, start: int, end: int) -> bytes:
         return portable.pread(self._fd, end - start, start)
