@@ -17,9 +17,10 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hffs.cache import REPO_TYPES, HubCache, is_commit
+from hffs.visibility import VisibilityStore
 from swarm.dht import dht_key
 from swarm.ids import is_file_id
 from swarm.peer_server import UploadLimits, UploadStats, create_peer_app
@@ -83,13 +84,18 @@ class Inventory:
         return keys
 
 
-def scan_inventory(cache: HubCache, partial_dir: Path) -> Inventory:
-    """Blocking: every complete file of every revision, and every seedable partial."""
+def scan_inventory(
+    cache: HubCache, partial_dir: Path, sharing: VisibilityStore | None = None
+) -> Inventory:
+    """Blocking: every complete file of every shared revision, and every seedable partial
+    of shared content (``sharing`` None: everything, for tests of the wire alone)."""
     files: dict[str, Path] = {}
     repos: set[RepoRev] = set()
     for repo_type, repo_id in cache.iter_repos():
         if not valid_repo_id(repo_id):
             continue  # a folder we could not name on the wire
+        if sharing is not None and not sharing.repo_shared(repo_type, repo_id):
+            continue  # private, gated or not known to be public: stays here
         for f in cache.files(repo_type, repo_id):
             blob = cache.blob_path(repo_type, repo_id, f.blob_id)
             files.setdefault(f.blob_id, blob)
@@ -98,6 +104,8 @@ def scan_inventory(cache: HubCache, partial_dir: Path) -> Inventory:
     if partial_dir.is_dir():
         for state in partial_dir.glob("*.state"):
             file_id = state.name.removesuffix(".state")
+            if sharing is not None and not sharing.id_shared(file_id):
+                continue
             if is_file_id(file_id) and file_id not in files:
                 parsed = read_partial_state(partial_dir, file_id)
                 if parsed is not None and any(parsed[1]):
@@ -111,15 +119,46 @@ class CacheIndex:
     The last inventory answers at once; a blob published since (a download just
     finished) is still found by a direct look in the cache."""
 
-    def __init__(self, cache: HubCache) -> None:
+    def __init__(self, cache: HubCache, sharing: VisibilityStore | None = None) -> None:
         self.cache = cache
+        self.sharing = sharing
         self.inventory = Inventory()
+
+    def shares(self, file_id: str) -> bool:
+        """Whether peers may have this content (hffs.trust: public, or a private swarm)."""
+        inv = self.inventory
+        if self.sharing is None or file_id in inv.files or file_id in inv.partials:
+            return True
+        return self.sharing.id_shared(file_id)
+
+    def repo_shared(self, repo_type: str, repo_id: str) -> bool:
+        return self.sharing is None or self.sharing.repo_shared(repo_type, repo_id)
 
     def complete_path(self, file_id: str) -> Path | None:
         path = self.inventory.files.get(file_id)
         if path is not None and path.is_file():
             return path
+        if not self.shares(file_id):
+            return None
         return self.cache.find_blob(file_id)
+
+
+class SharingGuard:
+    """``/v1/blobs/{id}...`` of content this peer does not share answers as if not held."""
+
+    def __init__(self, app: ASGIApp, index: CacheIndex) -> None:
+        self.app = app
+        self.index = index
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            parts = scope["path"].split("/")
+            if parts[1:3] == ["v1", "blobs"] and len(parts) > 3:
+                shared = await anyio.to_thread.run_sync(self.index.shares, parts[3])
+                if not shared:
+                    await _bad("not held", 404)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 # -- HF routes ---------------------------------------------------------------------
@@ -150,7 +189,9 @@ def read_revision(
     }
 
 
-def repo_routes(cache: HubCache) -> list[BaseRoute]:
+def repo_routes(index: CacheIndex) -> list[BaseRoute]:
+    cache = index.cache
+
     async def revision_files(request: Request) -> Response:
         repo_type, repo_id = request.path_params["repo_type"], request.path_params["repo_id"]
         revision = request.path_params["revision"]
@@ -160,6 +201,8 @@ def repo_routes(cache: HubCache) -> list[BaseRoute]:
             return _bad("bad repo id")
         if not valid_revision(revision):
             return _bad("bad revision")
+        if not await anyio.to_thread.run_sync(index.repo_shared, repo_type, repo_id):
+            return _bad("revision not held", 404)  # private or unknown: as if absent
         listing = await anyio.to_thread.run_sync(read_revision, cache, repo_type, repo_id, revision)
         if listing is None:
             return _bad("revision not held", 404)
@@ -179,12 +222,13 @@ def create_app(
     stats: UploadStats,
     secret: str | None,
 ) -> ASGIApp:
-    return create_peer_app(
+    app = create_peer_app(
         index,
         partial_dir,
         manifest_dir,
         limits=limits,
         stats=stats,
         secret=secret,
-        extra_routes=repo_routes(index.cache),
+        extra_routes=repo_routes(index),
     )
+    return SharingGuard(app, index)

@@ -31,6 +31,7 @@ import uvicorn
 
 from hffs.cache import HubCache, is_commit
 from hffs.config import DEFAULT_PORT, Config, ConfigError, Peer, hub_cache_dir
+from hffs.visibility import VisibilityStore
 from hffs.daemon.app import (
     CacheIndex,
     Inventory,
@@ -44,6 +45,7 @@ from hffs.daemon.app import (
 from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.hub_proxy import HubEndpoint
 from hffs.daemon.peers import PeerClient
+from hffs.daemon.sharing import VisibilityLearner
 from hffs.daemon.runfiles import (
     DaemonInfo,
     InstanceLock,
@@ -224,7 +226,10 @@ class Daemon:
         self.bind_ip = bind_ip
         self.port = port
         self.control_port = control_port
-        self.index = CacheIndex(HubCache(hub_cache_dir()))
+        # What may be shared: public content, or everything in a private swarm (hffs.trust).
+        self.sharing = VisibilityStore(settings.home, private_swarm=bool(config.swarm_secret))
+        self.index = CacheIndex(HubCache(hub_cache_dir()), self.sharing)
+        self._learner: VisibilityLearner | None = None
         self.uploads = UploadStats()
         self.bytes_from_peers = 0
         self.bytes_from_upstream = 0
@@ -248,7 +253,7 @@ class Daemon:
     async def scan(self) -> Inventory:
         started = time.monotonic()
         inventory = await anyio.to_thread.run_sync(
-            scan_inventory, self.index.cache, self.config.partial_dir
+            scan_inventory, self.index.cache, self.config.partial_dir, self.sharing
         )
         self.index.inventory = inventory
         self._extra_files = {k: t for k, t in self._extra_files.items() if t >= started}
@@ -466,6 +471,9 @@ class Daemon:
     async def announce(self, file_ids: list[str], repos: list[RepoRev], wait: bool) -> int | None:
         now = time.monotonic()
         keys: set[bytes] = set()
+        # Only what may be shared (hffs.trust): a private download is never announced.
+        file_ids = [f for f in file_ids if self.index.shares(f)]
+        repos = [r for r in repos if self.index.repo_shared(r[0], r[1])]
         for f in file_ids:
             self._extra_files[f] = now
             keys.add(file_key(f))
@@ -481,6 +489,8 @@ class Daemon:
 
     async def rescan(self) -> dict[str, int]:
         inventory = await self.scan()
+        if self._learner is not None:
+            self._learner.wake()  # new repos of unknown visibility: ask upstream about them
         self._queue(self.held_keys())
         return {
             "files": len(inventory.files),
@@ -519,6 +529,9 @@ class Daemon:
             auth_headers(cfg.swarm_secret),
         )
         app = hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret))
+        self._learner = VisibilityLearner(
+            self.index.cache, self.sharing, hub.upstream, self.rescan
+        )
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
         async with PeerClient(cfg.swarm_secret) as http, anyio.create_task_group() as tg:
             self._peers_http = http
@@ -526,6 +539,7 @@ class Daemon:
             tg.start_soon(control_server.serve, [control])
             async with anyio.create_task_group() as loops:
                 loops.start_soon(hub.run)
+                loops.start_soon(self._learner.run)
                 loops.start_soon(self._watch_signals)
                 loops.start_soon(self._announce_loop)
                 loops.start_soon(self._peer_loop)
