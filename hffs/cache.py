@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 from swarm.ids import is_file_id
 
 REPO_TYPES = ("model", "dataset", "space")
@@ -28,25 +31,54 @@ def is_commit(value: str) -> bool:
     return _COMMIT.fullmatch(value) is not None
 
 
+def check_commit(commit: object) -> str:
+    """A commit hash (40 lowercase hex), refused otherwise: it names a snapshot folder."""
+    if not isinstance(commit, str) or not is_commit(commit):
+        raise CacheError(f"not a commit hash (40 lowercase hex): {str(commit)[:80]!r}")
+    return commit
+
+
+def check_repo_id(repo_id: object) -> str:
+    """A repo id as the hub allows it (``name`` or ``org/name``, no ``..`` or ``--``)."""
+    try:
+        validate_repo_id(repo_id)  # type: ignore[arg-type]
+    except HFValidationError:
+        raise CacheError(f"invalid repo id: {str(repo_id)[:100]!r}") from None
+    assert isinstance(repo_id, str)
+    return repo_id
+
+
 def repo_folder_name(repo_type: str, repo_id: str) -> str:
     if repo_type not in REPO_TYPES:
         raise CacheError(f"unknown repo type {repo_type!r} (model, dataset or space)")
-    return f"{repo_type}s--" + repo_id.replace("/", "--")
+    return f"{repo_type}s--" + check_repo_id(repo_id).replace("/", "--")
 
 
 def parse_repo_folder(name: str) -> tuple[str, str] | None:
     kind, sep, rest = name.partition("--")
     if not sep or not rest or kind not in ("models", "datasets", "spaces"):
         return None
-    return kind[:-1], rest.replace("--", "/")
+    repo_id = rest.replace("--", "/")
+    try:
+        return kind[:-1], check_repo_id(repo_id)
+    except CacheError:
+        return None  # not a folder huggingface_hub would have made
 
 
-def check_repo_path(path: str) -> PurePosixPath:
-    """A path inside a repo, refused if it could escape the snapshot folder."""
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or any(part in ("", ".", "..") for part in path.split("/")):
-        raise CacheError(f"invalid path in repo: {path!r}")
-    return p
+def check_repo_path(path: object) -> PurePosixPath:
+    """A path inside a repo, refused if it could escape the snapshot folder (or name
+    something other than a plain relative path on any platform)."""
+    if (
+        not isinstance(path, str)
+        or not path
+        or len(path) > 4096
+        or "\\" in path
+        or "\0" in path
+        or path.startswith("/")
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        raise CacheError(f"invalid path in repo: {str(path)[:200]!r}")
+    return PurePosixPath(path)
 
 
 @dataclass(frozen=True)
@@ -80,10 +112,22 @@ class HubCache:
         return self.root / repo_folder_name(repo_type, repo_id)
 
     def blob_path(self, repo_type: str, repo_id: str, blob_id: str) -> Path:
+        if not isinstance(blob_id, str) or not is_file_id(blob_id):
+            raise CacheError(f"not a content id: {str(blob_id)[:80]!r}")
         return self.repo_dir(repo_type, repo_id) / "blobs" / blob_id
 
     def snapshot_dir(self, repo_type: str, repo_id: str, commit: str) -> Path:
-        return self.repo_dir(repo_type, repo_id) / "snapshots" / commit
+        return self.repo_dir(repo_type, repo_id) / "snapshots" / check_commit(commit)
+
+    def snapshot_entry(self, repo_type: str, repo_id: str, commit: str, path: str) -> Path:
+        """Where ``path`` of a revision lives; refused unless it stays inside the snapshot."""
+        snap = self.snapshot_dir(repo_type, repo_id, commit)
+        entry = snap / check_repo_path(path)
+        if os.path.commonpath([os.path.normpath(entry), os.path.normpath(snap)]) != str(
+            os.path.normpath(snap)
+        ):
+            raise CacheError(f"invalid path in repo: {path[:200]!r}")
+        return entry
 
     # -- refs ----------------------------------------------------------------
 
@@ -98,6 +142,7 @@ class HubCache:
         return commit if is_commit(commit) else None
 
     def write_ref(self, repo_type: str, repo_id: str, ref: str, commit: str) -> None:
+        check_commit(commit)
         if is_commit(ref):
             return  # a commit names itself; HF writes no ref for it
         check_repo_path(ref)
@@ -111,8 +156,7 @@ class HubCache:
 
     def link(self, repo_type: str, repo_id: str, commit: str, path: str, blob_id: str) -> Path:
         """Point ``snapshots/<commit>/<path>`` at the blob, as huggingface_hub does."""
-        rel = check_repo_path(path)
-        entry = self.snapshot_dir(repo_type, repo_id, commit) / rel
+        entry = self.snapshot_entry(repo_type, repo_id, commit, path)
         blob = self.blob_path(repo_type, repo_id, blob_id)
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(entry.name + ".hffs-tmp")
@@ -166,7 +210,7 @@ class HubCache:
         snaps = self.repo_dir(repo_type, repo_id) / "snapshots"
         if not snaps.is_dir():
             return []
-        return sorted(p.name for p in snaps.iterdir() if p.is_dir())
+        return sorted(p.name for p in snaps.iterdir() if is_commit(p.name) and p.is_dir())
 
     def refs(self, repo_type: str, repo_id: str) -> dict[str, str]:
         refs_dir = self.repo_dir(repo_type, repo_id) / "refs"
@@ -224,7 +268,7 @@ class HubCache:
     # -- removing ------------------------------------------------------------
 
     def remove_file(self, repo_type: str, repo_id: str, commit: str, path: str) -> bool:
-        entry = self.snapshot_dir(repo_type, repo_id, commit) / check_repo_path(path)
+        entry = self.snapshot_entry(repo_type, repo_id, commit, path)
         if not (entry.is_symlink() or entry.is_file()):
             return False
         entry.unlink()

@@ -16,17 +16,15 @@ import anyio
 import httpx
 
 from hffs import config
-from hffs.cache import check_repo_path
 from hffs.daemon.client import DaemonClient, DaemonNotRunning
 from hffs.hub import RemoteFile, RemoteRevision
-from swarm.ids import is_file_id
+from hffs.listing import ListingError, parse_listing
 from swarm.sources import PeerAddr
 from swarm.wire import auth_headers
 
 log = logging.getLogger(__name__)
 
 LISTING_TIMEOUT = 5.0
-MAX_LISTING_BYTES = 8 << 20
 
 
 @dataclass
@@ -100,23 +98,15 @@ class Discovery:
         try:
             with anyio.fail_after(LISTING_TIMEOUT):
                 resp = await self.client.get(url, headers=self.peer_headers)
-            if resp.status_code != 200 or len(resp.content) > MAX_LISTING_BYTES:
+            if resp.status_code != 200:
                 return None
-            body = resp.json()
-            commit = body["commit"]
-            files = []
-            for f in body["files"]:
-                check_repo_path(f["path"])
-                if not is_file_id(f["file_id"]) or not isinstance(f["size"], int):
-                    return None
-                files.append(
-                    RemoteFile(f["path"], f["size"], f["file_id"], len(f["file_id"]) == 64)
-                )
-            rev = RemoteRevision(repo_type, repo_id, commit, tuple(files), f"peer {peer}")
-            return float(body.get("fetched_at", 0.0)), rev
-        except Exception as exc:  # a peer's bad answer is that peer's problem
-            log.debug("listing from %s: %s", peer, exc)
+            listing = parse_listing(resp.content)
+        except (ListingError, httpx.HTTPError, OSError, TimeoutError) as exc:
+            log.debug("listing from %s: %s", peer, exc)  # a peer's bad answer is its problem
             return None
+        files = tuple(RemoteFile(f.path, f.size, f.file_id, f.lfs) for f in listing.files)
+        rev = RemoteRevision(repo_type, repo_id, listing.commit, files, f"peer {peer}")
+        return listing.fetched_at, rev
 
 
 def discovery_for(cfg: config.Config, client: httpx.AsyncClient) -> Discovery:

@@ -20,7 +20,7 @@ from rich.console import Console
 from hffs import config, managed
 from hffs.cache import CacheError, HubCache, is_commit
 from hffs.discovery import Discovery, discovery_for
-from hffs.hub import HubClient, HubError, RemoteFile, RemoteRevision, file_url
+from hffs.hub import HubClient, HubError, Refused, RemoteFile, RemoteRevision, file_url
 from hffs.progress import DownloadProgress
 from swarm.download import DownloadError, FileReport, download_file
 from swarm.sources import Source
@@ -65,6 +65,8 @@ async def resolve(
     """The hub or mirror resolves refs; with neither reachable, peers answer for a commit."""
     try:
         return await hub.arevision(repo_type, repo_id, revision)
+    except Refused:
+        raise  # the hub said no: final, whatever peers hold
     except HubError as exc:
         fallback = await discovery.revision_from_peers(repo_type, repo_id, revision)
         if fallback is None:

@@ -20,7 +20,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from hffs.cache import check_repo_path, is_commit
+from hffs.cache import CacheError, check_repo_path, is_commit
+from swarm.ids import is_file_id
 
 METADATA_TIMEOUT = 20.0
 
@@ -29,7 +30,12 @@ class HubError(Exception):
     """No upstream endpoint could answer; the message says why, for the user."""
 
 
-class NotFound(HubError):
+class Refused(HubError):
+    """An endpoint answered and refused (not found, gated, no access): final, never a
+    reason to ask peers instead."""
+
+
+class NotFound(Refused):
     """Every endpoint that answered said the repo, revision or file does not exist."""
 
 
@@ -90,13 +96,19 @@ class HubClient:
         )
         files = []
         for s in info.siblings or []:
-            check_repo_path(s.rfilename)
             if s.lfs is not None:
-                files.append(RemoteFile(s.rfilename, s.lfs.size, s.lfs.sha256, True))
-            elif s.blob_id is not None and s.size is not None:
-                files.append(RemoteFile(s.rfilename, s.size, s.blob_id, False))
+                f = RemoteFile(s.rfilename, s.lfs.size, s.lfs.sha256, True)
             else:
-                raise HubError(f"{endpoint} gave no size or id for {s.rfilename}")
+                f = RemoteFile(s.rfilename, s.size, s.blob_id, False)  # type: ignore[arg-type]
+            try:
+                check_repo_path(f.path)
+                valid = isinstance(f.file_id, str) and is_file_id(f.file_id)
+                valid = valid and type(f.size) is int and f.size >= 0
+            except CacheError:
+                valid = False
+            if not valid:  # an upstream that names paths or ids it cannot is no upstream
+                raise HubError(f"{endpoint} gave an invalid path, size or id for a file")
+            files.append(f)
         if not info.sha or not is_commit(info.sha):
             raise HubError(f"{endpoint} gave no commit for {repo_id}@{rev}")
         return RemoteRevision(repo_type, repo_id, info.sha, tuple(files), endpoint)
@@ -105,22 +117,32 @@ class HubClient:
         """Resolve ``revision`` to a commit and list its files, trying each endpoint."""
         failures: list[str] = []
         not_found: list[str] = []
+        refused: list[str] = []
         for endpoint in self.endpoints:
             try:
                 return self._revision_from(endpoint, repo_type, repo_id, revision)
             except GatedRepoError:
-                failures.append(f"{endpoint}: gated repo, set HF_TOKEN to a token with access")
+                refused.append(f"{endpoint}: gated repo, set HF_TOKEN to a token with access")
             except RepositoryNotFoundError:
                 not_found.append(f"{endpoint}: repo {repo_id!r} not found (or private)")
             except RevisionNotFoundError:
                 not_found.append(f"{endpoint}: revision {revision!r} not found")
             except EntryNotFoundError:
                 not_found.append(f"{endpoint}: not found")
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else 0
+                if status in (401, 403):
+                    refused.append(f"{endpoint}: access refused (HTTP {status})")
+                else:  # 429, 5xx, a proxy's error page: this endpoint could not answer
+                    failures.append(f"{endpoint}: {_describe(exc)}")
             except Exception as exc:  # any transport or server failure: try the next one
                 failures.append(f"{endpoint}: {_describe(exc)}")
-        if not_found and not failures:
+        # An endpoint that answered "no" is final: peers are never asked instead.
+        if refused:
+            raise Refused("; ".join(refused + not_found))
+        if not_found:
             raise NotFound("; ".join(not_found))
-        raise HubError("no endpoint answered: " + "; ".join(failures + not_found))
+        raise HubError("no endpoint answered: " + "; ".join(failures))
 
     async def arevision(self, repo_type: str, repo_id: str, revision: str) -> RemoteRevision:
         return await anyio.to_thread.run_sync(self.revision, repo_type, repo_id, revision)

@@ -11,12 +11,10 @@ from urllib.parse import quote
 
 import httpx
 
-from hffs.cache import CacheError, check_repo_path, is_commit
-from swarm.ids import is_file_id
+from hffs.listing import ListingError, parse_listing
 from swarm.wire import auth_headers
 
 PROBE_TIMEOUT = 2.0
-MAX_LISTING = 1 << 22  # bytes of a repo listing we accept from a peer
 
 
 def peer_url(host: str, port: int) -> str:
@@ -25,25 +23,6 @@ def peer_url(host: str, port: int) -> str:
 
 def _repo_path(repo_type: str, repo_id: str) -> str:
     return f"{quote(repo_type, safe='')}/" + "/".join(quote(p, safe="") for p in repo_id.split("/"))
-
-
-def _valid_path(path: Any) -> bool:
-    try:
-        check_repo_path(path)
-    except (CacheError, TypeError):
-        return False
-    return True
-
-
-def _valid_file_entry(entry: Any) -> bool:
-    return (
-        isinstance(entry, dict)
-        and _valid_path(entry.get("path"))
-        and isinstance(entry.get("file_id"), str)
-        and is_file_id(entry["file_id"])
-        and type(entry.get("size")) is int
-        and entry["size"] >= 0
-    )
 
 
 class PeerClient:
@@ -81,24 +60,9 @@ class PeerClient:
         """``{"commit", "fetched_at", "files"}`` the peer holds of a revision, else None."""
         path = f"/v1/repos/{_repo_path(repo_type, repo_id)}/{quote(revision, safe='')}"
         r = await self._get(host, port, path)
-        if r is None or r.status_code != 200 or len(r.content) > MAX_LISTING:
+        if r is None or r.status_code != 200:
             return None
         try:
-            body = r.json()
-        except ValueError:
+            return parse_listing(r.content).as_dict()
+        except ListingError:
             return None
-        if not isinstance(body, dict) or not isinstance(body.get("files"), list):
-            return None
-        commit, fetched_at = body.get("commit"), body.get("fetched_at", 0.0)
-        if not isinstance(commit, str) or not is_commit(commit):
-            return None
-        if not isinstance(fetched_at, int | float):
-            fetched_at = 0.0
-        files = [
-            {"path": f["path"], "file_id": f["file_id"], "size": f["size"]}
-            for f in body["files"]
-            if _valid_file_entry(f)
-        ]
-        return (
-            {"commit": commit, "fetched_at": float(fetched_at), "files": files} if files else None
-        )
