@@ -86,6 +86,8 @@ class Vouched:
     basis: Literal["this machine", "peers", "one peer", "private swarm"]
     hosts: tuple[str, ...]  # peer addresses that vouched for the commit
     refused: frozenset[str] = field(default_factory=frozenset)  # listed, but not vouched for
+    # content ids some peer serves for this revision: out in the swarm already
+    peer_ids: frozenset[str] = field(default_factory=frozenset)
 
     def describe(self) -> str:
         if self.basis == "this machine":
@@ -188,8 +190,11 @@ def vouch(revision: str, claims: Sequence[Claim], private_swarm: bool) -> Vouche
             holders.add(host)
     files = dict(local)  # what this machine holds is never overruled
     refused: set[str] = set()
+    peer_ids: set[str] = set()
     for path, entries in said.items():
         if path in files:
+            if files[path] in entries:
+                peer_ids.add(files[path][0])
             continue
         if len(entries) != 1:
             refused.add(path)  # two ids for one path: someone lies; take neither
@@ -197,6 +202,7 @@ def vouch(revision: str, claims: Sequence[Claim], private_swarm: bool) -> Vouche
         ((entry, hosts),) = entries.items()
         if private_swarm or len(hosts) >= QUORUM or len(holders) == 1:
             files[path] = entry
+            peer_ids.add(entry[0])
         else:
             refused.add(path)
     if not files:
@@ -210,7 +216,9 @@ def vouch(revision: str, claims: Sequence[Claim], private_swarm: bool) -> Vouche
         basis = "one peer"
     else:
         basis = "peers"
-    return Vouched(commit, files, basis, tuple(sorted(holders)), frozenset(refused))
+    return Vouched(
+        commit, files, basis, tuple(sorted(holders)), frozenset(refused), frozenset(peer_ids)
+    )
 
 
 # -- tokens ------------------------------------------------------------------------------

@@ -18,11 +18,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hffs.cache import repo_folder_name
+from hffs.hub import RemoteRevision
 from hffs.trust import PRIVATE, PUBLIC, Visibility, is_shared
 from swarm.ids import is_file_id
 
 MAX_IDS = 100_000  # per repo
 REREAD_AFTER = 1.0
+PEERS_STEM = "from-peers"  # never a repo folder name (those start with models--, ...)
 
 
 def _parse(raw: bytes) -> tuple[Visibility | None, frozenset[str]]:
@@ -83,7 +85,14 @@ class VisibilityStore:
         self, repo_type: str, repo_id: str, visibility: Visibility, ids: Iterable[str] = ()
     ) -> None:
         """Remember a repo's visibility (and, if public, content ids its listings name)."""
-        path = self._file(repo_type, repo_id)
+        self._write(self._file(repo_type, repo_id), visibility, ids)
+
+    def record_peer_ids(self, ids: Iterable[str]) -> None:
+        """Content ids whose bytes came from peers: already out in the swarm, so passing
+        them on tells nobody anything (the repo they are in is not made public by this)."""
+        self._write(self.root / f"{PEERS_STEM}.json", PUBLIC, ids)
+
+    def _write(self, path: Path, visibility: Visibility, ids: Iterable[str]) -> None:
         old_vis, old_ids = (None, frozenset[str]())
         with contextlib.suppress(OSError):
             old_vis, old_ids = _parse(path.read_bytes())
@@ -117,3 +126,14 @@ class VisibilityStore:
         """The repos of which nothing is known yet (to ask upstream about)."""
         self.reload()
         return [r for r in repos if repo_folder_name(*r) not in self._repos]
+
+
+def remember(home: Path, rev: RemoteRevision, private_swarm: bool = False) -> None:
+    """What a resolved revision teaches: its repo's visibility as upstream showed it, or
+    (vouched for by peers) that its content ids are out in the swarm already."""
+    store = VisibilityStore(home, private_swarm)
+    ids = [f.file_id for f in rev.files]
+    if rev.visibility in (PUBLIC, PRIVATE):
+        store.record(rev.repo_type, rev.repo_id, rev.visibility, ids)  # type: ignore[arg-type]
+    elif rev.peer_ids:
+        store.record_peer_ids(rev.peer_ids)

@@ -25,6 +25,7 @@ from hffs.cache import HubCache
 from hffs.daemon.client import DaemonClient
 from hffs.daemon.process import pid_alive
 from hffs.daemon.runfiles import is_running, read_pid
+from hffs.visibility import VisibilityStore
 
 CLI_TIMEOUT = 30.0
 COMMIT = "c0ffee" + "0" * 34
@@ -118,6 +119,8 @@ class Node:
         blob.write_bytes(data)
         cache.link("model", REPO, COMMIT, path, blob_id)
         cache.write_ref("model", REPO, "main", COMMIT)
+        # as if hffs had fetched it anonymously: public, so the daemon shares it
+        VisibilityStore(self.home).record("model", REPO, "public", [blob_id])
         return blob_id
 
 

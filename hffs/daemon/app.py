@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -20,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hffs.cache import REPO_TYPES, HubCache, is_commit
+from hffs.listing import read_local as read_revision
 from hffs.visibility import VisibilityStore
 from swarm.dht import dht_key
 from swarm.ids import is_file_id
@@ -94,12 +94,16 @@ def scan_inventory(
     for repo_type, repo_id in cache.iter_repos():
         if not valid_repo_id(repo_id):
             continue  # a folder we could not name on the wire
-        if sharing is not None and not sharing.repo_shared(repo_type, repo_id):
-            continue  # private, gated or not known to be public: stays here
+        # A repo not known public (private, gated, unknown) stays here, but for content
+        # ids known public anyway (named by a public listing, or got from peers).
+        whole = sharing is None or sharing.repo_shared(repo_type, repo_id)
         for f in cache.files(repo_type, repo_id):
+            if not whole and not (sharing is not None and sharing.id_shared(f.blob_id)):
+                continue
             blob = cache.blob_path(repo_type, repo_id, f.blob_id)
             files.setdefault(f.blob_id, blob)
-            repos.add((repo_type, repo_id, f.commit))
+            if whole:
+                repos.add((repo_type, repo_id, f.commit))
     partials: set[str] = set()
     if partial_dir.is_dir():
         for state in partial_dir.glob("*.state"):
@@ -166,27 +170,6 @@ class SharingGuard:
 
 def _bad(detail: str, status: int = 400) -> Response:
     return JSONResponse({"error": detail}, status_code=status)
-
-
-def read_revision(
-    cache: HubCache, repo_type: str, repo_id: str, revision: str
-) -> dict[str, Any] | None:
-    """Blocking: what we hold of a revision (a commit, or a ref our cache knows)."""
-    commit = cache.read_ref(repo_type, repo_id, revision)
-    if commit is None:
-        return None
-    files = cache.files(repo_type, repo_id, commit)
-    if not files:
-        return None
-    try:  # when we got it: lets a downloader prefer the newest commit peers report
-        fetched_at = cache.snapshot_dir(repo_type, repo_id, commit).stat().st_mtime
-    except OSError:
-        fetched_at = 0.0
-    return {
-        "commit": commit,
-        "fetched_at": fetched_at,
-        "files": [{"path": f.path, "file_id": f.blob_id, "size": f.size} for f in files],
-    }
 
 
 def repo_routes(index: CacheIndex) -> list[BaseRoute]:

@@ -282,9 +282,7 @@ def listing_from_holders(
     v = vouch(revision, claims, private_swarm)
     if isinstance(v, str):
         return v
-    files = {
-        p: RemoteFile(p, size, fid, len(fid) == 64) for p, (fid, size) in v.files.items()
-    }
+    files = {p: RemoteFile(p, size, fid, len(fid) == 64) for p, (fid, size) in v.files.items()}
     return Listing(v.commit, files, None, vouched=v)
 
 

@@ -31,7 +31,6 @@ import uvicorn
 
 from hffs.cache import HubCache, is_commit
 from hffs.config import DEFAULT_PORT, Config, ConfigError, Peer, hub_cache_dir
-from hffs.visibility import VisibilityStore
 from hffs.daemon.app import (
     CacheIndex,
     Inventory,
@@ -45,7 +44,6 @@ from hffs.daemon.app import (
 from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.hub_proxy import HubEndpoint
 from hffs.daemon.peers import PeerClient
-from hffs.daemon.sharing import VisibilityLearner
 from hffs.daemon.runfiles import (
     DaemonInfo,
     InstanceLock,
@@ -54,6 +52,7 @@ from hffs.daemon.runfiles import (
     write_info,
     write_pid,
 )
+from hffs.visibility import VisibilityStore
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import UploadLimits, UploadStats
 from swarm.wire import auth_headers
@@ -229,7 +228,7 @@ class Daemon:
         # What may be shared: public content, or everything in a private swarm (hffs.trust).
         self.sharing = VisibilityStore(settings.home, private_swarm=bool(config.swarm_secret))
         self.index = CacheIndex(HubCache(hub_cache_dir()), self.sharing)
-        self._learner: VisibilityLearner | None = None
+        self._learner: Any = None  # hffs.daemon.sharing.VisibilityLearner, once running
         self.uploads = UploadStats()
         self.bytes_from_peers = 0
         self.bytes_from_upstream = 0
@@ -527,11 +526,12 @@ class Daemon:
             self.index.cache,
             cfg.partial_dir,
             auth_headers(cfg.swarm_secret),
+            named=cfg.named_endpoints(),
+            sharing=self.sharing,
         )
         app = hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret))
-        self._learner = VisibilityLearner(
-            self.index.cache, self.sharing, hub.upstream, self.rescan
-        )
+        self._learner = hub.access.learner  # asks upstream which cached repos are public
+        self._learner.on_public = self.rescan
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
         async with PeerClient(cfg.swarm_secret) as http, anyio.create_task_group() as tg:
             self._peers_http = http
