@@ -5,9 +5,10 @@
   (a secret is set). Private, gated and unknown content stays on this machine.
 - **Peer listings** (the hub unreachable). A ref resolves to the commit most peer addresses
   agree on (this machine's own ref wins); a path's content id is taken from this machine's
-  cache, else only when at least ``QUORUM`` distinct addresses list the same id and none lists
-  another, or every holder of the commit is one address (said to the user), or the swarm is
-  private. A claimed ``fetched_at`` never decides anything in a public swarm.
+  cache, else only when at least ``QUORUM`` distinct addresses list the same id and more
+  addresses list it than any other id, or every holder of the commit is one address (said
+  to the user), or the swarm is private (then: more addresses than any other id). A claimed
+  ``fetched_at`` never decides anything in a public swarm.
 - **Tokens** go to huggingface.co and to endpoints the user named, never to a built-in mirror.
 - **Upstream answers**: only a failure to connect (or a 5xx but 508) means "unreachable";
   429, 508, timeouts and every 4xx are the upstream's answer, relayed and final.
@@ -91,13 +92,16 @@ class Vouched:
 
     def describe(self) -> str:
         if self.basis == "this machine":
-            return "from this machine's cache (the hub was not reachable)"
+            return "from this machine's cache (the hub could not be reached)"
         names = ", ".join(self.hosts[:4]) + (", ..." if len(self.hosts) > 4 else "")
         if self.basis == "one peer":
-            return f"vouched for by ONE peer only ({names}); the hub was not reachable"
+            return f"vouched for by ONE peer only ({names}); the hub could not be reached"
         if self.basis == "private swarm":
-            return f"vouched for by private-swarm peers ({names}); the hub was not reachable"
-        return f"vouched for by {len(self.hosts)} agreeing peers ({names}); the hub was not asked"
+            return f"vouched for by private-swarm peers ({names}); the hub could not be reached"
+        return (
+            f"vouched for by peers only: each file by at least {QUORUM} of {len(self.hosts)} "
+            f"addresses ({names}), the most of any content; the hub could not be reached"
+        )
 
 
 def claim_from_listing(host: str | None, listing: Mapping[str, Any]) -> Claim | None:
@@ -196,11 +200,11 @@ def vouch(revision: str, claims: Sequence[Claim], private_swarm: bool) -> Vouche
             if files[path] in entries:
                 peer_ids.add(files[path][0])
             continue
-        if len(entries) != 1:
-            refused.add(path)  # two ids for one path: someone lies; take neither
-            continue
-        ((entry, hosts),) = entries.items()
-        if private_swarm or len(hosts) >= QUORUM or len(holders) == 1:
+        ranked = sorted(entries.items(), key=lambda kv: len(kv[1]), reverse=True)
+        (entry, hosts), rest = ranked[0], ranked[1:]
+        if rest and len(rest[0][1]) >= len(hosts):
+            refused.add(path)  # as many addresses say otherwise: take neither
+        elif private_swarm or len(hosts) >= QUORUM or len(holders) == 1:
             files[path] = entry
             peer_ids.add(entry[0])
         else:
