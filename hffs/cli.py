@@ -17,22 +17,50 @@ from hffs.cache import HubCache
 from hffs.console import err, expected_failures, fail, out
 from hffs.progress import human_bytes
 
+# -h as well as --help, on every command (click passes it down to subcommands)
+HELP = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     help="Hugging Face models from your peers first, the mirror and huggingface.co last.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings=HELP,
 )
 model_app = typer.Typer(
-    help="Download, list, remove, import and search models.", no_args_is_help=True
+    help="Download, list, remove, import and search models.",
+    no_args_is_help=True,
+    context_settings=HELP,
 )
-conf_app = typer.Typer(help="Settings.", no_args_is_help=True)
+conf_app = typer.Typer(help="Settings.", no_args_is_help=True, context_settings=HELP)
 cache_conf_app = typer.Typer(
-    help="The working directory (config, state, partial downloads).", no_args_is_help=True
+    help="The working directory (config, state, partial downloads).",
+    no_args_is_help=True,
+    context_settings=HELP,
 )
 app.add_typer(model_app, name="model")
 app.add_typer(conf_app, name="conf")
 conf_app.add_typer(cache_conf_app, name="cache")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"hffs {version('hffs')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Hugging Face models from your peers first, the mirror and huggingface.co last."""
 
 
 RepoType = Annotated[str, typer.Option("--repo-type", help="model, dataset or space")]
@@ -258,6 +286,10 @@ _mount_daemon_commands()
 
 def main() -> None:
     app(prog_name="hffs")
+
+
+# `hffs download`: the same command as `hffs model add`, named as `hf download` is
+app.command("download", help="Same as `hffs model add` (named like `hf download`).")(model_add)
 
 
 if __name__ == "__main__":

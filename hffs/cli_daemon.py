@@ -18,8 +18,13 @@ from hffs.console import err, expected_failures, fail, out
 from hffs.daemon.client import DaemonClient, DaemonError, DaemonNotRunning
 from hffs.progress import human_bytes
 
-daemon_app = typer.Typer(help="Start, stop and inspect the daemon.", no_args_is_help=True)
-peer_app = typer.Typer(help="Saved peers: bootstrap nodes, always probed.", no_args_is_help=True)
+HELP = {"help_option_names": ["-h", "--help"]}
+daemon_app = typer.Typer(
+    help="Start, stop and inspect the daemon.", no_args_is_help=True, context_settings=HELP
+)
+peer_app = typer.Typer(
+    help="Saved peers: bootstrap nodes, always probed.", no_args_is_help=True, context_settings=HELP
+)
 
 
 PEER_PROBE_TIMEOUT = 1.5
@@ -27,6 +32,20 @@ PEER_PROBE_TIMEOUT = 1.5
 
 def _addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def endpoint_url(host: str, port: int) -> str:
+    """The daemon's HF endpoint as this machine reaches it: loopback when it binds all
+    interfaces (with a swarm secret, loopback is the only address it serves HF on)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://{_addr(host, port)}"
+
+
+def export_line(host: str, port: int) -> str:
+    return f"export HF_ENDPOINT={endpoint_url(host, port)}"
 
 
 def _parse_peer(host: str, port: int | None) -> Peer:
@@ -71,7 +90,7 @@ def daemon_start(
     ] = None,
     bootstrap: Annotated[
         list[str] | None,
-        typer.Option(help="A DHT node to join through, HOST[:PORT]; repeatable"),
+        typer.Option(metavar="HOST[:PORT]", help="A DHT node to join through; repeatable"),
     ] = None,
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops)")
@@ -126,12 +145,15 @@ def daemon_start(
             err.print(f"hffs daemon on {_addr(host, port)} (Ctrl-C stops)", highlight=False)
         info = start(settings, foreground=foreground)
     if info is not None:
-        out.print(
+        err.print(
             f"hffs daemon started (pid {info.pid}): peers and DHT on {_addr(info.host, info.port)}"
-            f", control on 127.0.0.1:{info.control_port}; log {cfg.home / 'daemon.log'}",
+            f", control on 127.0.0.1:{info.control_port}; log {cfg.home / 'daemon.log'}\n"
+            "HF tools download through the swarm with:",
             highlight=False,
             soft_wrap=True,
         )
+        # the one line on stdout, ready to copy (or: eval "$(hffs daemon start)")
+        out.print(export_line(info.host, info.port), highlight=False, soft_wrap=True)
 
 
 @daemon_app.command("stop")
@@ -157,6 +179,7 @@ def daemon_status() -> None:
         ("pid", str(s["pid"])),
         ("listening", f"{_addr(s['host'], s['port'])} (TCP peers, UDP DHT)"),
         ("control", f"127.0.0.1:{s['control_port']}"),
+        ("HF endpoint", export_line(s["host"], s["port"])),
         ("node id", s["node_id"]),
         ("DHT contacts", str(s["routing_size"])),
         ("files shared", f"{s['files_shared']} complete, {s['partials_shared']} partial"),

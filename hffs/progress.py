@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from hffs.fetch import AddReport
@@ -24,11 +25,28 @@ if TYPE_CHECKING:
 
 
 def human_bytes(n: float) -> str:
+    """The one byte formatter of every hffs output: binary units (1 MiB = 1024 KiB)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+class BytesColumn(ProgressColumn):
+    """``done/total`` in human_bytes (rich's DownloadColumn would mix in decimal MB)."""
+
+    def render(self, task: Task) -> Text:
+        total = human_bytes(task.total) if task.total is not None else "?"
+        return Text(f"{human_bytes(task.completed)}/{total}", style="progress.download")
+
+
+class SpeedColumn(ProgressColumn):
+    """The transfer rate in human_bytes per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{human_bytes(speed)}/s", style="progress.data.speed")
 
 
 class DownloadProgress:
@@ -38,8 +56,8 @@ class DownloadProgress:
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            BytesColumn(),
+            SpeedColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[split]}", markup=False),
             console=console,

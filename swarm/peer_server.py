@@ -51,6 +51,10 @@ class ContentIndex(Protocol):
 
     def complete_path(self, file_id: str) -> Path | None: ...
 
+    def shares(self, file_id: str) -> bool:
+        """Whether this content may go to peers at all (its owner decides what is shared)."""
+        ...
+
 
 # -- plain decisions (no I/O) ----------------------------------------------------
 
@@ -145,6 +149,17 @@ class UploadLimits:
     max_uploads: int = 32  # concurrent blob responses; 0 = unlimited
 
 
+@dataclass(frozen=True)
+class BlobPlan:
+    """An accepted blob request: send ``[start, end)`` of ``path`` with this head."""
+
+    path: Path
+    start: int
+    end: int
+    status: int
+    headers: dict[str, str]
+
+
 # -- what we hold ----------------------------------------------------------------
 
 
@@ -166,7 +181,10 @@ class Held:
 
 
 def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | None:
-    """Blocking: find a complete copy, else a partial one with a sane state."""
+    """Blocking: find a complete copy, else a partial one with a sane state; content the
+    index does not share is not held, as far as peers can tell."""
+    if not index.shares(file_id):
+        return None
     path = index.complete_path(file_id)
     if path is not None:
         try:
@@ -185,6 +203,13 @@ def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | Non
 # -- the app ---------------------------------------------------------------------
 
 
+def secret_matches(authorization: str, secret: bytes) -> bool:
+    """Whether an Authorization header proves membership of the swarm (every listener's
+    one check: the ASGI routes and the sendfile front)."""
+    scheme, _, value = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), secret)
+
+
 class _SecretGuard:
     """Refuse every request without ``Authorization: Bearer <swarm secret>``."""
 
@@ -193,14 +218,12 @@ class _SecretGuard:
         self._secret = secret.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scheme, _, value = Headers(scope=scope).get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                value.strip().encode(), self._secret
-            ):
-                response = PlainTextResponse("swarm secret required\n", status_code=403)
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http" and not secret_matches(
+            Headers(scope=scope).get("authorization", ""), self._secret
+        ):
+            response = PlainTextResponse("swarm secret required\n", status_code=403)
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -254,7 +277,7 @@ class _BlobResponse(Response):
         host: str,
         server: PeerServer,
     ) -> None:
-        super().__init__(status_code=status_code, headers=headers)
+        super().__init__(status_code=status_code, headers=headers)  # holds a slot
         self._path, self._start, self._end = path, start, end
         self._host, self._server = host, server
 
@@ -263,7 +286,7 @@ class _BlobResponse(Response):
         try:
             fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError:
-            server.stats.active -= 1
+            server.release_slot(self._host)
             await PlainTextResponse("not held\n", 404)(scope, receive, send)
             return
         try:
@@ -284,7 +307,7 @@ class _BlobResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             os.close(fd)
-            server.stats.active -= 1
+            server.release_slot(self._host)
 
     async def _stream(self, fd: int, send: Send) -> None:
         server, pos = self._server, self._start
@@ -332,6 +355,9 @@ class PeerServer:
             self.block_size = min(SEND_BLOCK, max(4096, limits.max_rate // 16))
             self.limiter = RateLimiter(limits.max_rate, max(limits.max_rate // 4, self.block_size))
         self.manifests = _ManifestCache(manifest_dir)
+        # One address never holds every slot (32 never-reading downloads from one host).
+        self.slots_per_address = max(1, limits.max_uploads // 4)
+        self._slots_by_host: dict[str, int] = {}
 
     async def held(self, file_id: str) -> Held | None:
         return await anyio.to_thread.run_sync(_lookup, self.index, self.partial_root, file_id)
@@ -348,24 +374,39 @@ class PeerServer:
     async def ping(self, request: Request) -> Response:
         return JSONResponse({"service": "hffs-peer", "protocol": PROTOCOL_VERSION})
 
-    async def blob(self, request: Request) -> Response:
-        file_id = request.path_params["file_id"]
-        held = await self._requested(file_id)
-        if isinstance(held, Response):
-            return held
+    def release_slot(self, host: str) -> None:
+        self.stats.active -= 1
+        left = self._slots_by_host.get(host, 1) - 1
+        if left > 0:
+            self._slots_by_host[host] = left
+        else:
+            self._slots_by_host.pop(host, None)
+
+    async def plan_blob(
+        self, file_id: str, range_header: str | None, host: str
+    ) -> BlobPlan | tuple[int, str, dict[str, str] | None]:
+        """What a blob request gets: a plan holding an upload slot (the caller must
+        ``release_slot``), or (status, detail, extra headers) to refuse it with."""
+        if not is_file_id(file_id):
+            return 400, "bad content id", None
+        held = await self.held(file_id)
+        if held is None:
+            return 404, "not held", None
         try:
-            span = parse_range(request.headers.get("range"), held.size)
+            span = parse_range(range_header, held.size)
         except RangeError as exc:
             extra = {"Content-Range": f"bytes */{held.size}"} if exc.status == 416 else None
-            return _error(exc.status, exc.detail, extra)
+            return exc.status, exc.detail, extra
         start, end = span if span is not None else (0, held.size)
         if held.have is not None and not span_is_held(start, end, held.chunk_size, held.have):
             if span is None:
-                return _error(404, "only part of this file is held; ask for a Range")
-            return _error(416, "range not held", {"Content-Range": f"bytes */{held.size}"})
+                return 404, "only part of this file is held; ask for a Range", None
+            return 416, "range not held", {"Content-Range": f"bytes */{held.size}"}
         limit = self.limits.max_uploads
-        if limit > 0 and self.stats.active >= limit:
-            return _error(503, "too many uploads; retry later", {"Retry-After": "1"})
+        if limit > 0 and (
+            self.stats.active >= limit or self._slots_by_host.get(host, 0) >= self.slots_per_address
+        ):
+            return 503, "too many uploads; retry later", {"Retry-After": "1"}
         headers = {
             "Content-Length": str(end - start),
             "Content-Type": "application/octet-stream",
@@ -373,14 +414,24 @@ class PeerServer:
         }
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{held.size}"
+        self.stats.active += 1
+        self._slots_by_host[host] = self._slots_by_host.get(host, 0) + 1
+        return BlobPlan(held.path, start, end, 206 if span is not None else 200, headers)
+
+    async def blob(self, request: Request) -> Response:
         host = request.client.host if request.client else "?"
-        self.stats.active += 1  # released by the response, whatever happens to it
-        return _BlobResponse(
-            held.path,
-            start,
-            end,
-            status_code=206 if span is not None else 200,
-            headers=headers,
+        plan = await self.plan_blob(
+            request.path_params["file_id"], request.headers.get("range"), host
+        )
+        if not isinstance(plan, BlobPlan):
+            status, detail, extra = plan
+            return _error(status, detail, extra)
+        return _BlobResponse(  # releases the slot, whatever happens to it
+            plan.path,
+            plan.start,
+            plan.end,
+            status_code=plan.status,
+            headers=plan.headers,
             host=host,
             server=self,
         )
@@ -439,5 +490,13 @@ def create_peer_app(
 ) -> ASGIApp:
     """The peer app: blob routes plus ``extra_routes``, all behind the swarm secret if set."""
     server = PeerServer(index, partial_root, manifest_dir, limits, stats)
+    return peer_app_for(server, secret=secret, extra_routes=extra_routes)
+
+
+def peer_app_for(
+    server: PeerServer, *, secret: str | None = None, extra_routes: Sequence[BaseRoute] = ()
+) -> ASGIApp:
+    """The peer app over an existing ``PeerServer`` (shared with the sendfile front, so
+    both count the same upload slots and pace with the same limiter)."""
     app: ASGIApp = Starlette(routes=[*server.routes(), *extra_routes])
     return _SecretGuard(app, secret) if secret else app

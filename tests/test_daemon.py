@@ -38,7 +38,10 @@ def test_start_status_stop(nodes: Callable[[str], Node]) -> None:
     a = nodes("127.0.0.2")
     r = a.start()
     assert r.returncode == 0, r.stderr
-    assert f"127.0.0.2:{a.port}" in r.stdout
+    # stdout is the one line to copy; the rest goes to stderr
+    export = f"export HF_ENDPOINT=http://127.0.0.2:{a.port}"
+    assert r.stdout.splitlines() == [export], r.stdout
+    assert f"127.0.0.2:{a.port}" in r.stderr
     info = a.info()
     assert (a.home / "daemon.json").stat().st_mode & 0o777 == 0o600
     assert info["port"] == a.port and info["control_host"] == "127.0.0.1"
@@ -46,6 +49,7 @@ def test_start_status_stop(nodes: Callable[[str], Node]) -> None:
     r = a.cli("daemon", "status")
     assert r.returncode == 0, r.stderr
     assert str(a.port) in r.stdout and info["node_id"] in r.stdout
+    assert export in r.stdout
 
     line = one_clear_line(a.start())
     assert "already runs" in line

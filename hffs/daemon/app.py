@@ -16,14 +16,14 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from hffs.cache import REPO_TYPES, HubCache, is_commit
 from hffs.listing import read_local as read_revision
 from hffs.visibility import VisibilityStore
 from swarm.dht import dht_key
 from swarm.ids import is_file_id
-from swarm.peer_server import UploadLimits, UploadStats, create_peer_app
+from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
 from swarm.store import read_partial_state
 
 RepoRev = tuple[str, str, str]  # (repo type, repo id, commit)
@@ -147,24 +147,6 @@ class CacheIndex:
         return self.cache.find_blob(file_id)
 
 
-class SharingGuard:
-    """``/v1/blobs/{id}...`` of content this peer does not share answers as if not held."""
-
-    def __init__(self, app: ASGIApp, index: CacheIndex) -> None:
-        self.app = app
-        self.index = index
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            parts = scope["path"].split("/")
-            if parts[1:3] == ["v1", "blobs"] and len(parts) > 3:
-                shared = await anyio.to_thread.run_sync(self.index.shares, parts[3])
-                if not shared:
-                    await _bad("not held", 404)(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
 # -- HF routes ---------------------------------------------------------------------
 
 
@@ -204,14 +186,10 @@ def create_app(
     limits: UploadLimits,
     stats: UploadStats,
     secret: str | None,
+    server: PeerServer | None = None,
 ) -> ASGIApp:
-    app = create_peer_app(
-        index,
-        partial_dir,
-        manifest_dir,
-        limits=limits,
-        stats=stats,
-        secret=secret,
-        extra_routes=repo_routes(index),
-    )
-    return SharingGuard(app, index)
+    """The daemon's peer app; ``server`` when the sendfile front shares its state.
+    Content this peer does not share answers as if not held (``CacheIndex.shares``)."""
+    if server is None:
+        server = PeerServer(index, partial_dir, manifest_dir, limits, stats)
+    return peer_app_for(server, secret=secret, extra_routes=repo_routes(index))

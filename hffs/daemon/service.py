@@ -54,7 +54,8 @@ from hffs.daemon.runfiles import (
 )
 from hffs.visibility import VisibilityStore
 from swarm.dht import DEFAULT_TTL, DHTNode
-from swarm.peer_server import UploadLimits, UploadStats
+from swarm.peer_server import PeerServer, UploadLimits, UploadStats
+from swarm.transport_server import FrontLimits, FrontShared, install_front
 from swarm.wire import auth_headers
 
 log = logging.getLogger("hffs.daemon")
@@ -164,6 +165,21 @@ async def resolve(host: str, port: int) -> str | None:
         log.warning("cannot resolve %s: %s", host, exc)
         return None
     return str(infos[0][4][0]) if infos else None
+
+
+def front_limits() -> FrontLimits:
+    """The peer port's connection limits; tests shorten the timeouts through the
+    environment (``HFFS_HEADER_TIMEOUT``, ``HFFS_STALL_TIMEOUT``)."""
+    base = FrontLimits()
+    try:
+        return FrontLimits(
+            header_timeout=float(os.environ.get("HFFS_HEADER_TIMEOUT", base.header_timeout)),
+            idle_timeout=base.idle_timeout,
+            stall_timeout=float(os.environ.get("HFFS_STALL_TIMEOUT", base.stall_timeout)),
+            per_address=base.per_address,
+        )
+    except ValueError:
+        return base
 
 
 class _Server(uvicorn.Server):
@@ -511,13 +527,18 @@ class Daemon:
 
     async def run(self, tcp: socket.socket, control: socket.socket, token: str) -> None:
         cfg = self.config
+        limits = UploadLimits(cfg.max_upload_rate, cfg.max_uploads)
+        peer = PeerServer(
+            self.index, cfg.partial_dir, cfg.state_dir / "manifests", limits, self.uploads
+        )
         peer_app = create_app(
             self.index,
             cfg.partial_dir,
             cfg.state_dir / "manifests",
-            limits=UploadLimits(cfg.max_upload_rate, cfg.max_uploads),
+            limits=limits,
             stats=self.uploads,
             secret=cfg.swarm_secret,
+            server=peer,
         )
         # The HF endpoint (HF_ENDPOINT=http://host:port) shares the port with the peer app.
         hub = HubEndpoint(
@@ -533,6 +554,9 @@ class Daemon:
         self._learner = hub.access.learner  # asks upstream which cached repos are public
         self._learner.on_public = self.rescan
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
+        # Blob bodies leave by sendfile through the front; other routes reach the app.
+        secret = cfg.swarm_secret.encode() if cfg.swarm_secret else None
+        install_front(peer_server.config, FrontShared(peer, secret, front_limits()))
         async with PeerClient(cfg.swarm_secret) as http, anyio.create_task_group() as tg:
             self._peers_http = http
             tg.start_soon(peer_server.serve, [tcp])

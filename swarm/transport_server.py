@@ -1,0 +1,372 @@
+"""The fast face of the peer port: blob bodies leave by zero-copy sendfile.
+
+uvicorn cannot sendfile (an ASGI body is bytes, copied through Python per 64 KiB),
+so every connection to the peer port is first read here. ``GET``/``HEAD
+/v1/blobs/{id}`` is answered here, as plain HTTP/1.1 with ``Range`` (curl can still
+fetch a blob), on a persistent connection that may pipeline requests; the body is
+sent with ``loop.sendfile`` from the blob, or from the verified chunks of a partial
+file. Any other request (manifests, bitmaps, the daemon's own routes) is handed,
+bytes and all, to the uvicorn protocol the front wraps, for that one request
+(``Connection: close`` is added, so uvicorn never idles on a half-sent second one).
+
+The same decisions as the ASGI route (``PeerServer.plan_blob``): validated id, only
+held and verified spans, the shared rate limiter and upload slots. Beside them, the
+front resists a hostile client (issue 9 item 7):
+
+- a request head must arrive whole within ``header_timeout`` and fit ``MAX_HEAD``;
+- an idle persistent connection is closed after ``idle_timeout``;
+- a reader that stops reading is cut after ``stall_timeout`` without progress, which
+  frees its upload slot;
+- each client address holds at most ``per_address`` connections and
+  ``PeerServer.slots_per_address`` uploads, so one address cannot take every slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarm.peer_server import BlobPlan, PeerServer, secret_matches
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 16 * 1024  # bytes of request line + headers
+SEND_SLICE = 4 << 20  # bytes per sendfile step when not rate limited: the stall check's unit
+_BLOB_PATH = re.compile(rb"/v1/blobs/([^/?#]*)")
+
+
+@dataclass(frozen=True)
+class FrontLimits:
+    header_timeout: float = 10.0  # first byte of a request head -> its last byte
+    idle_timeout: float = 75.0  # no request on a persistent connection
+    stall_timeout: float = 20.0  # a body step that made no progress for this long
+    per_address: int = 24  # open connections per client address
+
+
+@dataclass
+class FrontShared:
+    """What every connection of one listener shares."""
+
+    server: PeerServer
+    secret: bytes | None
+    limits: FrontLimits = FrontLimits()
+    connections: dict[str, int] = field(default_factory=dict)  # per client address
+
+
+class _Closed(Exception):
+    """The connection ended (peer gone, timeout, or a request we will not parse)."""
+
+
+@dataclass(frozen=True)
+class Head:
+    method: str
+    target: bytes
+    version: str
+    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+    raw: bytes  # the head's bytes, through the blank line
+
+
+class HeadError(ValueError):
+    pass
+
+
+def parse_head(raw: bytes) -> Head:
+    """Parse an HTTP/1.x request head (``raw`` ends with the blank line)."""
+    try:
+        text = raw.decode("latin-1")
+    except UnicodeDecodeError as exc:  # latin-1 decodes anything; kept for clarity
+        raise HeadError("undecodable head") from exc
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[0].isalpha():
+        raise HeadError("bad request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or not name.isascii():
+            raise HeadError("bad header line")
+        headers[name.lower()] = value.strip()
+    return Head(parts[0], parts[1].encode("latin-1"), parts[2], headers, raw)
+
+
+def with_connection_close(raw: bytes) -> bytes:
+    """The same head with ``Connection: close`` added after its request line."""
+    line_end = raw.index(b"\r\n") + 2
+    return raw[:line_end] + b"Connection: close\r\n" + raw[line_end:]
+
+
+def _status_line(status: int) -> bytes:
+    reason = {
+        200: "OK",
+        206: "Partial Content",
+        400: "Bad Request",
+        403: "Forbidden",
+        404: "Not Found",
+        416: "Range Not Satisfiable",
+        503: "Service Unavailable",
+    }.get(status, "Error")
+    return f"HTTP/1.1 {status} {reason}\r\n".encode()
+
+
+def render_head(status: int, headers: dict[str, str], *, close: bool) -> bytes:
+    lines = [_status_line(status)]
+    for name, value in headers.items():
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class FrontProtocol(asyncio.Protocol):
+    """One connection to the peer port: blob requests here, anything else to uvicorn."""
+
+    def __init__(
+        self,
+        shared: FrontShared,
+        inner_factory: Callable[[], asyncio.Protocol],
+        registry: set[Any] | None = None,
+    ) -> None:
+        self.shared = shared
+        self._inner_factory = inner_factory
+        self._registry = registry  # uvicorn's live connections, so its shutdown sees ours
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._more = asyncio.Event()
+        self._eof = False
+        self._task: asyncio.Task[None] | None = None
+        self._host = "?"
+        self._counted = False
+        self._paused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._host = str(peer[0]) if peer else "?"
+        conns = self.shared.connections
+        if conns.get(self._host, 0) >= self.shared.limits.per_address:
+            transport.abort()  # refused before reading a byte: costs us one accept
+            return
+        conns[self._host] = conns.get(self._host, 0) + 1
+        self._counted = True
+        if self._registry is not None:
+            self._registry.add(self)
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+            return
+        self._buf += data
+        self._more.set()
+        if len(self._buf) > 2 * MAX_HEAD and not self._paused and self._transport is not None:
+            self._paused = True  # a client sending faster than we answer waits in TCP
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self._inner is not None:
+            return self._inner.eof_received()
+        self._eof = True
+        self._more.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            left = self.shared.connections.get(self._host, 1) - 1
+            if left > 0:
+                self.shared.connections[self._host] = left
+            else:
+                self.shared.connections.pop(self._host, None)
+        if self._registry is not None:
+            self._registry.discard(self)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+        elif self._task is not None:
+            self._task.cancel()
+        self._eof = True
+        self._more.set()
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def shutdown(self) -> None:
+        """uvicorn's shutdown: close a blob connection now (its client will reconnect)."""
+        if self._inner is None and self._transport is not None:
+            self._transport.close()
+
+    # -- reading heads ------------------------------------------------------------
+
+    async def _wait_data(self) -> None:
+        if self._eof:
+            raise _Closed
+        self._more.clear()
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        await self._more.wait()
+
+    async def _read_head(self) -> bytes:
+        limits = self.shared.limits
+        try:
+            async with asyncio.timeout(limits.idle_timeout):
+                while not self._buf:
+                    await self._wait_data()
+            async with asyncio.timeout(limits.header_timeout):
+                while (end := self._buf.find(b"\r\n\r\n")) < 0:
+                    if len(self._buf) > MAX_HEAD:
+                        raise _Closed
+                    await self._wait_data()
+        except TimeoutError:
+            raise _Closed from None
+        if end + 4 > MAX_HEAD:
+            raise _Closed
+        raw = bytes(self._buf[: end + 4])
+        del self._buf[: end + 4]
+        return raw
+
+    # -- serving ------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        try:
+            while True:
+                raw = await self._read_head()
+                if raw.startswith(b"\r\n"):  # a stray CRLF between requests is allowed
+                    self._buf[:0] = raw[2:]
+                    continue
+                try:
+                    head = parse_head(raw)
+                except HeadError:
+                    await self._answer(400, "malformed request\n", close=True)
+                    return
+                m = _BLOB_PATH.fullmatch(head.target)
+                if head.method not in ("GET", "HEAD") or m is None:
+                    self._hand_over(raw)
+                    return
+                if not await self._blob(head, m[1].decode("latin-1")):
+                    return
+        except (_Closed, ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug here must not take the listener down
+            log.exception("peer connection from %s failed", self._host)
+        finally:
+            if self._inner is None:
+                transport.close()
+
+    def _hand_over(self, raw: bytes) -> None:
+        """Give this connection to uvicorn for one request, bytes already read included."""
+        transport = self._transport
+        assert transport is not None
+        if self._registry is not None:
+            self._registry.discard(self)  # the inner protocol registers itself
+        inner = self._inner_factory()
+        self._inner = inner
+        inner.connection_made(transport)
+        inner.data_received(with_connection_close(raw) + bytes(self._buf))
+        self._buf.clear()
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+
+    async def _answer(
+        self, status: int, text: str, headers: dict[str, str] | None = None, *, close: bool
+    ) -> None:
+        assert self._transport is not None
+        body = text.encode()
+        head = {
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Length": str(len(body)),
+            **(headers or {}),
+        }
+        self._transport.write(render_head(status, head, close=close) + body)
+
+    async def _blob(self, head: Head, file_id: str) -> bool:
+        """Answer one blob request; False when the connection must close after it."""
+        shared = self.shared
+        close = head.version == "HTTP/1.0" or "close" in head.headers.get("connection", "").lower()
+        if any(h in head.headers for h in ("content-length", "transfer-encoding")):
+            await self._answer(400, "a GET has no body\n", close=True)
+            return False
+        if shared.secret is not None and not secret_matches(
+            head.headers.get("authorization", ""), shared.secret
+        ):
+            await self._answer(403, "swarm secret required\n", close=close)
+            return not close
+        plan = await shared.server.plan_blob(file_id, head.headers.get("range"), self._host)
+        if not isinstance(plan, BlobPlan):
+            status, detail, extra = plan
+            await self._answer(status, detail + "\n", extra, close=close)
+            return not close
+        try:
+            return await self._send_blob(plan, head.method == "HEAD", close)
+        finally:
+            shared.server.release_slot(self._host)
+
+    async def _send_blob(self, plan: BlobPlan, head_only: bool, close: bool) -> bool:
+        transport = self._transport
+        assert transport is not None
+        server, limits = self.shared.server, self.shared.limits
+        try:
+            f = open(plan.path, "rb")  # noqa: SIM115  (closed below; sendfile needs the object)
+        except OSError:
+            await self._answer(404, "not held\n", close=close)
+            return not close
+        with f:
+            transport.write(render_head(plan.status, plan.headers, close=close))
+            if head_only:
+                return not close
+            loop = asyncio.get_running_loop()
+            pos, end = plan.start, plan.end
+            step = server.block_size if server.limiter is not None else SEND_SLICE
+            while pos < end:
+                n = min(step, end - pos)
+                if server.limiter is not None:
+                    await server.limiter.consume(n)
+                try:
+                    async with asyncio.timeout(limits.stall_timeout):
+                        sent = await loop.sendfile(transport, f, pos, n)
+                except TimeoutError:
+                    log.info("upload to %s stalled; connection closed", self._host)
+                    transport.abort()
+                    raise _Closed from None
+                if sent <= 0:  # the file shrank under us: the client sees a short body
+                    transport.abort()
+                    raise _Closed
+                server.stats.add(self._host, sent)
+                pos += sent
+        return not close
+
+
+def install_front(config: Any, shared: FrontShared) -> None:
+    """Make a ``uvicorn.Config`` serve every connection through ``FrontProtocol``.
+
+    uvicorn builds each connection's protocol with ``config.http_protocol_class(config=...,
+    server_state=..., app_state=..., _loop=...)``; the front wraps that class."""
+    if not config.loaded:
+        config.load()
+    inner_cls = config.http_protocol_class
+
+    def factory(**kwargs: Any) -> asyncio.Protocol:
+        registry = getattr(kwargs.get("server_state"), "connections", None)
+        return FrontProtocol(shared, lambda: inner_cls(**kwargs), registry)
+
+    config.http_protocol_class = factory

@@ -1,0 +1,309 @@
+"""The sendfile front (swarm.transport_server) and the recv_into client
+(swarm.transport_client), over real loopback sockets in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+import uvicorn
+
+from swarm.chunking import MIN_CHUNK_SIZE
+from swarm.manifest import chunk_digest
+from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
+from swarm.sources import PeerAddr, SourceError
+from swarm.store import PartialFile
+from swarm.transport_client import FileSink, MemorySink, PeerPool, parse_response_head
+from swarm.transport_server import FrontLimits, FrontShared, install_front, parse_head
+from swarm.wire import auth_headers
+
+pytestmark = pytest.mark.anyio
+SIZE = 3 * MIN_CHUNK_SIZE + 12345
+HOST = "127.0.0.61"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class DictIndex:
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+
+    def shares(self, file_id: str) -> bool:
+        return True
+
+    def complete_path(self, file_id: str) -> Path | None:
+        return self.files.get(file_id)
+
+
+def _data(seed: int, size: int = SIZE) -> bytes:
+    block = hashlib.sha256(b"%d" % seed).digest() * 2048
+    return (block * (size // len(block) + 1))[:size]
+
+
+class Peer:
+    """A real uvicorn server with the front installed, on HOST, in this event loop."""
+
+    def __init__(self, root: Path, *, secret: str | None = None, limits: FrontLimits) -> None:
+        self.full = _data(1)
+        self.full_id = hashlib.sha256(self.full).hexdigest()
+        blob = root / "blobs" / self.full_id
+        blob.parent.mkdir(parents=True)
+        blob.write_bytes(self.full)
+        # A big sparse "blob" (its bytes are never checked against its id here): enough
+        # to fill any socket buffer of a client that stops reading.
+        self.big_id = "b" * 64
+        big = root / "blobs" / self.big_id
+        with big.open("wb") as f:
+            f.truncate(256 << 20)
+        self.part = _data(2)
+        self.part_id = hashlib.sha256(self.part).hexdigest()
+        self.partial_root = root / "partial"
+        with PartialFile(self.partial_root, self.part_id, SIZE) as pf:
+            for i in (0, 2):
+                start, end = pf.span(i)
+                assert pf.write_chunk(i, self.part[start:end])
+        self.stats = UploadStats()
+        self.server = PeerServer(
+            DictIndex({self.full_id: blob, self.big_id: big}),
+            self.partial_root,
+            root / "manifests",
+            UploadLimits(max_uploads=32),
+            self.stats,
+        )
+        app = peer_app_for(self.server, secret=secret)
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
+        self.shared = FrontShared(self.server, secret.encode() if secret else None, limits)
+        install_front(config, self.shared)
+        self.uvicorn = uvicorn.Server(config)
+        self.addr = PeerAddr(HOST, self.port)
+
+
+@pytest.fixture
+async def make_peer(tmp_path: Path) -> AsyncIterator:
+    started: list[Peer] = []
+
+    async def make(secret: str | None = None, limits: FrontLimits = FrontLimits()) -> Peer:
+        peer = Peer(tmp_path / f"p{len(started)}", secret=secret, limits=limits)
+        started.append(peer)
+        tg.start_soon(peer.uvicorn.serve, [peer.sock])
+        with anyio.fail_after(10):
+            while not peer.uvicorn.started:
+                await anyio.sleep(0.01)
+        return peer
+
+    async with anyio.create_task_group() as tg:
+        yield make
+        for peer in started:
+            peer.uvicorn.should_exit = True
+
+
+async def _raw(
+    peer: Peer, payload: bytes, *, source: str = "127.0.0.62", read_until_close: bool = True
+) -> bytes:
+    """Send raw bytes from ``source`` and read the answer until the server closes."""
+    reader, writer = await asyncio.open_connection(
+        peer.addr.host, peer.port, local_addr=(source, 0)
+    )
+    writer.write(payload)
+    out = b""
+    with anyio.fail_after(10):
+        while chunk := await reader.read(1 << 20):
+            out += chunk
+            if not read_until_close:
+                break
+    writer.close()
+    return out
+
+
+# -- plain parsing -------------------------------------------------------------------
+
+
+def test_parse_head() -> None:
+    head = parse_head(b"GET /v1/blobs/x HTTP/1.1\r\nHost: a\r\nRange:  bytes=0-9 \r\n\r\n")
+    assert (head.method, head.target, head.headers["range"]) == ("GET", b"/v1/blobs/x", "bytes=0-9")
+    for bad in (b"GET /x\r\n\r\n", b"GET /x HTTP/2\r\n\r\n", b"GET /x HTTP/1.1\r\nnocolon\r\n\r\n"):
+        with pytest.raises(ValueError):
+            parse_head(bad)
+
+
+def test_parse_response_head_refuses_what_it_will_not_follow() -> None:
+    ok = parse_response_head(b"HTTP/1.1 206 P\r\nContent-Length: 10\r\nContent-Range: bytes 0-9/99")
+    assert (ok.status, ok.length, ok.content_range) == (206, 10, (0, 10))
+    for bad in (
+        b"HTTP/1.1 206 P\r\nTransfer-Encoding: chunked",
+        b"HTTP/1.1 206 P\r\nContent-Length: -1",
+        b"HTTP/1.1 206 P\r\nContent-Length: 1\r\nContent-Length: 2",
+        b"SSH-2.0-x",
+    ):
+        with pytest.raises(SourceError):
+            parse_response_head(bad)
+
+
+# -- the front and the client together --------------------------------------------
+
+
+async def test_pipelined_chunks_land_verified_in_memory_and_on_disk(
+    make_peer, tmp_path: Path
+) -> None:
+    peer = await make_peer()
+    spans = [(i, min(i + MIN_CHUNK_SIZE, SIZE)) for i in range(0, SIZE, MIN_CHUNK_SIZE)]
+    target = tmp_path / "out.bin"
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        async with PeerPool({}) as pool:
+            mem = [MemorySink(e - s) for s, e in spans]
+            results: dict[int, bytes] = {}
+
+            async def one(i: int) -> None:
+                s, e = spans[i]
+                results[i] = await pool.fetch(peer.addr, peer.full_id, s, e, mem[i])
+                results[-1 - i] = await pool.fetch(peer.addr, peer.full_id, s, e, FileSink(fd, s))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(spans)):
+                    tg.start_soon(one, i)
+            # At most two connections carried all eight requests.
+            assert len(pool._conns[peer.addr]) <= 2
+    finally:
+        os.close(fd)
+    for i, (s, e) in enumerate(spans):
+        assert bytes(mem[i].data) == peer.full[s:e]
+        assert results[i] == results[-1 - i] == chunk_digest(peer.full[s:e])
+    assert target.read_bytes() == peer.full
+    assert peer.stats.active == 0
+    assert peer.stats.total == 2 * SIZE
+
+
+async def test_a_partial_file_serves_only_verified_chunks(make_peer) -> None:
+    peer = await make_peer()
+    async with PeerPool({}) as pool:
+        sink = MemorySink(MIN_CHUNK_SIZE)
+        with pytest.raises(SourceError, match="416"):
+            await pool.fetch(peer.addr, peer.part_id, MIN_CHUNK_SIZE, 2 * MIN_CHUNK_SIZE, sink)
+        assert not any(sink.data)  # nothing of the unverified chunk left the peer
+        # The same connection goes on serving after a refusal.
+        got = await pool.fetch(peer.addr, peer.part_id, 0, MIN_CHUNK_SIZE, sink)
+        assert got == chunk_digest(peer.part[:MIN_CHUNK_SIZE])
+        assert bytes(sink.data) == peer.part[:MIN_CHUNK_SIZE]
+
+
+async def test_plain_http_tools_still_fetch_blobs_and_other_routes(make_peer) -> None:
+    peer = await make_peer()
+    fid = peer.full_id
+    two = (
+        f"GET /v1/blobs/{fid} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-4\r\n\r\n"
+        f"HEAD /v1/blobs/{fid} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ).encode()
+    out = await _raw(peer, two)
+    first, rest = out.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 206") and b"Content-Range: bytes 0-4/" in first
+    assert rest.startswith(peer.full[:5] + b"HTTP/1.1 200")
+    assert f"Content-Length: {SIZE}".encode() in rest
+    # Any other route reaches the app (uvicorn), for one request.
+    out = await _raw(peer, b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and b'"hffs-peer"' in out
+    out = await _raw(peer, f"GET /v1/blobs/{fid}/have HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"\xf0")
+
+
+async def test_the_secret_guards_the_fast_path_too(make_peer) -> None:
+    peer = await make_peer(secret="s3cret")
+    fid = peer.full_id
+    out = await _raw(peer, f"GET /v1/blobs/{fid} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+    assert out.startswith(b"HTTP/1.1 403") and peer.full[:64] not in out
+    async with PeerPool(auth_headers("wrong")) as pool:
+        with pytest.raises(SourceError, match="403"):
+            await pool.fetch(peer.addr, fid, 0, 10, MemorySink(10))
+    async with PeerPool(auth_headers("s3cret")) as pool:
+        assert await pool.fetch(peer.addr, fid, 0, 10, MemorySink(10)) == chunk_digest(
+            peer.full[:10]
+        )
+
+
+async def test_bad_ids_and_paths_never_reach_the_disk(make_peer) -> None:
+    peer = await make_peer()
+    for target in ("/v1/blobs/..%2F..%2Fetc%2Fpasswd", "/v1/blobs/" + "A" * 64, "/v1/blobs/"):
+        out = await _raw(peer, f"GET {target} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        assert out.startswith(b"HTTP/1.1 400"), out[:80]
+    # A GET with a body is refused and the connection closed (no smuggling into the next).
+    out = await _raw(
+        peer,
+        f"GET /v1/blobs/{peer.full_id} HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc".encode(),
+    )
+    assert out.startswith(b"HTTP/1.1 400")
+
+
+# -- denial of service ---------------------------------------------------------------
+
+
+async def test_never_reading_downloads_neither_lock_others_out_nor_keep_their_slots(
+    make_peer,
+) -> None:
+    peer = await make_peer(limits=FrontLimits(stall_timeout=1.0))
+    request = f"GET /v1/blobs/{peer.big_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    hogs: list[asyncio.StreamWriter] = []
+    for i in range(32):
+        _, writer = await asyncio.open_connection(
+            peer.addr.host, peer.port, local_addr=(f"127.0.0.{70 + i % 2}", 0)
+        )
+        writer.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+        )
+        writer.write(request)
+        hogs.append(writer)
+    try:
+        with anyio.fail_after(10):  # the hogs got what slots their addresses may hold
+            while peer.stats.active < 2 * peer.server.slots_per_address:
+                await anyio.sleep(0.05)
+        # An honest peer elsewhere still gets its bytes at once.
+        async with PeerPool({}) as pool:
+            sink = MemorySink(MIN_CHUNK_SIZE)
+            with anyio.fail_after(10):
+                got = await pool.fetch(peer.addr, peer.full_id, 0, MIN_CHUNK_SIZE, sink)
+            assert got == chunk_digest(peer.full[:MIN_CHUNK_SIZE])
+        # The stalled uploads are cut and their slots freed, though the hogs stay connected.
+        with anyio.fail_after(15):
+            while peer.stats.active:
+                await anyio.sleep(0.05)
+    finally:
+        for w in hogs:
+            w.transport.abort()
+
+
+async def test_half_sent_requests_are_cut_and_ping_still_answers(make_peer) -> None:
+    peer = await make_peer(limits=FrontLimits(header_timeout=1.0, per_address=24))
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            s = socket.socket()
+            s.setblocking(False)
+            s.bind(("127.0.0.90", 0))
+            with contextlib.suppress(BlockingIOError):
+                s.connect((HOST, peer.port))
+            socks.append(s)
+        await anyio.sleep(0.2)
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.send(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        assert peer.shared.connections.get("127.0.0.90", 0) <= 24
+        out = await _raw(peer, b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n", source="127.0.0.91")
+        assert b'"hffs-peer"' in out
+        with anyio.fail_after(10):  # the header deadline closes every half-sent request
+            while peer.shared.connections.get("127.0.0.90", 0):
+                await anyio.sleep(0.05)
+    finally:
+        for s in socks:
+            s.close()
