@@ -23,6 +23,7 @@ from hffs.discovery import Discovery, discovery_for
 from hffs.hub import HubClient, HubError, Refused, RemoteFile, RemoteRevision, file_url
 from hffs.listing import read_local
 from hffs.progress import DownloadProgress
+from hffs.trust import redirect_guard
 from hffs.visibility import remember
 from swarm.download import DownloadError, FileReport, download_file
 from swarm.sources import Source
@@ -106,7 +107,8 @@ async def add_model_async(
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=5.0),
         limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
-        follow_redirects=True,
+        follow_redirects=True,  # from upstream, where hffs.trust allows; never from a peer
+        event_hooks={"response": [redirect_guard(hub.endpoints)]},
     ) as client:
         discovery = discovery_for(cfg, client)
         rev = await resolve(hub, discovery, repo_type, repo_id, revision, console, cache)

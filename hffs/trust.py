@@ -19,10 +19,12 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+import httpx
 
 from hffs.cache import is_commit
 
@@ -33,6 +35,7 @@ Visibility = Literal["public", "private"]
 QUORUM = 2  # distinct peer addresses that must agree on a path's content id
 
 HUB_HOSTS = ("huggingface.co", "hf.co")  # the hub and, as subdomains, its CDNs
+NO_FOLLOW = "hffs.no_follow"  # request extension: a redirect is read, not followed
 
 
 # -- sharing ---------------------------------------------------------------------------
@@ -289,3 +292,20 @@ def redirect_allowed(current: str, target: str, upstreams: Iterable[str]) -> boo
     if tgt_host == cur_host:
         return tgt.scheme == cur.scheme or tgt.scheme == "https"
     return tgt.scheme == "https" and is_cdn(tgt_host)
+
+
+class RedirectRefused(httpx.RequestError):
+    """An upstream redirect hffs does not follow (another host, the local network, a peer)."""
+
+
+def redirect_guard(upstreams: list[str]) -> Callable[[httpx.Response], Awaitable[None]]:
+    """An httpx response hook: a redirect is followed only where the trust rules allow."""
+
+    async def check(resp: httpx.Response) -> None:
+        if not resp.has_redirect_location or resp.request.extensions.get(NO_FOLLOW):
+            return
+        target = resp.url.join(resp.headers["location"])
+        if not redirect_allowed(str(resp.url), str(target), upstreams):
+            raise RedirectRefused(f"redirect to {target.host} refused", request=resp.request)
+
+    return check

@@ -35,7 +35,7 @@ from hffs.daemon.sharing import VisibilityLearner
 from hffs.daemon.upstream import Answer, TTLCache, Upstream, auth_key, relay, timed_out
 from hffs.hub import file_url
 from hffs.listing import read_local
-from hffs.trust import PUBLIC, visibility_of_listing
+from hffs.trust import NO_FOLLOW, PUBLIC, visibility_of_listing
 from hffs.visibility import VisibilityStore
 from swarm.sources import Source
 
@@ -174,7 +174,9 @@ class Access:
         url = file_url(listing.endpoint, repo_type, repo_id, listing.commit, path)
         headers = self.upstream.headers_for(listing.endpoint, upstream_headers(auth, hops))
         try:
-            resp = await client.head(url, headers=headers, follow_redirects=False)
+            resp = await client.head(
+                url, headers=headers, follow_redirects=False, extensions={NO_FOLLOW: True}
+            )
         except (httpx.HTTPError, OSError):
             return hub_error(502, None, "cannot confirm access to this gated repo upstream")
         refusal = None

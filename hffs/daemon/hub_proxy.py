@@ -61,7 +61,8 @@ from hffs.daemon.hub_api import (
     valid_revision,
 )
 from hffs.daemon.hub_headers import BadRange, file_headers, span_for
-from hffs.daemon.upstream import Answer, Upstream, redirect_guard, relay
+from hffs.daemon.upstream import Answer, Upstream, relay
+from hffs.trust import redirect_guard
 from hffs.visibility import VisibilityStore
 from swarm.peer_server import cancel_on_disconnect
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ import httpx
 from starlette.responses import Response
 
 from hffs.daemon.hub_api import RELAY_HEADERS, rewrite_link, strip_xet
-from hffs.trust import may_send_token, redirect_allowed, upstream_verdict
+from hffs.trust import RedirectRefused, may_send_token, upstream_verdict
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +69,13 @@ def auth_key(auth: str | None) -> str:
     return hashlib.sha256(auth.encode()).hexdigest() if auth else ""
 
 
-class RedirectRefused(httpx.RequestError):
-    """An upstream redirect hffs does not follow (another host, the local network, a peer)."""
-
-
-def redirect_guard(upstreams: list[str]) -> Callable[[httpx.Response], Awaitable[None]]:
-    """An httpx response hook: a redirect is followed only where the trust rules allow."""
-
-    async def check(resp: httpx.Response) -> None:
-        nxt = resp.next_request
-        if nxt is not None and not redirect_allowed(str(resp.url), str(nxt.url), upstreams):
-            log.warning("not following a redirect from %s to %s", resp.url.host, nxt.url.host)
-            raise RedirectRefused(f"redirect to {nxt.url.host} refused", request=resp.request)
-
-    return check
-
-
-def timed_out(endpoint: str) -> Answer:
-    """An upstream that took too long answered nothing we may override with the swarm."""
-    message = "upstream did not answer in time"
+def timed_out(
+    endpoint: str, status: int = 504, message: str = "upstream did not answer in time"
+) -> Answer:
+    """An upstream that answered nothing usable (too slow, a refused redirect): an answer
+    all the same, never a reason to override the access check with the swarm."""
     headers = httpx.Headers({"content-type": "application/json", "x-error-message": message})
-    return Answer(endpoint, 504, headers, json.dumps({"error": message}).encode())
+    return Answer(endpoint, status, headers, json.dumps({"error": message}).encode())
 
 
 class Upstream:
@@ -134,6 +119,8 @@ class Upstream:
             return None
         except httpx.TimeoutException:
             return timed_out(endpoint)  # it is there, just slow: not a reason to bypass it
+        except RedirectRefused as exc:  # it answered: somewhere we do not go
+            return timed_out(endpoint, status=502, message=str(exc))
         except httpx.HTTPError as exc:
             log.debug("%s%s: %s", endpoint, path_qs[:100], exc)
             return None
