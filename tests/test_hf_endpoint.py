@@ -131,7 +131,8 @@ def seed(
     cache.write_ref(repo_type, repo_id, "main", commit)
     if repo_id != PRIVATE:
         # as if hffs had fetched it anonymously: known public, so the node shares it
-        VisibilityStore(node.home).record(repo_type, repo_id, "public")
+        ids = [hub.get_file(repo_id, p, commit, repo_type=repo_type).etag for p in paths]
+        VisibilityStore(node.home).record(repo_type, repo_id, "public", ids)
 
 
 def start_node(node: Node, *args: str) -> None:

@@ -94,15 +94,16 @@ def scan_inventory(
     for repo_type, repo_id in cache.iter_repos():
         if not valid_repo_id(repo_id):
             continue  # a folder we could not name on the wire
-        # A repo not known public (private, gated, unknown) stays here, but for content
-        # ids known public anyway (named by a public listing, or got from peers).
-        whole = sharing is None or sharing.repo_shared(repo_type, repo_id)
+        # Only content ids a public upstream listing named (or peers served us) are
+        # shared: not a private, gated or unknown repo's files, nor a file imported or
+        # changed under a public repo's name. Revisions: of repos known public.
+        public = sharing is None or sharing.repo_shared(repo_type, repo_id)
         for f in cache.files(repo_type, repo_id):
-            if not whole and not (sharing is not None and sharing.id_shared(f.blob_id)):
+            if sharing is not None and not sharing.id_shared(f.blob_id):
                 continue
             blob = cache.blob_path(repo_type, repo_id, f.blob_id)
             files.setdefault(f.blob_id, blob)
-            if whole:
+            if public:
                 repos.add((repo_type, repo_id, f.commit))
     partials: set[str] = set()
     if partial_dir.is_dir():
@@ -129,11 +130,9 @@ class CacheIndex:
         self.inventory = Inventory()
 
     def shares(self, file_id: str) -> bool:
-        """Whether peers may have this content (hffs.trust: public, or a private swarm)."""
-        inv = self.inventory
-        if self.sharing is None or file_id in inv.files or file_id in inv.partials:
-            return True
-        return self.sharing.id_shared(file_id)
+        """Whether peers may have this content (hffs.trust: named by a public listing,
+        received from peers, or anything in a private swarm)."""
+        return self.sharing is None or self.sharing.id_shared(file_id)
 
     def repo_shared(self, repo_type: str, repo_id: str) -> bool:
         return self.sharing is None or self.sharing.repo_shared(repo_type, repo_id)
@@ -169,7 +168,9 @@ def repo_routes(index: CacheIndex) -> list[BaseRoute]:
         if not await anyio.to_thread.run_sync(index.repo_shared, repo_type, repo_id):
             return _bad("revision not held", 404)  # private or unknown: as if absent
         listing = await anyio.to_thread.run_sync(read_revision, cache, repo_type, repo_id, revision)
-        if listing is None:
+        if listing is not None:  # only what is shared, as for the blobs themselves
+            listing["files"] = [f for f in listing["files"] if index.shares(f["file_id"])]
+        if listing is None or not listing["files"]:
             return _bad("revision not held", 404)
         return JSONResponse(listing)
 
