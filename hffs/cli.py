@@ -65,10 +65,56 @@ def _root(
 
 RepoType = Annotated[str, typer.Option("--repo-type", help="model, dataset or space")]
 FileOpt = Annotated[str | None, typer.Option("--file", help="Path of one file inside the repo")]
+# The options hf download has, where they make sense on ls, rm and search too
+FilenamesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[FILENAMES]...", help="Files (a trailing / means a folder), as for hf download"
+    ),
+]
+IncludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--include", metavar="GLOB", help="Only paths matching; repeatable"),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", metavar="GLOB", help="No paths matching; repeatable"),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", metavar="DIR", help="The HF cache [default: HF_HUB_CACHE]"),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only what scripts need on stdout")
+]
 
 
-def _cache() -> HubCache:
-    return HubCache(config.hub_cache_dir())
+def _cache(cache_dir: Path | None = None) -> HubCache:
+    return HubCache(cache_dir.expanduser().absolute() if cache_dir else config.hub_cache_dir())
+
+
+def _chosen(
+    paths: list[str],
+    filenames: list[str] | None,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    file: str | None = None,
+    context: str = "",
+) -> list[str] | None:
+    """The paths hf download's arguments select (None: no selection given, all of them);
+    one clear line for arguments that cannot select."""
+    from hffs.selection import SelectionError, select
+
+    names = [*(filenames or []), *([file] if file else [])]
+    if not names and not include and not exclude:
+        return None
+    try:
+        chosen = select(paths, names, include or [], exclude or [])
+    except SelectionError as exc:
+        fail(f"{context}{exc}")
+    for warning in chosen.warnings:
+        err.print(f"[yellow]note:[/yellow] {warning}")
+    return list(chosen.paths)
 
 
 def _check_repo_type(repo_type: str) -> None:
@@ -102,15 +148,21 @@ def model_ls(
     file: FileOpt = None,
     revision: Annotated[str | None, typer.Option(help="Only this revision")] = None,
     repo_type: RepoType = "model",
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    cache_dir: CacheDirOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
-    """List cached repos, the files of a repo, or the local path of one file."""
+    """List cached repos, the files of a repo, or the local path of one file.
+
+    --quiet prints repo ids, or the absolute paths of the files, one a line."""
     _check_repo_type(repo_type)
-    cache = _cache()
+    cache = _cache(cache_dir)
     with expected_failures():
         if repo_id is None:
-            if file:
-                fail("--file needs --repo-id")
-            _print_repos(cache)
+            if file or include or exclude:
+                fail("--file, --include and --exclude need --repo-id")
+            _print_repos(cache, quiet)
             return
         commit = None
         if revision is not None:
@@ -120,6 +172,9 @@ def model_ls(
         files = cache.files(repo_type, repo_id, commit)
         if not files:
             fail(f"{repo_id} ({repo_type}) is not in the cache {cache.root}")
+        if include or exclude:
+            keep = set(_chosen(sorted({f.path for f in files}), None, include, exclude) or [])
+            files = [f for f in files if f.path in keep]
         if file is not None:
             main = cache.read_ref(repo_type, repo_id, "main")
             matches = sorted((f for f in files if f.path == file), key=lambda f: f.commit != main)
@@ -127,13 +182,21 @@ def model_ls(
                 fail(f"{file} is not cached for {repo_id}")
             out.print(str(matches[0].local_path.absolute()), highlight=False, soft_wrap=True)
             return
+        if quiet:
+            for f in files:
+                out.print(str(f.local_path.absolute()), highlight=False, soft_wrap=True)
+            return
         table = Table("file", "size", "revision", "blob")
         for f in files:
             table.add_row(f.path, human_bytes(f.size), f.commit[:12], f.blob_id[:12])
         out.print(table)
 
 
-def _print_repos(cache: HubCache) -> None:
+def _print_repos(cache: HubCache, quiet: bool = False) -> None:
+    if quiet:
+        for _, repo_id in cache.iter_repos():
+            out.print(repo_id, highlight=False, soft_wrap=True)
+        return
     table = Table("repo", "type", "files", "size", "refs")
     for repo_type, repo_id in cache.iter_repos():
         s = cache.repo_summary(repo_type, repo_id)
@@ -150,21 +213,43 @@ def _print_repos(cache: HubCache) -> None:
 @model_app.command("rm")
 def model_rm(
     repo_id: str,
+    filenames: FilenamesArg = None,
     file: FileOpt = None,
     revision: Annotated[str, typer.Option(help="Branch, tag or commit")] = "main",
     repo_type: RepoType = "model",
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    cache_dir: CacheDirOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing")
+    ] = False,
 ) -> None:
-    """Remove one file or a whole revision; blobs no revision uses any more are freed."""
+    """Remove files (chosen as hf download chooses them) or a whole revision; blobs no
+    revision uses any more are freed."""
     _check_repo_type(repo_type)
-    cache = _cache()
+    cache = _cache(cache_dir)
     with expected_failures():
         commit = cache.read_ref(repo_type, repo_id, revision)
         if commit is None:
             fail(f"nothing removed: revision {revision!r} of {repo_id} is not in the cache")
-        if file is not None:
-            if not cache.remove_file(repo_type, repo_id, commit, file):
-                fail(f"nothing removed: {file} is not cached in {repo_id}@{revision}")
-            what = f"{file} of {repo_id}@{revision}"
+        held = sorted(f.path for f in cache.files(repo_type, repo_id, commit))
+        chosen = _chosen(held, filenames, include, exclude, file, "nothing removed: ")
+        if chosen is not None and not chosen:
+            fail(f"nothing removed: no cached file of {repo_id}@{revision} matches")
+        if dry_run:
+            for path in chosen if chosen is not None else held:
+                out.print(path, highlight=False, soft_wrap=True)
+            err.print(f"[dry-run] would remove {len(chosen or held)} file(s); removed nothing")
+            return
+        if chosen is not None:
+            for path in chosen:
+                if not cache.remove_file(repo_type, repo_id, commit, path):
+                    fail(f"nothing removed: {path} is not cached in {repo_id}@{revision}")
+            what = (
+                f"{chosen[0]} of {repo_id}@{revision}"
+                if len(chosen) == 1
+                else f"{len(chosen)} files of {repo_id}@{revision}"
+            )
         else:
             cache.remove_commit(repo_type, repo_id, commit)
             managed.forget(config.home_dir(), repo_type, repo_id, commit)
@@ -201,15 +286,34 @@ def model_import(
 @model_app.command("search")
 def model_search(
     repo_id: str,
+    filenames: FilenamesArg = None,
     file: FileOpt = None,
     revision: Annotated[str, typer.Option(help="Branch, tag or commit")] = "main",
     repo_type: RepoType = "model",
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
 ) -> None:
-    """Ask the DHT which peers hold a repo revision or a file."""
+    """Ask the DHT which peers hold a repo revision or some of its files."""
     _check_repo_type(repo_type)
     from hffs.cli_daemon import search_command
+    from hffs.selection import SelectionError, check_arguments, select
 
-    search_command(repo_id, file, revision, repo_type)
+    names = [*(filenames or []), *([file] if file else [])]
+    try:
+        check_arguments(names, include or [], exclude or [])
+    except SelectionError as exc:
+        fail(str(exc))
+
+    def choose(paths: list[str]) -> list[str] | None:
+        """What of one holder's files to show: a holder without the named file shows none."""
+        if not names and not include and not exclude:
+            return None
+        try:
+            return list(select(paths, names, include or [], exclude or []).paths)
+        except SelectionError:
+            return []
+
+    search_command(repo_id, choose, revision, repo_type)
 
 
 def _tell_daemon(action: Callable[..., object]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -293,8 +294,14 @@ def _resolve_by_peers(
     return newest, [h for h in holders if h["commit"] == newest]
 
 
-def search_command(repo_id: str, file: str | None, revision: str, repo_type: str) -> None:
-    """Print ``host:port, repo-id, file`` for every peer holding the revision (or the file).
+def search_command(
+    repo_id: str,
+    choose: Callable[[list[str]], list[str] | None],
+    revision: str,
+    repo_type: str,
+) -> None:
+    """Print ``host:port, repo-id, file`` for every peer holding the revision (or the
+    files ``choose`` keeps of what each peer lists; None keeps all).
 
     A 40-hex revision is searched as is; a ref is resolved by the local cache if it
     knows it, else by the peers holding any revision of the repo (newest commit)."""
@@ -307,14 +314,14 @@ def search_command(repo_id: str, file: str | None, revision: str, repo_type: str
         holders = daemon.search(repo_type, repo_id, commit or revision)
     if commit is None and holders:
         commit, holders = _resolve_by_peers(holders, revision)
-    lines = [
-        f"{_addr(h['host'], h['port'])}, {repo_id}, {f['path']}"
-        for h in holders
-        for f in h["files"]
-        if file is None or f["path"] == file
-    ]
+    lines = []
+    for h in holders:
+        paths = [f["path"] for f in h["files"] if isinstance(f.get("path"), str)]
+        kept = choose(paths)
+        for path in paths if kept is None else kept:
+            lines.append(f"{_addr(h['host'], h['port'])}, {repo_id}, {path}")
     if not lines:
-        what = f"{file} of {repo_id}" if file else repo_id
+        what = f"those files of {repo_id}" if choose([]) is not None else repo_id
         at = commit[:12] if commit else revision
         fail(f"no peer holds {what} at {at}; is the daemon in the DHT? (`hffs daemon status`)")
     for line in lines:

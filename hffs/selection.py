@@ -32,16 +32,11 @@ class Selection:
     warnings: tuple[str, ...] = field(default=())
 
 
-def select(
-    available: Sequence[str],
-    filenames: Sequence[str] = (),
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-) -> Selection:
-    """The paths of ``available`` that ``hf download`` would fetch for these arguments."""
+def check_arguments(
+    filenames: Sequence[str] = (), include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> None:
+    """SelectionError for arguments that can select nothing whatever the revision holds."""
     folders = [f for f in filenames if f.endswith("/")]
-    names = [f for f in filenames if not f.endswith("/")]
-    warnings: list[str] = []
     if folders and include:
         raise SelectionError(
             f"cannot combine a folder ({folders[0]!r}) with --include; "
@@ -52,6 +47,19 @@ def select(
             f"cannot combine a folder ({folders[0]!r}) with --exclude; "
             f'use --include "{folders[0]}*" with --exclude instead'
         )
+
+
+def select(
+    available: Sequence[str],
+    filenames: Sequence[str] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> Selection:
+    """The paths of ``available`` that ``hf download`` would fetch for these arguments."""
+    check_arguments(filenames, include, exclude)
+    folders = [f for f in filenames if f.endswith("/")]
+    names = [f for f in filenames if not f.endswith("/")]
+    warnings: list[str] = []
     if names and include:
         warnings.append("--include is ignored: file names were given")
     if names and exclude:

@@ -66,6 +66,14 @@ OnBytes = Callable[[str, bool, int], None]  # (source id, upstream?, bytes)
 OnChunk = Callable[[int], None]  # a chunk is verified and on disk
 
 
+class ChunkObserver(Protocol):
+    """Told each chunk's fate and source, for a status page and metrics; the calls are
+    synchronous and cheap, and must not raise."""
+
+    def chunk_verified(self, chunk: int, source: str, upstream: bool) -> None: ...
+    def chunk_failed(self, chunk: int, source: str, upstream: bool) -> None: ...
+
+
 @dataclass
 class FileReport:
     file_id: str
@@ -131,6 +139,7 @@ class _Job:
     on_chunk: OnChunk | None
     rng: random.Random
     banned: set[str] = field(default_factory=set)  # holders distrusted for this file
+    observer: ChunkObserver | None = None
 
 
 class _Round:
@@ -142,6 +151,7 @@ class _Round:
         self.pf, self.upstream, self.client = job.pf, job.upstream, job.client
         self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
+        self.observer = job.observer
         self.sources: dict[str, Source] = {s.id: s for s in self.upstream}
         self.peers: dict[str, PeerAddr] = {}
         self.partial_peers: set[str] = set()  # holders still downloading
@@ -299,6 +309,8 @@ class _Round:
                 self.report.bytes_by_source[req.source] += nbytes
                 if self.on_chunk:
                     self.on_chunk(req.chunk)
+                if self.observer:
+                    self.observer.chunk_verified(req.chunk, req.source, source.upstream)
                 self.running_hash.more.set()
                 self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
         finally:
@@ -360,6 +372,8 @@ class _Round:
         assert self.sched is not None
         log.warning("chunk %d from %s failed verification", req.chunk, req.source)
         self.report.bad_chunks += 1
+        if self.observer:
+            self.observer.chunk_failed(req.chunk, req.source, self.sources[req.source].upstream)
         if not self.sources[req.source].upstream:
             self.banned.add(req.source)
         self._cancel(self.sched.on_failure(req, anyio.current_time(), bad_data=True))
@@ -426,6 +440,7 @@ async def download_file(
     on_bytes: OnBytes | None = None,
     on_chunk: OnChunk | None = None,
     rng: random.Random | None = None,
+    observer: ChunkObserver | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
@@ -443,6 +458,7 @@ async def download_file(
         on_bytes,
         on_chunk,
         rng or random.Random(),
+        observer=observer,
     )
     try:
         for attempt in range(MAX_ROUNDS):

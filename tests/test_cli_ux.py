@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -86,3 +87,47 @@ def test_progress_bytes_are_binary_like_the_summary() -> None:
     # no decimal units anywhere (rich's default columns print "MB" and "MB/s")
     assert not re.search(r"\d (kB|MB|GB)\b", text), text
     assert "peers 6.5 MiB · hub 6.5 MiB" in text
+
+
+def test_ls_and_rm_take_hf_download_selection(hffs_env: dict[str, str], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for rel, data in {
+        "config.json": b"{}\n",
+        "tokenizer.json": b'{"t": 1}\n',
+        "model.safetensors": b"w" * 100,
+        "sub/a.txt": b"a\n",
+        "sub/b.txt": b"b\n",
+    }.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    assert runner.invoke(app, ["model", "import", str(src), "org/m"]).exit_code == 0
+
+    r = runner.invoke(app, ["model", "ls", "-q"])
+    assert r.exit_code == 0 and r.output.splitlines() == ["org/m"]
+    r = runner.invoke(app, ["model", "ls", "--repo-id", "org/m", "-q", "--include", "*.json"])
+    paths = [Path(p) for p in r.output.splitlines()]
+    assert sorted(p.name for p in paths) == ["config.json", "tokenizer.json"]
+    assert all(p.is_absolute() and p.read_bytes() for p in paths)
+    r = runner.invoke(app, ["model", "ls", "-q", "--cache-dir", str(tmp_path / "elsewhere")])
+    assert r.exit_code == 0 and "org/m" not in r.output
+
+    # --dry-run says, on stdout, what would go, and removes nothing
+    r = runner.invoke(app, ["model", "rm", "org/m", "--include", "*.json", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert {"config.json", "tokenizer.json"} <= set(r.output.splitlines())
+    listed = runner.invoke(app, ["model", "ls", "--repo-id", "org/m", "-q"]).output.splitlines()
+    assert len(listed) == 5
+    # a folder, then two names, then a glob, as hf download takes them
+    assert runner.invoke(app, ["model", "rm", "org/m", "sub/"]).exit_code == 0
+    left = runner.invoke(app, ["model", "ls", "--repo-id", "org/m", "-q"]).output
+    assert "a.txt" not in left and "config.json" in left
+    assert (
+        runner.invoke(app, ["model", "rm", "org/m", "config.json", "tokenizer.json"]).exit_code == 0
+    )
+    left = runner.invoke(app, ["model", "ls", "--repo-id", "org/m", "-q"]).output.splitlines()
+    assert [Path(p).name for p in left] == ["model.safetensors"]
+    r = runner.invoke(app, ["model", "rm", "org/m", "sub/", "--include", "*.txt"])
+    assert r.exit_code == 1 and "cannot combine" in r.output
+    r = runner.invoke(app, ["model", "rm", "org/m", "--exclude", "*.safetensors"])
+    assert r.exit_code == 1 and "nothing removed" in r.output
+    assert len(runner.invoke(app, ["model", "ls", "--repo-id", "org/m", "-q"]).output.split()) == 1

@@ -31,6 +31,7 @@ import httpx
 import xxhash
 
 from hffs.cache import HubCache
+from hffs.daemon.activity import Activity
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.download import DownloadError, download_file
 from swarm.sources import PeerAddr, Source
@@ -298,7 +299,9 @@ class DownloadManager:
         view: SwarmView,
         client: httpx.AsyncClient,
         peer_headers: dict[str, str],
+        activity: Activity | None = None,
     ) -> None:
+        self.activity = activity or Activity()  # what the status page and metrics show
         self.cache = cache
         self.partial_dir = partial_dir
         self.view = view
@@ -366,6 +369,7 @@ class DownloadManager:
             t.fail(str(leaf) or type(leaf).__name__)
         finally:
             t.fail("the daemon is stopping")  # if cancelled; no-op once finished
+            self.activity.file_finished(t.file_id, t.error)
             if self._transfers.get(t.file_id) is t:
                 del self._transfers[t.file_id]
         if t.blob is not None:
@@ -398,6 +402,9 @@ class DownloadManager:
                     raise DownloadError("another process's download of this file stalled")
                 continue
             t.set_flags(flags, rising=True)
+            watch = self.activity.file_started(
+                t.file_id, f"{job.repo_id}/{job.path}", t.size, list(t.have)
+            )
             failure: Exception | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_drops, t)
@@ -413,6 +420,7 @@ class DownloadManager:
                         peer_headers=self.peer_headers,
                         on_bytes=self._count,
                         on_chunk=t.chunk_verified,
+                        observer=watch,
                     )
                 except Exception as exc:  # raised below, not wrapped in this group's error
                     failure = first_leaf(exc)
@@ -443,6 +451,7 @@ class DownloadManager:
 
     def _count(self, source: str, upstream: bool, n: int) -> None:
         self.view.report_transfer(0 if upstream else n, n if upstream else 0)
+        self.activity.bytes_in(source, upstream, n)
 
     def _link(self, blob: Path, jobs: list[FileJob]) -> None:
         """Blocking: the HF cache layout for every revision that asked for this file."""

@@ -31,6 +31,7 @@ import uvicorn
 
 from hffs.cache import HubCache, is_commit
 from hffs.config import DEFAULT_PORT, Config, ConfigError, Peer, hub_cache_dir
+from hffs.daemon.activity import Activity
 from hffs.daemon.app import (
     CacheIndex,
     Inventory,
@@ -43,6 +44,7 @@ from hffs.daemon.app import (
 )
 from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.daemon.metrics import MetricSources, make_registry
 from hffs.daemon.peers import PeerClient
 from hffs.daemon.runfiles import (
     DaemonInfo,
@@ -52,6 +54,7 @@ from hffs.daemon.runfiles import (
     write_info,
     write_pid,
 )
+from hffs.daemon.status_page import LocalSurface
 from hffs.visibility import VisibilityStore
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
@@ -65,6 +68,8 @@ ANNOUNCE_PERIOD = DEFAULT_TTL / 3  # a record survives two lost rounds
 ANNOUNCE_MIN_GAP = 2.0  # between full announces triggered by new contacts
 SMALL_SWARM = 20  # below this many contacts, every newcomer triggers a re-announce
 PROBE_PERIOD = 30.0  # saved peers are probed this often
+SAMPLE_PERIOD = 1.0  # rates and the throughput history of the status page
+ALIVE_WINDOW = 60.0  # a peer that traded bytes this recently counts as alive
 BOOTSTRAP_RETRY = 5.0  # while the routing table is empty
 RESCAN_PERIOD = 300.0  # catches cache changes nobody told us about
 LOOKUP_TIMEOUT = 15.0  # one DHT lookup
@@ -246,6 +251,7 @@ class Daemon:
         self.index = CacheIndex(HubCache(hub_cache_dir()), self.sharing)
         self._learner: Any = None  # hffs.daemon.sharing.VisibilityLearner, once running
         self.uploads = UploadStats()
+        self.activity = Activity()  # for /metrics and the status page
         self.bytes_from_peers = 0
         self.bytes_from_upstream = 0
         self.started_at = time.time()
@@ -446,7 +452,11 @@ class Daemon:
         found: list[tuple[str, int]] = []
         if self.node.routing_size():
             with anyio.move_on_after(LOOKUP_TIMEOUT):
-                providers = await self.node.find_providers(key)
+                started = time.monotonic()
+                try:
+                    providers = await self.node.find_providers(key)
+                finally:
+                    self.activity.dht_lookup(time.monotonic() - started)
                 found = [(p.host, p.port) for p in providers if not self.is_self(p.host, p.port)]
         saved = [
             p
@@ -520,6 +530,42 @@ class Daemon:
     def refresh_peers(self) -> None:
         self._wake_peers.set()
 
+    # -- what /metrics and the status page show ---------------------------------------
+
+    def peer_counts(self) -> tuple[int, int]:
+        """(known, alive): saved peers and peers traded with; alive if the last probe
+        answered or bytes moved within ALIVE_WINDOW."""
+        now = time.time()
+        known = {p.host for p in self.saved_peers} | set(self.activity.peers)
+        alive = {p.host for p in self.saved_peers if self.peer_states.get(p, PeerState()).active}
+        alive |= {h for h, a in self.activity.peers.items() if now - a.last_active < ALIVE_WINDOW}
+        return len(known), len(alive)
+
+    def ui_state(self) -> dict[str, Any]:
+        return {"status": self.status(), "activity": self.activity.snapshot()}
+
+    def local_surface(self, app: Any) -> LocalSurface:
+        """``/metrics``, ``/ui`` and response counting in front of the daemon's port."""
+        registry = make_registry(
+            MetricSources(
+                activity=self.activity,
+                uploads=self.uploads,
+                upload_slots=self.config.max_uploads,
+                bytes_down=lambda: {
+                    "peer": self.bytes_from_peers,
+                    "upstream": self.bytes_from_upstream,
+                },
+                routing_size=self.node.routing_size,
+                peers=self.peer_counts,
+            )
+        )
+        return LocalSurface(app, self.activity, registry, self.ui_state)
+
+    async def _sample_loop(self) -> None:
+        while True:
+            self.activity.sample(self.uploads.by_host)
+            await anyio.sleep(SAMPLE_PERIOD)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -550,7 +596,8 @@ class Daemon:
             named=cfg.named_endpoints(),
             sharing=self.sharing,
         )
-        app = hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret))
+        hub.downloads.activity = self.activity
+        app = self.local_surface(hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret)))
         self._learner = hub.access.learner  # asks upstream which cached repos are public
         self._learner.on_public = self.rescan
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
@@ -568,6 +615,7 @@ class Daemon:
                 loops.start_soon(self._announce_loop)
                 loops.start_soon(self._peer_loop)
                 loops.start_soon(self._rescan_loop)
+                loops.start_soon(self._sample_loop)
                 await self._stop.wait()
                 loops.cancel_scope.cancel()
             # uvicorn finishes in-flight requests (the stop reply among them), bounded
