@@ -21,6 +21,7 @@ import anyio
 import httpx
 import pytest
 from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError
 
 from hffs.cache import HubCache
 from hffs.daemon.downloads import (
@@ -401,6 +402,17 @@ def test_with_upstream_down_peers_still_serve_a_commit(world: World) -> None:
             p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()
         }
         assert got == world.files[REPO]
+        # A path the swarm does not list is absent (404 EntryNotFound), not an outage (5xx,
+        # which HF tools retry for minutes): AutoTokenizer's probes move on at once.
+        with pytest.raises(EntryNotFoundError):
+            hf_hub_download(
+                REPO,
+                "tokenizer.json",
+                revision=commit,
+                endpoint=d.url,
+                cache_dir=cache,
+                token=False,
+            )
         # A ref resolves to the commit the peers hold, as `hffs model add` does.
         with httpx.Client(trust_env=False, timeout=20) as http:
             head = http.head(f"{d.url}/{REPO}/resolve/main/config.json")
