@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from swarm import portable
 from swarm.ids import is_file_id
 
 REPO_TYPES = ("model", "dataset", "space")
@@ -67,18 +69,50 @@ def parse_repo_folder(name: str) -> tuple[str, str] | None:
 
 def check_repo_path(path: object) -> PurePosixPath:
     """A path inside a repo, refused if it could escape the snapshot folder (or name
-    something other than a plain relative path on any platform)."""
-    if (
-        not isinstance(path, str)
-        or not path
-        or len(path) > 4096
-        or "\\" in path
-        or "\0" in path
-        or path.startswith("/")
-        or any(part in ("", ".", "..") for part in path.split("/"))
-    ):
+    something other than a plain relative path on any platform), or if this platform
+    cannot store it as named (Windows rules there, and when forced: swarm.portable)."""
+    if not isinstance(path, str) or len(path) > 4096 or "\\" in path:
         raise CacheError(f"invalid path in repo: {str(path)[:200]!r}")
+    problem = portable.relpath_problem(path)
+    if problem is not None:
+        raise CacheError(f"invalid path in repo: {path[:200]!r} ({problem})")
     return PurePosixPath(path)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")  # as HF reads it
+
+
+_warned_no_symlinks: set[str] = set()
+
+
+def _use_symlinks(root: Path) -> bool:
+    """huggingface_hub's choice for this cache: symlinks unless disabled or impossible,
+    with its warning, once per cache folder, when impossible."""
+    if _env_true("HF_HUB_DISABLE_SYMLINKS"):
+        return False
+    if portable.symlinks_supported(root):
+        return True
+    key = str(root)
+    if key not in _warned_no_symlinks and not _env_true("HF_HUB_DISABLE_SYMLINKS_WARNING"):
+        _warned_no_symlinks.add(key)
+        message = (
+            "`huggingface_hub` cache-system uses symlinks by default to efficiently store"
+            f" duplicated files but your machine does not support them in {root}. Caching"
+            " files will still work but in a degraded version that might require more space"
+            " on your disk. This warning can be disabled by setting the"
+            " `HF_HUB_DISABLE_SYMLINKS_WARNING` environment variable. For more details, see"
+            " https://huggingface.co/docs/huggingface_hub/how-to-cache#limitations."
+        )
+        if portable.WINDOWS:
+            message += (
+                "\nTo support symlinks on Windows, you either need to activate Developer Mode"
+                " or to run Python as an administrator. In order to activate developer mode,"
+                " see this article: https://docs.microsoft.com/en-us/windows/apps/"
+                "get-started/enable-your-device-for-development"
+            )
+        warnings.warn(message, stacklevel=3)
+    return False
 
 
 @dataclass(frozen=True)
@@ -158,14 +192,15 @@ class HubCache:
         """Point ``snapshots/<commit>/<path>`` at the blob, as huggingface_hub does."""
         entry = self.snapshot_entry(repo_type, repo_id, commit, path)
         blob = self.blob_path(repo_type, repo_id, blob_id)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(entry.name + ".hffs-tmp")
+        Path(portable.extended_path(entry.parent, limit=247)).mkdir(parents=True, exist_ok=True)
+        tmp = Path(portable.extended_path(entry.with_name(entry.name + ".hffs-tmp")))
         tmp.unlink(missing_ok=True)
-        try:
-            tmp.symlink_to(os.path.relpath(blob, entry.parent))
-        except OSError:  # no symlinks (Windows without developer mode): copy, as HF does
-            shutil.copyfile(blob, tmp)
-        os.replace(tmp, entry)
+        # No symlinks (Windows without Developer Mode): HF copies; a hard link is that copy
+        # without a second one on disk, and keeps the blob findable by id (see files()).
+        portable.link_or_copy(
+            Path(portable.extended_path(blob)), tmp, symlink=_use_symlinks(self.root)
+        )
+        os.replace(tmp, portable.extended_path(entry))
         return entry
 
     def adopt(self, repo_type: str, repo_id: str, blob_id: str, src: Path, method: str) -> None:
@@ -229,12 +264,18 @@ class HubCache:
             snap = self.snapshot_dir(repo_type, repo_id, c)
             if not snap.is_dir():
                 continue
+            copies: dict[tuple[int, int] | None, str] | None = None
             for entry in sorted(snap.rglob("*")):
                 if entry.is_dir() or entry.name.endswith(".hffs-tmp"):
                     continue
-                blob_id = os.path.basename(os.readlink(entry)) if entry.is_symlink() else None
+                if entry.is_symlink():
+                    blob_id: str | None = os.path.basename(os.readlink(entry))
+                else:  # no symlinks here: the blob is the same file (a hard link), if any
+                    if copies is None:
+                        copies = self._blobs_by_inode(repo_type, repo_id)
+                    blob_id = copies.get(portable.file_key(entry))
                 if blob_id is None or not is_file_id(blob_id):
-                    continue  # a copied file (no symlinks): not shareable by id
+                    continue  # a plain copy (as HF makes): not shareable by id
                 try:
                     size = entry.stat().st_size
                 except FileNotFoundError:
@@ -242,6 +283,14 @@ class HubCache:
                 path = entry.relative_to(snap).as_posix()
                 out.append(CachedFile(repo_type, repo_id, c, path, blob_id, size, entry))
         return out
+
+    def _blobs_by_inode(self, repo_type: str, repo_id: str) -> dict[tuple[int, int] | None, str]:
+        blobs = self.repo_dir(repo_type, repo_id) / "blobs"
+        if not blobs.is_dir():
+            return {}
+        keys = {portable.file_key(b): b.name for b in blobs.iterdir() if is_file_id(b.name)}
+        keys.pop(None, None)
+        return keys
 
     def repo_summary(self, repo_type: str, repo_id: str) -> CachedRepo:
         files = self.files(repo_type, repo_id)

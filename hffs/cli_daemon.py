@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ from hffs.config import Config, Peer
 from hffs.console import err, expected_failures, fail, out
 from hffs.daemon.client import DaemonClient, DaemonError, DaemonNotRunning
 from hffs.progress import human_bytes
+from swarm.hostport import format_hostport, is_ip
 
 HELP = {"help_option_names": ["-h", "--help"]}
 daemon_app = typer.Typer(
@@ -32,7 +34,7 @@ PEER_PROBE_TIMEOUT = 1.5
 
 
 def _addr(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(host, port)
 
 
 def endpoint_url(host: str, port: int) -> str:
@@ -59,6 +61,13 @@ def _parse_peer(host: str, port: int | None) -> Peer:
     if port is not None and p != port:
         fail(f"two ports given: {host} and --port {port}")
     return Peer(h, p)
+
+
+def _resolves(name: str) -> bool:
+    try:
+        return bool(socket.getaddrinfo(name, None, type=socket.SOCK_DGRAM))
+    except (OSError, UnicodeError):
+        return False
 
 
 def _tell_daemon_peers_changed() -> None:
@@ -95,6 +104,9 @@ def daemon_start(
     ] = None,
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Run in this terminal (Ctrl-C stops)")
+    ] = False,
+    no_mdns: Annotated[
+        bool, typer.Option("--no-mdns", help="Do not find or advertise daemons on the LAN")
     ] = False,
     max_upload_rate: Annotated[
         str | None,
@@ -141,7 +153,10 @@ def daemon_start(
             boot = tuple(parse_hostport(b) for b in bootstrap or [])
         except ValueError as exc:
             fail(f"--bootstrap: {exc}")
-        settings = DaemonSettings(cfg.home, host, port, boot)
+        for name, _ in boot:  # a name that does not resolve now is a typo, not an outage
+            if not is_ip(name) and not _resolves(name):
+                fail(f"--bootstrap: cannot resolve {name!r}; give an address or a known name")
+        settings = DaemonSettings(cfg.home, host, port, boot, mdns=not no_mdns)
         if foreground:
             err.print(f"hffs daemon on {_addr(host, port)} (Ctrl-C stops)", highlight=False)
         info = start(settings, foreground=foreground)

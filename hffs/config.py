@@ -14,6 +14,8 @@ from pathlib import Path
 
 import platformdirs
 
+from swarm.hostport import format_hostport, parse_host, parse_port
+
 DEFAULT_PORT = 9009
 # Tried in this order when the user configured none. The mirror is a third party: it never
 # gets the user's token (``named_endpoints``, ``hffs.trust.may_send_token``).
@@ -97,7 +99,7 @@ class Peer:
     port: int = DEFAULT_PORT
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 @dataclass
@@ -137,7 +139,9 @@ class Config:
         try:
             return cls(
                 home,
-                peers=[Peer(p["host"], int(p["port"])) for p in raw.get("peers", [])],
+                peers=[
+                    Peer(parse_host(p["host"]), parse_port(p["port"])) for p in raw.get("peers", [])
+                ],
                 endpoints=[str(e) for e in raw.get("endpoints", [])],
                 port=int(raw.get("port", DEFAULT_PORT)),
                 max_upload_rate=int(raw.get("max_upload_rate", 0)),

@@ -18,8 +18,9 @@ import httpx
 from hffs import config
 from hffs.daemon.client import DaemonClient, DaemonNotRunning
 from hffs.hub import RemoteFile, RemoteRevision
-from hffs.listing import Listing, ListingError, parse_listing
+from hffs.listing import MAX_LISTING_BYTES, Listing, ListingError, parse_listing
 from hffs.trust import claim_from_listing, vouch
+from swarm.bounded import BoundedReadError, fetch_bounded
 from swarm.sources import PeerAddr
 from swarm.wire import auth_headers
 
@@ -112,13 +113,18 @@ class Discovery:
         self, peer: PeerAddr, repo_type: str, repo_id: str, revision: str
     ) -> Listing | None:
         url = f"http://{peer}/v1/repos/{repo_type}/{quote(repo_id)}/{quote(revision, safe='')}"
-        try:
-            with anyio.fail_after(LISTING_TIMEOUT):
-                resp = await self.client.get(url, headers=self.peer_headers)
-            if resp.status_code != 200:
+        try:  # bounded in bytes and time, and never redirected
+            answer = await fetch_bounded(
+                self.client,
+                url,
+                limit=MAX_LISTING_BYTES,
+                timeout=LISTING_TIMEOUT,
+                headers=self.peer_headers,
+            )
+            if answer.status != 200:
                 return None
-            return parse_listing(resp.content)
-        except (ListingError, httpx.HTTPError, OSError, TimeoutError) as exc:
+            return parse_listing(answer.body)
+        except (ListingError, BoundedReadError) as exc:
             log.debug("listing from %s: %s", peer, exc)  # a peer's bad answer is its problem
             return None
 

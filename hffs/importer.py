@@ -9,12 +9,12 @@ blob sha1 for the rest.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from hffs.cache import CacheError, HubCache, check_repo_path, is_commit
 from hffs.config import ZERO_COMMIT
+from swarm import portable
 from swarm.ids import git_blob_hasher
 
 LFS_MIN_SIZE = 10 * 1024 * 1024  # the hub stores any file over 10 MB in LFS
@@ -84,7 +84,7 @@ def run(
     """Import every planned file; returns (path in repo, blob id) of each."""
     if method not in METHODS:
         raise CacheError(f"unknown import method {method!r} (cp, mv or ln)")
-    if method == "ln" and sys.platform == "win32":
+    if method == "ln" and portable.enabled():  # a symlink out of the cache, as the original
         raise CacheError("--method ln is not offered on Windows; use cp or mv")
     done = []
     for src, name in p.files:

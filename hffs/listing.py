@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hffs.cache import CacheError, HubCache, check_repo_path, is_commit
+from swarm.chunking import MAX_FILE_SIZE  # larger is a lie: no claim sizes anything past it
 from swarm.ids import is_file_id
 
 MAX_LISTING_BYTES = 4 << 20  # a 100k-file repo lists in ~15 MB; ours are far smaller
 MAX_FILES = 20_000
-MAX_FILE_SIZE = 1 << 50  # 1 PiB: no hub file is larger; larger is a lie
 
 
 class ListingError(ValueError):

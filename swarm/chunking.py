@@ -9,13 +9,17 @@ from __future__ import annotations
 MIN_CHUNK_SIZE = 1 << 20  # 1 MiB: small enough to spread a 100 MB file over many peers
 MAX_CHUNK_SIZE = 1 << 26  # 64 MiB: bounds the memory one in-flight chunk may take
 TARGET_MAX_CHUNKS = 4096  # keeps manifests and have-bitmaps small for huge files
+# The largest file anyone may claim (1 TiB, 16384 chunks; the hub's limit is far lower):
+# every size from a peer or upstream is checked against it, so no claim can make a
+# manifest, bitmap, chunk table or state file larger than this bound allows.
+MAX_FILE_SIZE = 1 << 40
 
 
 def chunk_size_for(size: int) -> int:
     """Chunk size for a file of ``size`` bytes: the smallest power of two >= 1 MiB
     giving at most TARGET_MAX_CHUNKS chunks (capped at 64 MiB)."""
-    if size < 0:
-        raise ValueError(f"negative file size: {size}")
+    if not 0 <= size <= MAX_FILE_SIZE:
+        raise ValueError(f"not a file size: {size}")
     chunk = MIN_CHUNK_SIZE
     while chunk < MAX_CHUNK_SIZE and chunk * TARGET_MAX_CHUNKS < size:
         chunk <<= 1

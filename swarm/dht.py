@@ -7,34 +7,46 @@ by subclassing, what kademlia gets wrong for us (see DESIGN.md):
 - Many holders per key: ``add_provider`` / ``get_providers`` RPCs backed by
   :class:`swarm.providers.ProviderStore`, and a crawl that unions holders across
   the k closest nodes instead of stopping at the first value.
-- A holder's IP is the UDP source of its announcement, never a message field.
-- Datagrams are parsed and answered synchronously in ``datagram_received``:
-  garbage, bad msgpack, oversized datagrams, unknown RPCs and bad arguments are
-  dropped with a (rate-limited) log line and counted in ``protocol.drops``;
-  nothing raises in an unawaited task and incoming requests spawn no tasks.
+- A record is the UDP source of its announcement (address and port, one per
+  address and key), never a message field; announcing needs a token.
+- Tokens (swarm.dht_guard, BEP 5 style): every reply hands the asker a token bound
+  to its (ip, port). A request without a valid one is padded by honest senders,
+  and its reply is cut to the request's size: no address that has not proven it
+  receives there gets more bytes than it sent (no reflection/amplification).
+  Only proven senders enter the routing table, at most MAX_CONTACTS_PER_IP per IP.
+- Datagrams wait in a bounded queue drained within a time budget per event-loop
+  turn (overload drops, never starves the HTTP side); a token bucket per source
+  address bounds its requests. Garbage, bad msgpack, oversized datagrams, unknown
+  RPCs and bad arguments are dropped with a (rate-limited) log line and counted in
+  ``protocol.drops``; nothing raises in an unawaited task.
 - Every reply names its sender's id, so a node id learnt from a third party is
   checked when that node answers; one id per (ip, port) in the routing table.
 - ``find_neighbors`` ranks every known contact (kademlia walks buckets outwards
   and can miss the true closest); ``welcome_if_new`` hashed an already hashed
   key and pushed values to newcomers: here owners re-announce instead.
-- Crawls start from the k nearest contacts (not alpha: three dead seeds ended a
-  lookup), never re-admit a node that timed out, and skip for a while any
-  address that just timed out; joining refreshes every bucket, as the paper says.
-- Replies hold at most 20 holders and 20 nodes (~1.5 KB), and every datagram
+- Lookups (swarm.dht_lookup) keep alpha requests in flight and send the next as
+  soon as one ends; timeouts come from measured RTTs (RFC 6298), so a dead contact
+  costs one short timeout in one slot; it is never re-admitted by the crawl and
+  is skipped for a while by every later request.
+- Replies hold at most 20 holders and 20 nodes (~1.4 KB), and every datagram
   over 8192 bytes, either way, is refused.
 - No pickle: state files are never written nor loaded; callers bootstrap.
-- Optional swarm secret: each datagram carries a truncated HMAC-SHA256 over a
-  timestamp and the message; requests out of the time window or seen before are
-  dropped, so only machines that know the secret may announce or look up.
+- Optional swarm secret: each datagram carries a truncated HMAC-SHA256 over both
+  node ids, both addresses, a timestamp and the message; requests out of the time
+  window or seen before are dropped. A datagram captured on its way to one node is
+  worthless to another node or from another address, and the same one again is a
+  replay: only machines that know the secret may announce or look up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import heapq
 import hmac
 import ipaddress
+import itertools
 import logging
 import math
 import secrets
@@ -47,12 +59,13 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import umsgpack
-from kademlia.crawling import SpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.routing import RoutingTable
 
+from swarm import dht_guard
+from swarm.dht_lookup import LookupState, RttEstimator
 from swarm.providers import (
     DEFAULT_TTL,
     KEY_LEN,
@@ -89,12 +102,23 @@ REPLAY_CACHE_MAX = 100_000  # request ids remembered within the time window
 # lookups slow after churn. Any datagram from it clears the mark.
 UNRESPONSIVE_FOR = 30.0
 UNRESPONSIVE_MAX = 4096
+# A request without a valid token (an unproven address) is padded to this size, so the
+# full reply (at most ~1.4 KB) is never bigger than the request that asked for it.
+PAD_TO = 1400
+MAX_CONTACTS_PER_IP = 2  # routing-table entries one IP may hold, whatever its ports
+# Datagrams wait in a bounded queue and are handled at most DRAIN_BUDGET seconds per
+# event-loop turn: a flood costs dropped datagrams, never the loop that serves HTTP.
+QUEUE_MAX = 2048
+DRAIN_BUDGET = 0.004
 REQUEST, RESPONSE = b"\x00", b"\x01"  # rpcudp's framing: kind, 20-byte msg id, msgpack
 _HEADER = 1 + 20
 _STAMP = struct.Struct(">Q")
+_NO_ID = b"\0" * KEY_LEN  # receiver id of a first ping, before we know who answers
+# secret header: tag, stamp, sender id, receiver id, receiver IP as the sender addressed it
+_MAC_HEADER = TAG_LEN + _STAMP.size + 2 * KEY_LEN + 16
 # RPC name -> argument count after the sender's address; nothing else is served
 # (kademlia's store/find_value would keep one foreign value per key: unused here).
-_ARITY = {"ping": 1, "find_node": 2, "add_provider": 3, "get_providers": 2}
+_ARITY = {"ping": 1, "find_node": 2, "add_provider": 2, "get_providers": 2}
 
 
 def dht_key(*parts: str | bytes) -> bytes:
@@ -134,7 +158,8 @@ class Lookup:
 
 
 class _RoutingTable(RoutingTable):
-    """kademlia's table with its lookup and bucket-index defects fixed."""
+    """kademlia's table with its lookup and bucket-index defects fixed, and at most
+    MAX_CONTACTS_PER_IP entries per IP (one machine cannot fill it from many ports)."""
 
     protocol: DHTProtocol
 
@@ -170,9 +195,23 @@ class _RoutingTable(RoutingTable):
         for other in stale:
             self.remove_contact(other)
 
+    def ip_count(self, ip: str) -> int:
+        """Entries (replacements included) at ip."""
+        return sum(
+            n.ip == ip
+            for b in self.buckets
+            for n in itertools.chain(b.nodes.values(), b.replacement_nodes.values())
+        )
+
     def add_contact(self, node: Node) -> None:
         index = self.get_bucket_for(node)
         bucket = self.buckets[index]
+        if (
+            node.id not in bucket.nodes
+            and node.id not in bucket.replacement_nodes
+            and self.ip_count(node.ip) >= MAX_CONTACTS_PER_IP
+        ):
+            return
         if bucket.add_node(node):
             return
         if bucket.has_in_range(self.node) or bucket.depth() % 5 != 0:
@@ -194,7 +233,8 @@ class _RoutingTable(RoutingTable):
 
 
 class DHTProtocol(KademliaProtocol):
-    """Kademlia protocol with provider RPCs, strict parsing and optional HMAC."""
+    """Kademlia protocol with provider RPCs, strict parsing, address tokens,
+    per-address limits, adaptive timeouts and an optional swarm MAC."""
 
     router: _RoutingTable
 
@@ -206,21 +246,36 @@ class DHTProtocol(KademliaProtocol):
         *,
         secret: bytes | None = None,
         timeout: float = 5.0,
+        rate: float = dht_guard.RATE,
+        burst: float = dht_guard.BURST,
     ) -> None:
         super().__init__(source_node, store, ksize)
         self.router = _RoutingTable(self, ksize, source_node)
         self.providers = store
         self._wait_timeout = timeout
         self._mac_key = (
-            None if secret is None else hashlib.sha256(b"hffs-dht-mac-v1\0" + secret).digest()
+            None if secret is None else hashlib.sha256(b"hffs-dht-mac-v2\0" + secret).digest()
         )
         self._pending: dict[bytes, tuple[asyncio.Future[Any], asyncio.TimerHandle, Addr]] = {}
         self._seen: OrderedDict[bytes, float] = OrderedDict()  # replay cache, oldest first
         self._tasks: set[asyncio.Task[Any]] = set()
         self.drops: Counter[str] = Counter()
+        self.handled: Counter[str] = Counter()  # requests answered or refused, by rpc
         self._last_drop_log = -math.inf
         self._unresponsive: OrderedDict[Addr, float] = OrderedDict()
         self._family = socket.AF_INET
+        self._bound: Addr = ("0.0.0.0", 0)
+        self.tokens = dht_guard.Tokens(secrets.token_bytes(32))
+        self.peer_tokens = dht_guard.TokenCache()
+        self.limiter = dht_guard.RateLimiter(rate, burst)
+        self.rtt = RttEstimator(timeout)
+        self.timeouts: collections.deque[tuple[Addr, float]] = collections.deque(maxlen=256)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._draining = False
+        self._local_ips: dict[str, bool] = {}
+        self._route_ips: dict[str, str] = {}
 
     def __getattr__(self, name: str) -> Any:
         # rpcudp turns any unknown attribute into a remote call; here a typo is an error
@@ -238,6 +293,7 @@ class DHTProtocol(KademliaProtocol):
         a closed socket and nothing outlives the node."""
         for task in list(self._tasks):
             task.cancel()
+        self._queue.clear()
         pending, self._pending = self._pending, {}
         for fut, timer, _ in pending.values():
             timer.cancel()
@@ -248,6 +304,9 @@ class DHTProtocol(KademliaProtocol):
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         self._family = sock.family if sock is not None else socket.AF_INET
+        name = transport.get_extra_info("sockname")
+        if name:
+            self._bound = (normalize_host(name[0]) or name[0], name[1])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.shutdown()
@@ -270,33 +329,97 @@ class DHTProtocol(KademliaProtocol):
         else:
             log.debug("dropped datagram from %s: %s", addr, reason)
 
-    def _tag(self, stamped: bytes) -> bytes:
+    def _tag(self, data: bytes) -> bytes:
         assert self._mac_key is not None
-        return hmac.new(self._mac_key, stamped, hashlib.sha256).digest()[:TAG_LEN]
+        return hmac.new(self._mac_key, data, hashlib.sha256).digest()[:TAG_LEN]
 
-    def _frame(self, kind: bytes, msg_id: bytes, payload: bytes) -> bytes:
+    def _own_ip_towards(self, host: str) -> str:
+        """Our source IP for datagrams to host: the bound one, or the route's."""
+        if not ipaddress.ip_address(self._bound[0]).is_unspecified:
+            return self._bound[0]
+        ip = self._route_ips.get(host)
+        if ip is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.connect((host, 9))  # no packet: picks the route's source address
+                    ip = normalize_host(probe.getsockname()[0]) or self._bound[0]
+            except OSError:
+                ip = self._bound[0]
+            if len(self._route_ips) >= UNRESPONSIVE_MAX:
+                self._route_ips.clear()
+            self._route_ips[host] = ip
+        return ip
+
+    def _is_own_ip(self, host: str) -> bool:
+        if not ipaddress.ip_address(self._bound[0]).is_unspecified:
+            return host == self._bound[0]
+        known = self._local_ips.get(host)
+        if known is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.bind((host, 0))  # succeeds only for an address of this machine
+                known = True
+            except OSError:
+                known = False
+            if len(self._local_ips) >= UNRESPONSIVE_MAX:
+                self._local_ips.clear()
+            self._local_ips[host] = known
+        return known
+
+    def _frame(
+        self,
+        kind: bytes,
+        msg_id: bytes,
+        payload: bytes,
+        addr: Addr,
+        receiver_id: bytes,
+        own_ip: str | None = None,
+    ) -> bytes:
         body = kind + msg_id + payload
         if self._mac_key is None:
             return body
-        stamped = _STAMP.pack(int(time.time())) + body
-        return self._tag(stamped) + stamped
+        dst = (normalize_host(addr[0]) or addr[0], addr[1])
+        src = (own_ip or self._own_ip_towards(dst[0]), self._bound[1])
+        stamp = int(time.time())
+        sender_id = self.source_node.id
+        mac = dht_guard.mac_input(sender_id, receiver_id, src, dst, stamp, body)
+        return self._tag(mac) + _STAMP.pack(stamp) + sender_id + receiver_id + _ip16(dst[0]) + body
 
-    def _unframe(self, data: bytes, addr: Any) -> bytes | None:
-        """The rpcudp frame inside an authenticated datagram, or None (dropped)."""
+    def _unframe(self, data: bytes, addr: Any) -> tuple[bytes, bytes, bytes, str] | None:
+        """(rpcudp frame, sender id, receiver id, our IP as the sender addressed it)
+        from an authenticated datagram, or None (dropped). Without a secret the ids
+        come from the message itself."""
         if self._mac_key is None:
-            return data
-        if len(data) < TAG_LEN + _STAMP.size:
+            return (data, b"", b"", self._bound[0])
+        if len(data) < _MAC_HEADER:
             self._drop("no tag", addr)
             return None
-        tag, stamped = data[:TAG_LEN], data[TAG_LEN:]
-        if not hmac.compare_digest(tag, self._tag(stamped)):
+        tag = data[:TAG_LEN]
+        (stamp,) = _STAMP.unpack_from(data, TAG_LEN)
+        at = TAG_LEN + _STAMP.size
+        sender_id, receiver_id = data[at : at + KEY_LEN], data[at + KEY_LEN : at + 2 * KEY_LEN]
+        dst_ip = str(ipaddress.IPv6Address(data[at + 2 * KEY_LEN : _MAC_HEADER]))
+        dst_ip = normalize_host(dst_ip) or ""
+        src = (normalize_host(addr[0]) or "", addr[1])
+        body = data[_MAC_HEADER:]
+        if not src[0] or not dst_ip:
             self._drop("bad tag", addr)
             return None
-        (stamp,) = _STAMP.unpack_from(stamped)
+        mac = dht_guard.mac_input(
+            sender_id, receiver_id, src, (dst_ip, self._bound[1]), stamp, body
+        )
+        if not hmac.compare_digest(tag, self._tag(mac)):
+            self._drop("bad tag", addr)  # forged, or meant for another node or address
+            return None
+        if receiver_id not in (self.source_node.id, _NO_ID) or not self._is_own_ip(dst_ip):
+            self._drop("not for this node", addr)
+            return None
         if abs(time.time() - stamp) > MAX_SKEW:
             self._drop("stale timestamp", addr)
             return None
-        return stamped[_STAMP.size :]
+        return (body, sender_id, receiver_id, dst_ip)
 
     def _is_replay(self, msg_id: bytes) -> bool:
         now = time.monotonic()
@@ -308,8 +431,7 @@ class DHTProtocol(KademliaProtocol):
         seen[msg_id] = now + 2 * MAX_SKEW
         return False
 
-    def _send(self, kind: bytes, msg_id: bytes, obj: Any, addr: Any) -> bool:
-        data = self._frame(kind, msg_id, umsgpack.packb(obj))
+    def _emit(self, data: bytes, addr: Any) -> bool:
         if len(data) > MAX_DATAGRAM:
             log.error("not sending %d-byte datagram to %s: over %d", len(data), addr, MAX_DATAGRAM)
             return False
@@ -322,88 +444,179 @@ class DHTProtocol(KademliaProtocol):
         elif self._family == socket.AF_INET and ipv6:
             return False  # unreachable from an IPv4 socket
         self.transport.sendto(data, addr)
+        self.bytes_sent += len(data)
         return True
 
     # -- incoming ------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        try:
-            self._on_datagram(data, addr)
-        except Exception:  # a bug of ours: log it, keep serving
-            log.exception("error handling datagram from %s", addr)
-            self.drops["internal error"] += 1
+        # Only queue here; _drain does the work within a budget per event-loop turn.
+        self.bytes_received += len(data)
+        if len(self._queue) >= QUEUE_MAX:
+            return self._drop("overload", addr)
+        self._queue.append((data, addr))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().call_soon(self._drain)
+        return None
+
+    def _drain(self) -> None:
+        queue, clock = self._queue, time.perf_counter
+        deadline = clock() + DRAIN_BUDGET
+        while queue:
+            data, addr = queue.popleft()
+            try:
+                self._on_datagram(data, addr)
+            except Exception:  # a bug of ours: log it, keep serving
+                log.exception("error handling datagram from %s", addr)
+                self.drops["internal error"] += 1
+            if clock() >= deadline:
+                break
+        if queue and self.transport is not None and not self.transport.is_closing():
+            asyncio.get_running_loop().call_soon(self._drain)  # after everyone else's turn
+        else:
+            self._draining = False
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         if len(data) > MAX_DATAGRAM:
             return self._drop("oversized", addr)
-        frame = self._unframe(data, addr)
-        if frame is None:
+        unframed = self._unframe(data, addr)
+        if unframed is None:
             return None
+        frame, sender_id, receiver_id, _ = unframed
         if len(frame) < _HEADER + 1:
             return self._drop("too short", addr)
         kind, msg_id = frame[:1], frame[1:_HEADER]
+        host = normalize_host(addr[0])
+        if host is None:
+            return self._drop("bad source address", addr)
+        if kind == REQUEST and not self.limiter.allow(host, time.monotonic()):
+            return self._drop("rate limited", addr)
         try:
             msg = umsgpack.unpackb(frame[_HEADER:])
         except Exception:  # umsgpack raises many types, RecursionError included
             return self._drop("bad msgpack", addr)
         if self._unresponsive:
-            self._unresponsive.pop((normalize_host(addr[0]) or "", addr[1]), None)
+            self._unresponsive.pop((host, addr[1]), None)
         if kind == REQUEST:
-            return self._on_request(msg_id, msg, addr)
+            return self._on_request(msg_id, msg, (host, addr[1]), len(data), unframed)
         if kind == RESPONSE:
-            return self._on_response(msg_id, msg, addr)
+            if self._mac_key is not None and receiver_id != self.source_node.id:
+                return self._drop("not for this node", addr)
+            return self._on_response(msg_id, msg, addr, sender_id)
         return self._drop("unknown message kind", addr)
 
-    def _on_request(self, msg_id: bytes, msg: Any, addr: Any) -> None:
+    def _on_request(
+        self,
+        msg_id: bytes,
+        msg: Any,
+        addr: Addr,
+        size: int,
+        unframed: tuple[bytes, bytes, bytes, str],
+    ) -> None:
+        _, sender_id, receiver_id, own_ip = unframed
         if not (
             isinstance(msg, list)
-            and len(msg) == 2
+            and len(msg) == 4
             and isinstance(msg[0], str)
             and isinstance(msg[1], list)
+            and isinstance(msg[2], bytes)
+            and isinstance(msg[3], bytes)
         ):
             return self._drop("malformed request", addr)
-        name, args = msg
+        name, args, token = msg[0], msg[1], msg[2]
         if _ARITY.get(name) != len(args):
             return self._drop(f"unknown rpc or wrong arity: {name[:32]!r}/{len(args)}", addr)
-        if self._mac_key is not None and self._is_replay(msg_id):
-            return self._drop("replayed request", addr)
-        result = getattr(self, f"rpc_{name}")(addr, *args)
-        if result is not None:  # None: the handler refused the arguments
-            self._send(RESPONSE, msg_id, [self.source_node.id, result], addr)
+        if self._mac_key is not None:
+            if args[0] != sender_id:
+                return self._drop("sender id differs from the authenticated one", addr)
+            if receiver_id == _NO_ID and name != "ping":
+                return self._drop("request for an unnamed node", addr)
+            if self._is_replay(msg_id):
+                return self._drop("replayed request", addr)
+        now = time.monotonic()
+        proven = self.tokens.valid(token, addr[0], addr[1], now)
+        self.handled[name] += 1
+        result = getattr(self, f"rpc_{name}")(addr, proven, *args)
+        if result is None:  # the handler refused the arguments
+            return None
+        requester = args[0] if valid_key(args[0]) else _NO_ID
+        mine = self.tokens.issue(addr[0], addr[1], now)
+
+        def build(n_providers: int, n_nodes: int) -> bytes:
+            body = result
+            if name == "find_node":
+                body = result[:n_nodes]
+            elif name == "get_providers":
+                body = {
+                    "providers": result["providers"][:n_providers],
+                    "nodes": result["nodes"][:n_nodes],
+                }
+            payload = umsgpack.packb([self.source_node.id, body, mine])
+            return self._frame(RESPONSE, msg_id, payload, addr, requester, own_ip)
+
+        if proven:
+            data = build(REPLY_LIMIT, MAX_NODES_PER_REPLY)
+        else:  # never more bytes than it sent to an address that has not proven itself
+            counts = (
+                (len(result), 0)
+                if name == "find_node"
+                else (len(result["providers"]), len(result["nodes"]))
+                if name == "get_providers"
+                else (0, 0)
+            )
+            if name == "find_node":
+                data = dht_guard.fit_reply(size, lambda p, n: build(0, n), counts[0], 0)
+            else:
+                data = dht_guard.fit_reply(size, build, counts[1], counts[0])
+            if len(data) > size:
+                return self._drop("unproven sender, request too small for any reply", addr)
+        self._emit(data, addr)
         return None
 
-    def _on_response(self, msg_id: bytes, msg: Any, addr: Any) -> None:
+    def _on_response(self, msg_id: bytes, msg: Any, addr: Any, sender_id: bytes) -> None:
         entry = self._pending.get(msg_id)
         if entry is None:
             return self._drop("unsolicited response", addr)
         fut, timer, expected = entry
         if not _same_addr(addr, expected):
             return self._drop("response from the wrong address", addr)
-        if not (isinstance(msg, list) and len(msg) == 2 and valid_key(msg[0])):
+        if not (
+            isinstance(msg, list)
+            and len(msg) == 3
+            and valid_key(msg[0])
+            and isinstance(msg[2], bytes)
+            and (self._mac_key is None or msg[0] == sender_id)
+        ):
             return self._drop("malformed response", addr)
         del self._pending[msg_id]
         timer.cancel()
         if not fut.done():  # the caller may have been cancelled meanwhile
-            fut.set_result((True, (msg[0], msg[1])))
+            fut.set_result((True, (msg[0], msg[1], msg[2])))
         return None
 
-    def _welcome_sender(self, sender: Any, nodeid: Any) -> Node | None:
+    def _welcome_sender(self, sender: Addr, proven: bool, nodeid: Any) -> Node | None:
+        """The sender as a Node; added to the routing table only once its address is
+        proven (a spoofed source must not become a contact we then send to)."""
         if not valid_key(nodeid):
             self._drop("bad node id", sender)
             return None
         node = Node(nodeid, sender[0], sender[1])
-        self.welcome_if_new(node)
+        if proven:
+            self.welcome_if_new(node)
         return node
 
     def _neighbors(self, key: bytes, exclude: Node | None) -> list[list[Any]]:
         k = min(self.router.ksize, MAX_NODES_PER_REPLY)
         return [list(n) for n in self.router.find_neighbors(Node(key), k, exclude)]
 
-    def rpc_ping(self, sender: Any, nodeid: Any) -> bool | None:
-        return None if self._welcome_sender(sender, nodeid) is None else True
+    def rpc_ping(self, sender: Addr, proven: bool, nodeid: Any) -> bool | None:
+        return None if self._welcome_sender(sender, proven, nodeid) is None else True
 
-    def rpc_find_node(self, sender: Any, nodeid: Any, key: Any) -> list[list[Any]] | None:
-        source = self._welcome_sender(sender, nodeid)
+    def rpc_find_node(
+        self, sender: Addr, proven: bool, nodeid: Any, key: Any
+    ) -> list[list[Any]] | None:
+        source = self._welcome_sender(sender, proven, nodeid)
         if source is None:
             return None
         if not valid_key(key):
@@ -411,18 +624,24 @@ class DHTProtocol(KademliaProtocol):
             return None
         return self._neighbors(key, source)
 
-    def rpc_add_provider(self, sender: Any, nodeid: Any, key: Any, port: Any) -> bool | None:
-        source = self._welcome_sender(sender, nodeid)
+    def rpc_add_provider(self, sender: Addr, proven: bool, nodeid: Any, key: Any) -> bool | None:
+        source = self._welcome_sender(sender, proven, nodeid)
         if source is None:
             return None
-        if not valid_key(key) or not valid_port(port):
+        if not valid_key(key):
             self._drop("bad add_provider arguments", sender)
             return None
-        # the holder is whoever sent this datagram: the message cannot name another host
-        return self.providers.add(key, sender[0], port, time.monotonic())
+        if not proven:  # no token: the source address may be spoofed
+            self.handled["add_provider refused: no token"] += 1
+            return False
+        # The holder is whoever sent this datagram, on the port it proved: the message
+        # names neither, and one record per address and key.
+        return self.providers.add(key, sender[0], sender[1], time.monotonic())
 
-    def rpc_get_providers(self, sender: Any, nodeid: Any, key: Any) -> dict[str, Any] | None:
-        source = self._welcome_sender(sender, nodeid)
+    def rpc_get_providers(
+        self, sender: Addr, proven: bool, nodeid: Any, key: Any
+    ) -> dict[str, Any] | None:
+        source = self._welcome_sender(sender, proven, nodeid)
         if source is None:
             return None
         if not valid_key(key):
@@ -451,19 +670,39 @@ class DHTProtocol(KademliaProtocol):
 
     # -- outgoing ------------------------------------------------------------
 
-    async def _request(self, address: Any, name: str, *args: Any) -> tuple[bool, Any]:
+    async def _request(
+        self, address: Any, name: str, receiver_id: bytes, *args: Any
+    ) -> tuple[bool, Any]:
         """(True, (responder_id, result)) or (False, None) on timeout or stop."""
         if self.transport is None or self.transport.is_closing():
             return (False, None)
         loop = asyncio.get_running_loop()
+        addr = (normalize_host(address[0]) or address[0], address[1])
         msg_id = secrets.token_bytes(20)
+        token = self.peer_tokens.get(addr, time.monotonic())
+        payload = umsgpack.packb([name, list(args), token or b"", b""])
+        data = self._frame(REQUEST, msg_id, payload, addr, receiver_id)
+        if token is None and len(data) < PAD_TO:  # unproven: pay for the reply we ask
+            pad = PAD_TO - len(data) - 2  # the pad's own msgpack header (bin8/bin16)
+            pad -= 1 if pad > 255 else 0
+            payload = umsgpack.packb([name, list(args), b"", b"\0" * max(0, pad)])
+            data = self._frame(REQUEST, msg_id, payload, addr, receiver_id)
+        wait = self.rtt.timeout(addr)
         fut: asyncio.Future[Any] = loop.create_future()
-        timer = loop.call_later(self._wait_timeout, self._request_timed_out, msg_id)
-        self._pending[msg_id] = (fut, timer, address)
+        timer = loop.call_later(wait, self._request_timed_out, msg_id)
+        self._pending[msg_id] = (fut, timer, addr)
+        started = time.monotonic()
         try:
-            if not self._send(REQUEST, msg_id, [name, list(args)], address):
+            if not self._emit(data, addr):
                 return (False, None)
-            return await fut
+            ok, reply = await fut
+            if ok:
+                self.rtt.observe(addr, time.monotonic() - started)
+                self.peer_tokens.put(addr, reply[2], time.monotonic())
+                return (True, (reply[0], reply[1]))
+            if self.transport is not None and not self.transport.is_closing():
+                self.timeouts.append((addr, wait))
+            return (False, None)
         finally:  # also on cancellation: forget the request and its timer
             entry = self._pending.pop(msg_id, None)
             if entry is not None:
@@ -474,15 +713,22 @@ class DHTProtocol(KademliaProtocol):
         if entry is not None and not entry[0].done():
             entry[0].set_result((False, None))
 
+    def is_unresponsive(self, node: Node) -> bool:
+        mark = (normalize_host(node.ip) or "", node.port)
+        return self._unresponsive.get(mark, -math.inf) > time.monotonic()
+
     async def _call_node(self, node: Node, name: str, *args: Any) -> tuple[bool, Any]:
         mark = (normalize_host(node.ip) or "", node.port)
-        if self._unresponsive.get(mark, -math.inf) > time.monotonic():
+        if self.is_unresponsive(node):
             self.router.remove_contact(node)
             return (False, None)
-        ok, reply = await self._request((node.ip, node.port), name, self.source_node.id, *args)
+        ok, reply = await self._request(
+            (node.ip, node.port), name, node.id, self.source_node.id, *args
+        )
         if not ok:
             log.debug("no reply from %s to %s", node, name)
             self.router.remove_contact(node)
+            self.peer_tokens.forget(mark)
             self._unresponsive[mark] = time.monotonic() + UNRESPONSIVE_FOR
             self._unresponsive.move_to_end(mark)
             while len(self._unresponsive) > UNRESPONSIVE_MAX:
@@ -495,7 +741,7 @@ class DHTProtocol(KademliaProtocol):
         return (True, result)
 
     async def ping_address(self, address: Addr) -> Node | None:
-        ok, reply = await self._request(address, "ping", self.source_node.id)
+        ok, reply = await self._request(address, "ping", _NO_ID, self.source_node.id)
         if not ok or reply[0] == self.source_node.id:
             return None
         node = Node(reply[0], address[0], address[1])
@@ -523,8 +769,11 @@ class DHTProtocol(KademliaProtocol):
             return (False, None)
         return (True, (providers, nodes))
 
-    async def call_add_provider(self, node_to_ask: Node, key: bytes, port: int) -> bool:
-        ok, result = await self._call_node(node_to_ask, "add_provider", key, port)
+    async def call_add_provider(self, node_to_ask: Node, key: bytes) -> bool:
+        addr = (normalize_host(node_to_ask.ip) or "", node_to_ask.port)
+        if self.peer_tokens.get(addr, time.monotonic()) is None:
+            await self.call_ping(node_to_ask)  # get a token first: announcing needs one
+        ok, result = await self._call_node(node_to_ask, "add_provider", key)
         return ok and result is True
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> NoReturn:
@@ -569,52 +818,88 @@ class DHTProtocol(KademliaProtocol):
         return found
 
 
-class _Crawl(SpiderCrawl):
-    """kademlia's iterative lookup loop (``SpiderCrawl._find``) with two fixes:
-    a node that failed to answer is never re-admitted (kademlia's heap forgets
-    removals, so a later reply naming a dead node put it back, already marked
-    contacted, into the result), and rounds and RPCs are counted."""
+def _ip16(host: str) -> bytes:
+    ip = ipaddress.ip_address(host)
+    if isinstance(ip, ipaddress.IPv4Address):
+        return b"\0" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
 
-    protocol: DHTProtocol
+
+class _Crawl:
+    """An iterative lookup (swarm.dht_lookup.LookupState) driven over the network:
+    up to alpha requests in flight, the next sent as soon as one ends, so a dead or
+    slow contact holds one slot for its (RTT-based) timeout, not the whole lookup.
+    A contact that failed is never re-admitted, whoever names it later, and one IP
+    contributes at most MAX_CONTACTS_PER_IP candidates."""
 
     def __init__(
         self, protocol: DHTProtocol, node: Node, peers: list[Node], ksize: int, alpha: int
     ) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)
-        self.failed: set[bytes] = set()
-        self.rounds = 0
-        self.queried = 0
+        self.protocol = protocol
+        self.node = node
+        self.state = LookupState(node, [], ksize, alpha)
+        self._per_ip: Counter[str] = Counter()
+        self._admit(peers, 1)
+
+    @property
+    def failed(self) -> set[bytes]:
+        return self.state.failed
+
+    @property
+    def queried(self) -> int:
+        return self.state.queried
+
+    @property
+    def rounds(self) -> int:
+        """Hops: the depth of the farthest contact asked (our own contacts are 1)."""
+        return self.state.max_depth
+
+    def _admit(self, nodes: list[Node], depth: int) -> None:
+        fresh = []
+        for n in nodes:
+            known = self.state.depth_of(n) or n.id in self.state.failed
+            if known or self._per_ip[n.ip] >= MAX_CONTACTS_PER_IP:
+                continue
+            self._per_ip[n.ip] += 1
+            fresh.append(n)
+        self.state.learn(fresh, depth)
 
     async def find(self) -> Any:
-        return await self._find(self._ask)
-
-    async def _ask(self, peer: Node, node: Node) -> tuple[bool, Any]:
-        self.queried += 1
-        return await self._rpc(peer, node)
+        state = self.state
+        pending: dict[asyncio.Task[tuple[bool, Any]], Node] = {}
+        try:
+            while True:
+                while (peer := state.next()) is not None:
+                    pending[asyncio.ensure_future(self._rpc(peer, self.node))] = peer
+                if not pending or state.done():
+                    break
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    peer = pending.pop(task)
+                    ok, reply = task.result()
+                    if ok:
+                        nodes = self._absorb(reply, state.depth_of(peer))
+                        depth = state.depth_of(peer) + 1
+                        state.answered(peer, [])
+                        self._admit(nodes, depth)
+                    else:
+                        state.failed_to_answer(peer)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return self._result()
 
     async def _rpc(self, peer: Node, node: Node) -> tuple[bool, Any]:
         raise NotImplementedError
 
-    def _absorb(self, reply: Any) -> None:
+    def _absorb(self, reply: Any, depth: int) -> list[Node]:
+        """Take what a reply holds; return the contacts it named."""
         raise NotImplementedError
 
     def _result(self) -> Any:
         raise NotImplementedError
-
-    def _push(self, nodes: list[Node]) -> None:
-        self.nearest.push([n for n in nodes if n.id not in self.failed])
-
-    async def _nodes_found(self, responses: dict[bytes, tuple[bool, Any]]) -> Any:
-        self.rounds += 1
-        for peer_id, (ok, reply) in responses.items():
-            if ok:
-                self._absorb(reply)
-            else:
-                self.failed.add(peer_id)
-        self.nearest.remove(self.failed)
-        if self.nearest.have_contacted_all():
-            return self._result()
-        return await self.find()
 
 
 class NodeCrawl(_Crawl):
@@ -623,11 +908,11 @@ class NodeCrawl(_Crawl):
     async def _rpc(self, peer: Node, node: Node) -> tuple[bool, Any]:
         return await self.protocol.call_find_node(peer, node)
 
-    def _absorb(self, reply: list[Node]) -> None:
-        self._push(reply)
+    def _absorb(self, reply: list[Node], depth: int) -> list[Node]:
+        return reply
 
     def _result(self) -> list[Node]:
-        return list(self.nearest)
+        return self.state.result()
 
 
 class ProviderCrawl(_Crawl):
@@ -645,13 +930,13 @@ class ProviderCrawl(_Crawl):
     async def _rpc(self, peer: Node, node: Node) -> tuple[bool, Any]:
         return await self.protocol.call_get_providers(peer, node)
 
-    def _absorb(self, reply: tuple[list[Provider], list[Node]]) -> None:
+    def _absorb(self, reply: tuple[list[Provider], list[Node]], depth: int) -> list[Node]:
         providers, nodes = reply
         if providers:
             self.providers = merge(self.providers, providers)
             if self.first_hit_round is None:
-                self.first_hit_round = self.rounds
-        self._push(nodes)
+                self.first_hit_round = depth
+        return nodes
 
     def _result(self) -> list[Provider]:
         return self.providers
@@ -664,9 +949,9 @@ class DHTNode(Server):
     await node.listen(9009, interface="127.0.0.2")
     await node.bootstrap([("127.0.0.1", 9009)])
     key = dht_key("file", sha256_hex)
-    await node.provide(key, port=9009)  # TCP port peers fetch from
+    await node.provide(key)  # the record names our IP and port, as peers see them
     holders = await node.find_providers(key)
-    # in the daemon's task group: tg.start_soon(node.maintain, held_keys, 9009)
+    # in the daemon's task group: tg.start_soon(node.maintain, held_keys)
     node.stop()
     """
 
@@ -690,7 +975,7 @@ class DHTNode(Server):
         # node ids are self-chosen (kademlia's flaw too); at least make them unpredictable
         super().__init__(ksize=ksize, alpha=alpha, node_id=node_id or secrets.token_bytes(KEY_LEN))
         self.ttl = ttl
-        self.store = store or ProviderStore(ttl=ttl)
+        self.store = store if store is not None else ProviderStore(ttl=ttl)  # empty is falsy
         self.secret = secret
         self.timeout = timeout
 
@@ -762,15 +1047,20 @@ class DHTNode(Server):
             return []
         return await NodeCrawl(proto, target, nearest, self.ksize, self.alpha).find()
 
-    async def provide(self, key: bytes, port: int) -> int:
-        """Announce this machine (as peers see its IP) holding key on TCP ``port``
-        to the k closest nodes. Returns how many accepted. Records expire after
-        the ttl: call again (see :meth:`maintain`) well before that."""
-        if not valid_key(key) or not valid_port(port):
+    async def provide(self, key: bytes, port: int | None = None) -> int:
+        """Announce this node (its IP and UDP port, as peers see them: a record's
+        port is the one its address proved) holding key to the k closest nodes.
+        ``port``, if given, must be that port: the DHT cannot announce another.
+        Returns how many accepted. Records expire after the ttl: call again (see
+        :meth:`maintain`) well before that."""
+        if not valid_key(key) or (port is not None and not valid_port(port)):
             raise ValueError("key must be 20 bytes and port 1..65535")
+        addr = self.address
+        if port is not None and addr is not None and port != addr[1]:
+            raise ValueError(f"records carry the DHT port ({addr[1]}), not {port}")
         proto = self._proto()
         nodes = await self._closest_nodes(key)
-        oks = await asyncio.gather(*(proto.call_add_provider(n, key, port) for n in nodes))
+        oks = await asyncio.gather(*(proto.call_add_provider(n, key) for n in nodes))
         return sum(oks)
 
     async def lookup(self, key: bytes) -> Lookup:
@@ -793,7 +1083,9 @@ class DHTNode(Server):
         providers = (await self.lookup(key)).providers
         return providers if limit is None else providers[:limit]
 
-    async def announce(self, keys: Iterable[bytes], port: int, *, concurrency: int = 8) -> int:
+    async def announce(
+        self, keys: Iterable[bytes], port: int | None = None, *, concurrency: int = 8
+    ) -> int:
         """provide() every key, a few at a time; returns how many reached a node."""
         sem = asyncio.Semaphore(concurrency)
 
@@ -815,7 +1107,7 @@ class DHTNode(Server):
     async def maintain(
         self,
         keys: Callable[[], Iterable[bytes]],
-        port: int,
+        port: int | None = None,
         *,
         interval: float | None = None,
         refresh_age: float = 3600.0,

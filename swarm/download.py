@@ -26,6 +26,7 @@ from typing import Protocol
 import anyio
 import httpx
 
+from swarm.goal import Goal
 from swarm.ids import content_hasher
 from swarm.manifest import Manifest
 from swarm.scheduler import Request, Scheduler, SchedulerConfig, State
@@ -36,6 +37,7 @@ from swarm.sources import (
     fetch_have,
     fetch_manifest,
     fetch_range,
+    report_bad_chunk,
     stream_range,
 )
 from swarm.store import PartialFile
@@ -53,6 +55,10 @@ STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
 
 class DownloadError(Exception):
     """The file could not be completed; the message says why, for the user."""
+
+
+class DownloadPaused(Exception):
+    """Every chunk the goal asked for is held; the rest was not asked for (yet)."""
 
 
 class Holders(Protocol):
@@ -139,6 +145,7 @@ class _Job:
     on_chunk: OnChunk | None
     rng: random.Random
     banned: set[str] = field(default_factory=set)  # holders distrusted for this file
+    goal: Goal | None = None  # the chunks asked for; None: the whole file
     observer: ChunkObserver | None = None
 
 
@@ -151,6 +158,7 @@ class _Round:
         self.pf, self.upstream, self.client = job.pf, job.upstream, job.client
         self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
+        self.goal = job.goal
         self.observer = job.observer
         self.sources: dict[str, Source] = {s.id: s for s in self.upstream}
         self.peers: dict[str, PeerAddr] = {}
@@ -165,6 +173,7 @@ class _Round:
         self.wake = anyio.Event()
         self.restart = False
         self.manifest_suspect = False
+        self.bad_reports: dict[str, int] = {}  # holder -> a chunk of it that failed
 
     # -- holders -------------------------------------------------------------
 
@@ -376,7 +385,19 @@ class _Round:
             self.observer.chunk_failed(req.chunk, req.source, self.sources[req.source].upstream)
         if not self.sources[req.source].upstream:
             self.banned.add(req.source)
+            self.bad_reports.setdefault(req.source, req.chunk)
         self._cancel(self.sched.on_failure(req, anyio.current_time(), bad_data=True))
+
+    async def _report_bad(self) -> None:
+        """Tell each holder that sent a bad chunk (it may not know its copy rotted)."""
+        reports, self.bad_reports = self.bad_reports, {}
+        peers = [(self.peers[pid], chunk) for pid, chunk in reports.items() if pid in self.peers]
+        if not peers:
+            return
+        fid, client, headers = self.pf.file_id, self.client, self.peer_headers
+        async with anyio.create_task_group() as tg:
+            for peer, chunk in peers:
+                tg.start_soon(report_bad_chunk, client, peer, fid, chunk, headers)
 
     async def run(self) -> None:
         if self.holders is not None:
@@ -385,10 +406,12 @@ class _Round:
             await self.holders.announce_partial(self.pf.file_id)
         found = await self._discover()
         pf = self.pf
+        goal, goal_seen = self.goal, self.goal.version if self.goal else 0
         self.sched = sched = Scheduler(
             pf.n_chunks,
             pf.chunk_size,
-            done=[i for i in range(pf.n_chunks) if pf.has(i)],
+            # chunks nobody asked for count as done until someone does
+            done=[i for i in range(pf.n_chunks) if pf.has(i) or (goal and not goal.wants(i))],
             rng=self.rng,
             config=SchedulerConfig(),
         )
@@ -400,6 +423,9 @@ class _Round:
             tg.start_soon(self._refresh_loop)
             tg.start_soon(self.running_hash.run)
             while not sched.done and not self.restart:
+                if goal is not None and goal.version != goal_seen:
+                    goal_seen = goal.version  # a request asked for more of the file
+                    sched.reopen(i for i in goal.wanted() if not pf.has(i))
                 now = anyio.current_time()
                 self._cancel(sched.expire(now))
                 for req in sched.next_requests(now)[
@@ -419,6 +445,7 @@ class _Round:
                 with anyio.move_on_after(TICK_SECONDS):
                     await self.wake.wait()
             tg.cancel_scope.cancel()
+        await self._report_bad()
         if not sched.done and not self.restart:
             missing = sched.failed_chunks or list(range(sched.remaining))
             raise DownloadError(
@@ -440,12 +467,15 @@ async def download_file(
     on_bytes: OnBytes | None = None,
     on_chunk: OnChunk | None = None,
     rng: random.Random | None = None,
+    goal: Goal | None = None,
     observer: ChunkObserver | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
     Resumes whatever an earlier attempt left in ``store_root``. Raises
-    DownloadError when the file cannot be completed and verified."""
+    DownloadError when the file cannot be completed and verified. With a ``goal``,
+    fetches only the chunks it asks for (more as it grows) and raises DownloadPaused
+    once they are all held short of the whole file."""
     started = anyio.current_time()
     report = FileReport(file_id, size)
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
@@ -458,6 +488,7 @@ async def download_file(
         on_bytes,
         on_chunk,
         rng or random.Random(),
+        goal=goal,
         observer=observer,
     )
     try:
@@ -468,6 +499,9 @@ async def download_file(
             running_hash = _RunningHash(pf)
             rnd = _Round(job, None if alone else holders, running_hash)
             await rnd.run()
+            if goal is not None and not pf.complete and not rnd.restart:
+                # What was asked is held; the caller asks again if its goal grew since.
+                raise DownloadPaused(f"{file_id[:12]}…: every chunk asked for is held")
             if rnd.restart and not rnd.manifest_suspect:
                 continue  # a trusted manifest dropped chunks we held: plan again
             verdict: bool | None = False
@@ -490,9 +524,15 @@ async def download_file(
                 rnd.peer_chunks if rnd.peer_chunks or rnd.manifest_suspect else range(pf.n_chunks)
             )
             pf.clear_manifest()
+        pf.drop_chunks(range(pf.n_chunks))  # no source agrees with the id: nothing to resume
         raise DownloadError(
             f"{file_id[:12]}… did not match its hash after {report.rounds} attempt(s); "
             "nothing was published"
         )
     finally:
-        pf.close()
+        # A partial file that holds nothing is not kept (a fake id or size leaves no trace);
+        # one that holds verified chunks stays, to resume from.
+        if pf.complete or any(pf.have()):
+            pf.close()
+        else:
+            pf.discard()

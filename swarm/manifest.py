@@ -8,16 +8,19 @@ published by a holder that is itself still downloading.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 
-from swarm.chunking import chunk_count, chunk_size_for, chunk_span
+from swarm.chunking import MAX_FILE_SIZE, chunk_count, chunk_size_for, chunk_span
 from swarm.ids import check_file_id, content_hasher
 
 DIGEST_SIZE = 16
 READ_BLOCK = 1 << 20
+MAX_MANIFEST_BYTES = 1 << 20  # the largest file's manifest (16384 chunks) is ~570 kB
+_DIGEST = re.compile(r"[0-9a-f]{32}", re.ASCII)
 
 
 def chunk_digest(data: bytes) -> bytes:
@@ -59,23 +62,36 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes, *, file_id: str, size: int | None = None) -> Manifest:
-        """Parse and check a manifest received from anyone (peers included)."""
+        """Parse and check a manifest received from anyone (peers included).
+
+        The one parser of this wire shape: ManifestError for anything but exactly what an
+        honest holder of ``file_id`` could have sent (never another exception)."""
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError("manifest too large")
         try:
             obj = json.loads(raw)
-            digests = tuple(None if d is None else bytes.fromhex(d) for d in obj["digests"])
-            got_id, got_size, got_chunk = obj["file_id"], obj["size"], obj["chunk_size"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ManifestError(f"malformed manifest: {exc}") from exc
-        if got_id != file_id:
+        except (ValueError, RecursionError):  # "[[[[..." raises RecursionError
+            raise ManifestError("manifest is not JSON") from None
+        if not isinstance(obj, dict):
+            raise ManifestError("manifest is not an object")
+        got_id, got_size = obj.get("file_id"), obj.get("size")
+        got_chunk, raw_digests = obj.get("chunk_size"), obj.get("digests")
+        if got_id != file_id or not isinstance(got_id, str):
             raise ManifestError("manifest is for another file")
-        if not isinstance(got_size, int) or got_size < 0 or (size is not None and got_size != size):
-            raise ManifestError(f"manifest size {got_size!r} does not match the file")
-        if got_chunk != chunk_size_for(got_size):
+        # type() is: a bool is not a size; sizes past the largest file are lies
+        if type(got_size) is not int or not 0 <= got_size <= MAX_FILE_SIZE:
+            raise ManifestError(f"manifest size {str(got_size)[:40]} is not a file size")
+        if size is not None and got_size != size:
+            raise ManifestError(f"manifest size {got_size} does not match the file")
+        if type(got_chunk) is not int or got_chunk != chunk_size_for(got_size):
             raise ManifestError("manifest chunk size breaks the chunk rule")
-        if len(digests) != chunk_count(got_size, got_chunk):
+        if not isinstance(raw_digests, list):
+            raise ManifestError("manifest has no digest list")
+        if len(raw_digests) != chunk_count(got_size, got_chunk):
             raise ManifestError("manifest has the wrong number of chunks")
-        if any(d is not None and len(d) != DIGEST_SIZE for d in digests):
-            raise ManifestError("manifest digest of the wrong length")
+        if not all(d is None or (isinstance(d, str) and _DIGEST.fullmatch(d)) for d in raw_digests):
+            raise ManifestError("manifest digest is not 32 lowercase hex")
+        digests = tuple(None if d is None else bytes.fromhex(d) for d in raw_digests)
         return cls(check_file_id(file_id), got_size, got_chunk, digests)
 
     @classmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import os
 import re
 import time
@@ -36,11 +37,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from swarm import portable
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.ids import is_file_id
 from swarm.manifest import Manifest, ManifestError, build_manifest
+from swarm.selfcheck import OnRotten, SelfCheck, chunk_matches, stat_key
 from swarm.store import partial_digests, read_partial_state
 from swarm.wire import encode_have
+
+log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 SEND_BLOCK = 256 * 1024  # bytes per read/send: bounds memory per upload
@@ -245,6 +250,10 @@ class _ManifestCache:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(file_id, None)
 
+    def forget(self, file_id: str) -> None:
+        for stale in self.root.glob(f"{file_id}-*.json"):
+            stale.unlink(missing_ok=True)
+
     def _get_blocking(self, file_id: str, path: Path) -> Manifest:
         st = path.stat()
         entry = self.root / f"{file_id}-{st.st_size}-{st.st_mtime_ns}.json"
@@ -284,7 +293,7 @@ class _BlobResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = self._server
         try:
-            fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            fd = os.open(self._path, os.O_RDONLY | portable.O_BINARY)
         except OSError:
             server.release_slot(self._host)
             await PlainTextResponse("not held\n", 404)(scope, receive, send)
@@ -315,7 +324,7 @@ class _BlobResponse(Response):
             n = min(server.block_size, self._end - pos)
             if server.limiter is not None:
                 await server.limiter.consume(n)
-            data = await anyio.to_thread.run_sync(os.pread, fd, n, pos)
+            data = await anyio.to_thread.run_sync(portable.pread, fd, n, pos)
             if not data:  # the file shrank under us: the client sees a short body
                 return
             await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -344,6 +353,7 @@ class PeerServer:
         manifest_dir: Path,
         limits: UploadLimits = UploadLimits(),
         stats: UploadStats | None = None,
+        on_rotten: OnRotten | None = None,
     ) -> None:
         self.index = index
         self.partial_root = partial_root
@@ -355,12 +365,23 @@ class PeerServer:
             self.block_size = min(SEND_BLOCK, max(4096, limits.max_rate // 16))
             self.limiter = RateLimiter(limits.max_rate, max(limits.max_rate // 4, self.block_size))
         self.manifests = _ManifestCache(manifest_dir)
+        self.selfcheck = SelfCheck()
+        self.on_rotten = on_rotten
         # One address never holds every slot (32 never-reading downloads from one host).
         self.slots_per_address = max(1, limits.max_uploads // 4)
         self._slots_by_host: dict[str, int] = {}
 
     async def held(self, file_id: str) -> Held | None:
-        return await anyio.to_thread.run_sync(_lookup, self.index, self.partial_root, file_id)
+        """What we hold of ``file_id``; a complete file that failed its check is not held."""
+        held = await anyio.to_thread.run_sync(_lookup, self.index, self.partial_root, file_id)
+        if (
+            held is not None
+            and held.have is None
+            and file_id in self.selfcheck.quarantine
+            and await anyio.to_thread.run_sync(self.selfcheck.blocked, file_id, held.path)
+        ):
+            return None
+        return held
 
     # -- routes ------------------------------------------------------------------
 
@@ -469,8 +490,47 @@ class PeerServer:
             headers={"X-Chunk-Count": str(len(flags)), "X-File-Size": str(held.size)},
         )
 
+    async def bad(self, request: Request) -> Response:
+        """A downloader says chunk N of this file failed verification: check it."""
+        file_id = request.path_params["file_id"]
+        held = await self._requested(file_id)
+        if isinstance(held, Response):
+            return held
+        n = chunk_count(held.size, held.chunk_size)
+        text = request.query_params.get("chunk", "")
+        if not (text.isascii() and text.isdigit() and len(text) < 8 and int(text) < n):
+            return _error(400, "chunk must be a chunk index")
+        if held.have is not None or not self.selfcheck.due(file_id):
+            return JSONResponse({"checked": False}, status_code=202)
+        rotten = await self._recheck(file_id, held.path, int(text))
+        return JSONResponse({"checked": True, "rotten": rotten})
+
+    async def _recheck(self, file_id: str, path: Path, chunk: int) -> bool:
+        """One chunk against the cached manifest; if it differs, quarantine and verify the
+        whole file (the cached manifest may be what is wrong); a rotten file is dropped."""
+        key = await anyio.to_thread.run_sync(stat_key, path)
+        try:
+            manifest = await self.manifests.get(file_id, path)  # a rebuild verifies all
+            if await anyio.to_thread.run_sync(chunk_matches, path, manifest, chunk):
+                return False
+            if key is not None:
+                self.selfcheck.hold(file_id, key)
+            self.manifests.forget(file_id)
+            await self.manifests.get(file_id, path)
+        except (OSError, ManifestError) as exc:
+            log.warning("%s… no longer matches its id (%s): not served", file_id[:12], exc)
+            if key is not None:
+                self.selfcheck.hold(file_id, key)
+                self.manifests.forget(file_id)
+                if self.on_rotten is not None:
+                    await self.on_rotten(file_id, path)
+            return True
+        self.selfcheck.release(file_id)  # the file is whole: its cached manifest was not
+        return False
+
     def routes(self) -> list[BaseRoute]:
         return [
+            Route("/v1/blobs/{file_id}/bad", self.bad, methods=["POST"]),
             Route("/v1/ping", self.ping, methods=["GET"]),
             Route("/v1/blobs/{file_id}", self.blob, methods=["GET"]),
             Route("/v1/blobs/{file_id}/manifest", self.manifest, methods=["GET"]),
@@ -487,9 +547,10 @@ def create_peer_app(
     stats: UploadStats | None = None,
     secret: str | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    on_rotten: OnRotten | None = None,
 ) -> ASGIApp:
     """The peer app: blob routes plus ``extra_routes``, all behind the swarm secret if set."""
-    server = PeerServer(index, partial_root, manifest_dir, limits, stats)
+    server = PeerServer(index, partial_root, manifest_dir, limits, stats, on_rotten)
     return peer_app_for(server, secret=secret, extra_routes=extra_routes)
 
 

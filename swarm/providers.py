@@ -21,6 +21,9 @@ DEFAULT_TTL = 30 * 60.0  # seconds a record lives unless its holder re-announces
 MAX_HOLDERS_PER_KEY = 64
 MAX_KEYS = 50_000
 MAX_ENTRIES = 200_000  # worst case a few tens of MB
+# Records one address may hold on a node: a 100-repo cache is a few thousand keys, and
+# in a small swarm every node stores them all.
+MAX_PER_HOST = 10_000
 REPLY_LIMIT = 20  # holders per DHT reply: keeps a reply well under one UDP datagram
 KEY_LEN = 20  # 160-bit keys, like Kademlia node ids
 MAX_HOST_LEN = 45  # longest textual IPv6 address (with an embedded IPv4 tail)
@@ -104,11 +107,14 @@ def _freshest_first(p: Provider) -> tuple[float, str, int]:
 
 
 class ProviderStore:
-    """key -> {(host, port): expires_at}, bounded per key and in total.
+    """key -> {host: (port, expires_at)}, bounded per key, per host and in total.
 
-    Keys are kept in order of their last announcement; when a cap is reached the
-    key announced longest ago goes first (O(1)), which is close to the one
-    expiring soonest because holders re-announce on a fixed period.
+    One record per (key, announcing address): an address that announces again, on
+    any port, replaces its record, so one machine cannot fill a key with itself.
+    Each address holds at most ``max_per_host`` records; past that its own least
+    recently announced record makes room, so a flood from one address churns only
+    that address's records. Keys are kept in order of their last announcement; when
+    a total cap is reached the key announced longest ago goes first (O(1)).
     """
 
     def __init__(
@@ -118,14 +124,17 @@ class ProviderStore:
         max_per_key: int = MAX_HOLDERS_PER_KEY,
         max_keys: int = MAX_KEYS,
         max_entries: int = MAX_ENTRIES,
+        max_per_host: int = MAX_PER_HOST,
     ) -> None:
-        if not ttl > 0 or not 1 <= max_per_key <= max_entries or max_keys < 1:
+        if not ttl > 0 or not 1 <= max_per_key <= max_entries or max_keys < 1 or max_per_host < 1:
             raise ValueError("ttl and caps must be positive, max_per_key <= max_entries")
         self.ttl = ttl
         self.max_per_key = max_per_key
         self.max_keys = max_keys
         self.max_entries = max_entries
-        self._keys: OrderedDict[bytes, dict[Addr, float]] = OrderedDict()
+        self.max_per_host = min(max_per_host, max_entries)
+        self._keys: OrderedDict[bytes, dict[str, tuple[int, float]]] = OrderedDict()
+        self._by_host: dict[str, OrderedDict[bytes, None]] = {}
         self._entries = 0
 
     def __len__(self) -> int:
@@ -145,8 +154,13 @@ class ProviderStore:
     def keys(self) -> list[bytes]:
         return list(self._keys)
 
+    def host_records(self, host: str) -> int:
+        """How many records ``host`` holds here."""
+        norm = normalize_host(host)
+        return len(self._by_host.get(norm or "", ()))
+
     def add(self, key: bytes, host: str, port: int, now: float, ttl: float | None = None) -> bool:
-        """Record (host, port) as a holder of key until now + ttl (capped at the
+        """Record host (on port) as a holder of key until now + ttl (capped at the
         store's ttl). Returns False if the record was refused: invalid input, or
         the key is full of holders that all outlive this one."""
         norm = normalize_host(host)
@@ -156,24 +170,29 @@ class ProviderStore:
         if not life > 0:  # also refuses NaN
             return False
         expires_at = now + life
-        addr = (norm, port)
+        holders = self._keys.get(key)
+        if holders is not None and norm in holders:
+            self._keys.move_to_end(key)
+            holders[norm] = (port, max(holders[norm][1], expires_at))
+            self._by_host[norm].move_to_end(key)
+            return True
+        if holders is not None and len(holders) >= self.max_per_key:
+            # keep the freshest: evict the record expiring first, unless that's the new one
+            oldest = min(holders, key=lambda h: holders[h][1])
+            if holders[oldest][1] >= expires_at:
+                return False
+            self._drop(key, oldest)
+        mine = self._by_host.setdefault(norm, OrderedDict())
+        if len(mine) >= self.max_per_host:
+            self._drop(next(iter(mine)), norm)  # this address's own oldest record
         holders = self._keys.get(key)
         if holders is None:
             self._make_room_for_key()
             holders = self._keys[key] = {}
         else:
             self._keys.move_to_end(key)
-        if addr in holders:
-            holders[addr] = max(holders[addr], expires_at)
-            return True
-        if len(holders) >= self.max_per_key:
-            # keep the freshest: evict the record expiring first, unless that's the new one
-            oldest = min(holders, key=holders.__getitem__)
-            if holders[oldest] >= expires_at:
-                return False
-            del holders[oldest]
-            self._entries -= 1
-        holders[addr] = expires_at
+        holders[norm] = (port, expires_at)
+        self._by_host.setdefault(norm, mine)[key] = None
         self._entries += 1
         if self._entries > self.max_entries:
             self._evict_oldest_key(keep=key)
@@ -184,18 +203,16 @@ class ProviderStore:
         holders = self._keys.get(key)
         if not holders:
             return []
-        live = [Provider(h, p, exp) for (h, p), exp in holders.items() if exp > now]
+        live = [Provider(h, p, exp) for h, (p, exp) in holders.items() if exp > now]
         live.sort(key=_freshest_first)
         return live if limit is None else live[:limit]
 
     def remove(self, key: bytes, host: str, port: int) -> bool:
         holders = self._keys.get(key)
         norm = normalize_host(host)
-        if holders is None or norm is None or holders.pop((norm, port), None) is None:
+        if holders is None or norm is None or holders.get(norm, (None,))[0] != port:
             return False
-        self._entries -= 1
-        if not holders:
-            del self._keys[key]
+        self._drop(key, norm)
         return True
 
     def expire(self, now: float) -> int:
@@ -203,14 +220,21 @@ class ProviderStore:
         dropped = 0
         for key in list(self._keys):
             holders = self._keys[key]
-            dead = [a for a, exp in holders.items() if exp <= now]
-            for a in dead:
-                del holders[a]
-            dropped += len(dead)
-            if not holders:
-                del self._keys[key]
-        self._entries -= dropped
+            for host in [h for h, (_, exp) in holders.items() if exp <= now]:
+                self._drop(key, host)
+                dropped += 1
         return dropped
+
+    def _drop(self, key: bytes, host: str) -> None:
+        holders = self._keys[key]
+        del holders[host]
+        self._entries -= 1
+        if not holders:
+            del self._keys[key]
+        mine = self._by_host[host]
+        del mine[key]
+        if not mine:
+            del self._by_host[host]
 
     def _make_room_for_key(self) -> None:
         # no expire() scan here: that would make each add O(keys) under a flood
@@ -220,5 +244,6 @@ class ProviderStore:
     def _evict_oldest_key(self, keep: bytes | None = None) -> None:
         for key in self._keys:
             if key != keep:
-                self._entries -= len(self._keys.pop(key))
+                for host in list(self._keys[key]):
+                    self._drop(key, host)
                 return

@@ -419,6 +419,16 @@ class Scheduler:
         if self._tracked(req):
             self._release(req)
 
+    def reopen(self, chunks: Iterable[int]) -> None:
+        """Chunks the caller counted as done without fetching them (not wanted yet) that
+        are wanted now: back in the pool. A chunk really done or in flight is left alone."""
+        for c in chunks:
+            self._check_chunk(c)
+            if self._done[c] and c not in self._in_flight:
+                self._done[c] = 0
+                self._remaining += 1
+                self._pool.add(c)
+
     # ---- observation ---------------------------------------------------------------------
 
     @property

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 import httpx
 import xxhash
 
-from swarm.manifest import Manifest, ManifestError
+from swarm.bounded import BoundedReadError, fetch_bounded
+from swarm.hostport import format_hostport
+from swarm.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 from swarm.wire import decode_have
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-MAX_MANIFEST_BYTES = 1 << 20
 MAX_HAVE_BYTES = 1 << 16
+SMALL_TIMEOUT = 10.0  # a manifest or bitmap, whole, from one holder
+REPORT_TIMEOUT = 3.0  # telling a holder one of its chunks was bad
 
 
 class SourceError(Exception):
@@ -31,8 +34,7 @@ class PeerAddr:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
     def blob_url(self, file_id: str) -> str:
         return f"http://{self}/v1/blobs/{file_id}"
@@ -58,7 +60,12 @@ async def stream_range(
     got = 0
     headers = {**source.headers, "range": f"bytes={start}-{end - 1}", "accept-encoding": "identity"}
     try:
-        async with client.stream("GET", source.url, headers=headers) as resp:
+        # A peer's redirect is never followed (it could aim us at loopback services);
+        # upstream's follow the client's own policy.
+        follow = httpx.USE_CLIENT_DEFAULT if source.upstream else False
+        async with client.stream(
+            "GET", source.url, headers=headers, follow_redirects=follow
+        ) as resp:
             if resp.status_code == 206:
                 m = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", ""))
                 if not m or (int(m[1]), int(m[2])) != (start, end - 1):
@@ -106,26 +113,26 @@ async def fetch_range(
 
 async def _get_small(
     client: httpx.AsyncClient, url: str, limit: int, headers: dict[str, str]
-) -> httpx.Response:
+) -> bytes:
     try:
-        resp = await client.get(url, headers=headers)
-    except httpx.HTTPError as exc:
-        raise SourceError(f"{url}: {type(exc).__name__}") from exc
-    if resp.status_code != 200:
-        raise SourceError(f"{url}: HTTP {resp.status_code}")
-    if len(resp.content) > limit:
-        raise SourceError(f"{url}: answer too large")
-    return resp
+        answer = await fetch_bounded(
+            client, url, limit=limit, timeout=SMALL_TIMEOUT, headers=headers
+        )
+    except BoundedReadError as exc:
+        raise SourceError(f"{url}: {exc}") from exc
+    if answer.status != 200:
+        raise SourceError(f"{url}: HTTP {answer.status}")
+    return answer.body
 
 
 async def fetch_manifest(
     client: httpx.AsyncClient, peer: PeerAddr, file_id: str, size: int, headers: dict[str, str]
 ) -> Manifest:
-    resp = await _get_small(
+    body = await _get_small(
         client, peer.blob_url(file_id) + "/manifest", MAX_MANIFEST_BYTES, headers
     )
     try:
-        return Manifest.from_json(resp.content, file_id=file_id, size=size)
+        return Manifest.from_json(body, file_id=file_id, size=size)
     except ManifestError as exc:
         raise SourceError(f"{peer}: {exc}") from exc
 
@@ -133,9 +140,24 @@ async def fetch_manifest(
 async def fetch_have(
     client: httpx.AsyncClient, peer: PeerAddr, file_id: str, n_chunks: int, headers: dict[str, str]
 ) -> set[int]:
-    resp = await _get_small(client, peer.blob_url(file_id) + "/have", MAX_HAVE_BYTES, headers)
+    body = await _get_small(client, peer.blob_url(file_id) + "/have", MAX_HAVE_BYTES, headers)
     try:
-        flags = decode_have(resp.content, n_chunks)
+        flags = decode_have(body, n_chunks)
     except ValueError as exc:
         raise SourceError(f"{peer}: {exc}") from exc
     return {i for i, held in enumerate(flags) if held}
+
+
+async def report_bad_chunk(
+    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, chunk: int, headers: dict[str, str]
+) -> bool:
+    """Tell a holder its chunk failed verification, so it re-checks its copy (best effort:
+    False when it could not be told)."""
+    url = f"{peer.blob_url(file_id)}/bad?chunk={int(chunk)}"
+    try:
+        answer = await fetch_bounded(
+            client, url, limit=4096, timeout=REPORT_TIMEOUT, headers=headers, method="POST"
+        )
+    except BoundedReadError:
+        return False
+    return answer.status in (200, 202)

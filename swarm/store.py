@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import struct
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import xxhash
 
+from swarm import portable
+from swarm.chunking import MAX_FILE_SIZE, chunk_count, chunk_size_for
 from swarm.ids import check_file_id, content_hasher
 from swarm.manifest import DIGEST_SIZE, Manifest, ManifestError, chunk_digest
 
@@ -54,11 +55,11 @@ def _write_error(path: Path, exc: OSError) -> StoreError:
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    """``os.pwrite`` until every byte is written: on a filling disk a write can be short
+    """A positional write until every byte is written: on a filling disk a write can be short
     (no error), and only the next one raises ENOSPC."""
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = portable.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
 
 
@@ -67,6 +68,8 @@ class PartialFile:
 
     def __init__(self, root: Path, file_id: str, size: int, *, lock: bool = True) -> None:
         self.file_id = check_file_id(file_id)
+        if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+            raise StoreError(f"{file_id[:12]}…: {str(size)[:40]} is not a file size")
         self.root = root
         self.size = size
         base = Manifest.empty(file_id, size)
@@ -79,16 +82,12 @@ class PartialFile:
         root.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
         if lock:
-            self._lock_fd = os.open(self._path(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self._lock_fd)
-                raise StoreError(
-                    f"{file_id[:12]}… is being downloaded by another process"
-                ) from None
-        self._fd = os.open(self._path(".part"), os.O_RDWR | os.O_CREAT, 0o644)
-        self._state_fd = os.open(self._path(".state"), os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = portable.lock_file(self._path(".lock"))
+            if self._lock_fd is None:
+                raise StoreError(f"{file_id[:12]}… is being downloaded by another process")
+        flags = os.O_RDWR | os.O_CREAT | portable.O_BINARY
+        self._fd = os.open(self._path(".part"), flags, 0o644)
+        self._state_fd = os.open(self._path(".state"), flags, 0o644)
         self._load()
 
     # -- paths and loading -------------------------------------------------
@@ -97,14 +96,17 @@ class PartialFile:
         return self.root / f"{self.file_id}{suffix}"
 
     def _load(self) -> None:
-        header = os.pread(self._state_fd, _HEADER.size, 0)
+        header = portable.pread(self._state_fd, _HEADER.size, 0)
         fresh = _HEADER.pack(_MAGIC, self.size, self.chunk_size)
         if header != fresh:  # new, or a different size was recorded: start over
+            # Only the header: records and bytes take space as verified data arrives,
+            # never ahead of it on a size someone claimed (a missing record is "absent").
             os.ftruncate(self._state_fd, 0)
-            _pwrite_all(self._state_fd, fresh + bytes(_RECORD * self.n_chunks), 0)
+            _pwrite_all(self._state_fd, fresh, 0)
             os.ftruncate(self._fd, 0)
             self._path(".manifest").unlink(missing_ok=True)
-        os.ftruncate(self._fd, self.size)
+        if os.fstat(self._fd).st_size > self.size:
+            os.ftruncate(self._fd, self.size)
         manifest_path = self._path(".manifest")
         if manifest_path.exists():
             try:
@@ -113,7 +115,7 @@ class PartialFile:
                 )
             except ManifestError:
                 manifest_path.unlink()
-        records = os.pread(self._state_fd, _RECORD * self.n_chunks, _HEADER.size)
+        records = portable.pread(self._state_fd, _RECORD * self.n_chunks, _HEADER.size)
         for i in range(self.n_chunks):
             rec = records[i * _RECORD : (i + 1) * _RECORD]
             if len(rec) != _RECORD:
@@ -134,7 +136,7 @@ class PartialFile:
         hasher = xxhash.xxh3_128()
         pos = start
         while pos < end:
-            block = os.pread(self._fd, min(_READ_BLOCK, end - pos), pos)
+            block = portable.pread(self._fd, min(_READ_BLOCK, end - pos), pos)
             if not block:
                 break
             hasher.update(block)
@@ -267,7 +269,7 @@ class PartialFile:
             raise _write_error(self._path(".state"), exc) from exc
 
     def read(self, start: int, end: int) -> bytes:
-        return os.pread(self._fd, end - start, start)
+        return portable.pread(self._fd, end - start, start)
 
     def verify_whole(self) -> bool:
         """True when every chunk is present and the whole file hashes to its id."""
@@ -276,7 +278,7 @@ class PartialFile:
         hasher = content_hasher(self.file_id, self.size)
         pos = 0
         while pos < self.size:
-            block = os.pread(self._fd, min(_READ_BLOCK, self.size - pos), pos)
+            block = portable.pread(self._fd, min(_READ_BLOCK, self.size - pos), pos)
             if not block:
                 return False
             hasher.update(block)
@@ -288,6 +290,10 @@ class PartialFile:
 
         The caller must have seen ``verify_whole()`` return True."""
         os.fsync(self._fd)
+        for fd in (self._fd, self._state_fd):  # Windows renames no file that is open
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fd = self._state_fd = -1
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = self._path(".part")
         try:
@@ -309,10 +315,12 @@ class PartialFile:
             self._path(suffix).unlink(missing_ok=True)
 
     def close(self) -> None:
-        for fd in (self._fd, self._state_fd, self._lock_fd):
-            if fd is not None and fd >= 0:
+        for fd in (self._fd, self._state_fd):
+            if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        if self._lock_fd is not None:
+            portable.unlock_file(self._lock_fd)
         self._fd = self._state_fd = -1
         self._lock_fd = None
 
@@ -323,29 +331,43 @@ class PartialFile:
         self.close()
 
 
+def _read_state(root: Path, file_id: str) -> tuple[int, list[bytes | None]] | None:
+    """(size, per-chunk digest or None) from a state file, or None if it is not a sane
+    one; records past the end of the file (never written) are absent chunks."""
+    path = root / f"{check_file_id(file_id)}.state"
+    try:
+        with path.open("rb") as f:
+            header = f.read(_HEADER.size)
+            if len(header) < _HEADER.size:
+                return None
+            magic, size, chunk_size = _HEADER.unpack(header)
+            if magic != _MAGIC or not 0 <= size <= MAX_FILE_SIZE:
+                return None
+            if chunk_size != chunk_size_for(size):
+                return None
+            n = chunk_count(size, chunk_size)
+            raw = f.read(n * _RECORD)  # bounded by the largest file's chunk count
+    except FileNotFoundError:
+        return None
+    digests: list[bytes | None] = [None] * n
+    for i in range(min(n, len(raw) // _RECORD)):
+        pos = i * _RECORD
+        if raw[pos] == 1:
+            digests[i] = raw[pos + 1 : pos + 1 + DIGEST_SIZE]
+    return size, digests
+
+
 def read_partial_state(root: Path, file_id: str) -> tuple[int, list[bool]] | None:
     """(size, have-flags) of a partial file, read without taking its lock.
 
     For serving verified chunks of a file another process is still downloading."""
-    state = root / f"{check_file_id(file_id)}.state"
-    try:
-        raw = state.read_bytes()
-    except FileNotFoundError:
-        return None
-    if len(raw) < _HEADER.size:
-        return None
-    magic, size, _chunk_size = _HEADER.unpack_from(raw)
-    if magic != _MAGIC:
-        return None
-    n = (len(raw) - _HEADER.size) // _RECORD
-    flags = [raw[_HEADER.size + i * _RECORD] == 1 for i in range(n)]
-    return size, flags
+    state = _read_state(root, file_id)
+    return None if state is None else (state[0], [d is not None for d in state[1]])
 
 
 def partial_digests(root: Path, file_id: str) -> list[bytes | None]:
     """The recorded digest of each chunk of a partial file (None where absent)."""
-    raw = (root / f"{check_file_id(file_id)}.state").read_bytes()
-    out: list[bytes | None] = []
-    for pos in range(_HEADER.size, len(raw) - _RECORD + 1, _RECORD):
-        out.append(raw[pos + 1 : pos + 1 + DIGEST_SIZE] if raw[pos] == 1 else None)
-    return out
+    state = _read_state(root, file_id)
+    if state is None:
+        raise FileNotFoundError(f"no partial state for {file_id[:12]}…")
+    return state[1]

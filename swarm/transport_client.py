@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import socket
 from collections import deque
@@ -26,6 +25,7 @@ from typing import Protocol
 
 import xxhash
 
+from swarm import portable
 from swarm.sources import PeerAddr, SourceError
 
 BLOCK = 1 << 20  # bytes read before a block is hashed and written (fits in L2)
@@ -74,7 +74,7 @@ class FileSink:
         pos = self.base + offset
         try:
             while view:
-                n = os.pwrite(self.fd, view, pos)
+                n = portable.pwrite(self.fd, view, pos)
                 view, pos = view[n:], pos + n
         except OSError as exc:
             self.error = exc

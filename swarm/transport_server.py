@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarm import portable
 from swarm.peer_server import BlobPlan, PeerServer, secret_matches
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,6 @@ class FrontProtocol(asyncio.Protocol):
             transport.write(render_head(plan.status, plan.headers, close=close))
             if head_only:
                 return not close
-            loop = asyncio.get_running_loop()
             pos, end = plan.start, plan.end
             step = server.block_size if server.limiter is not None else SEND_SLICE
             while pos < end:
@@ -343,7 +343,7 @@ class FrontProtocol(asyncio.Protocol):
                     await server.limiter.consume(n)
                 try:
                     async with asyncio.timeout(limits.stall_timeout):
-                        sent = await loop.sendfile(transport, f, pos, n)
+                        sent = await portable.transport_sendfile(transport, f, pos, n)
                 except TimeoutError:
                     log.info("upload to %s stalled; connection closed", self._host)
                     transport.abort()

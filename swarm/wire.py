@@ -15,9 +15,13 @@ def encode_have(have: Sequence[bool]) -> bytes:
 
 
 def decode_have(raw: bytes, n_chunks: int) -> list[bool]:
-    """Inverse of ``encode_have``; ValueError when ``raw`` has the wrong length."""
+    """Inverse of ``encode_have``: the one parser of a holder's bitmap.
+
+    ValueError when ``raw`` has the wrong length or sets bits past the last chunk."""
     if len(raw) != (n_chunks + 7) // 8:
         raise ValueError(f"have-bitmap of {len(raw)} bytes for {n_chunks} chunks")
+    if n_chunks % 8 and raw[-1] & (0xFF >> (n_chunks % 8)):
+        raise ValueError("have-bitmap sets bits past the last chunk")
     return [bool(raw[i >> 3] & (0x80 >> (i & 7))) for i in range(n_chunks)]
 
 

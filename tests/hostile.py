@@ -64,6 +64,8 @@ class FakePeer:
         blob: BlobMode = "serve",
         listing: dict[str, object] | None = None,
         repo_path: str | None = None,
+        manifest_raw: bytes | None = None,
+        have_raw: bytes | None = None,
     ) -> None:
         self.host = host
         self.file_id = file_id
@@ -73,6 +75,8 @@ class FakePeer:
         self.have = have if have is not None else [True] * base.n_chunks
         self.blob = blob
         self.listing = listing  # served at repo_path: a /v1/repos/... answer
+        self.manifest_raw = manifest_raw  # any bytes at all, instead of ``manifest``
+        self.have_raw = have_raw  # any bytes at all, instead of the encoded ``have``
         self.repo_path = repo_path
         self.seen: list[Seen] = []
         self.blob_requests = 0
@@ -149,6 +153,8 @@ class FakePeer:
         base = f"/v1/blobs/{self.file_id}"
         if path == "/v1/ping":
             await _reply(send, 200, b'{"service":"hffs-peer","protocol":1}', "application/json")
+        elif path == base + "/manifest" and self.manifest_raw is not None:
+            await _reply(send, 200, self.manifest_raw, "application/json")
         elif path == base + "/manifest" and self.manifest is not None:
             await _reply(send, 200, self.manifest.to_json(), "application/json")
         elif path == base + "/have":
@@ -156,7 +162,8 @@ class FakePeer:
                 (b"x-chunk-count", str(len(self.have)).encode()),
                 (b"x-file-size", str(len(self.data)).encode()),
             ]
-            await _reply(send, 200, encode_have(self.have), "application/octet-stream", extra)
+            bitmap = self.have_raw if self.have_raw is not None else encode_have(self.have)
+            await _reply(send, 200, bitmap, "application/octet-stream", extra)
         elif path == base:
             await self._blob(headers.get("range"), receive, send)
         elif self.listing is not None and path == self.repo_path:
@@ -273,3 +280,120 @@ def wait_until(check: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return check()
+
+
+# -- raw hostile HTTP: bodies that never end, drip, or redirect ----------------------
+
+RawMode = Literal["endless", "drip", "redirect"]
+RAW_LIMIT_S = 60.0  # a hostile connection gives up after this, whatever happens
+
+
+class RawHostile:
+    """An HTTP server on raw sockets that answers every request in one hostile way.
+
+    ``endless``: 200 with no length, then ``pattern`` repeated until the client hangs up;
+    ``drip``: 200 with a length, then one byte per ``drip_s``; ``redirect``: 302 to
+    ``location``. Counts requests and bytes sent (what the attack cost the client)."""
+
+    def __init__(
+        self,
+        host: str,
+        mode: RawMode,
+        *,
+        pattern: bytes = b"[",
+        location: str = "",
+        drip_s: float = 0.2,
+        content_type: str = "application/json",
+    ) -> None:
+        self.host, self.mode, self.pattern = host, mode, pattern
+        self.location, self.drip_s, self.content_type = location, drip_s, content_type
+        self.requests: list[bytes] = []
+        self.bytes_sent = 0
+        self._lock = threading.Lock()
+        self._closing = False
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    def start(self) -> RawHostile:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, 0))
+        sock.listen(64)
+        sock.settimeout(0.2)
+        self._sock, self.port = sock, sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._closing = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> RawHostile:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        deadline = time.monotonic() + 10 * RAW_LIMIT_S
+        while not self._closing and time.monotonic() < deadline:
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        deadline = time.monotonic() + RAW_LIMIT_S
+        conn.settimeout(2.0)
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                part = conn.recv(4096)
+                if not part:
+                    return
+                head += part
+            with self._lock:
+                self.requests.append(head.split(b"\r\n", 1)[0])
+            if self.mode == "redirect":
+                conn.sendall(
+                    b"HTTP/1.1 302 Found\r\nLocation: "
+                    + self.location.encode()
+                    + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                return
+            ctype = self.content_type.encode()
+            if self.mode == "drip":
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: "
+                    + ctype
+                    + b"\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n"
+                )
+                while not self._closing and time.monotonic() < deadline:
+                    conn.sendall(self.pattern[:1])
+                    with self._lock:
+                        self.bytes_sent += 1
+                    time.sleep(self.drip_s)
+                return
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nConnection: close\r\n\r\n"
+            )
+            block = self.pattern * max(1, 65536 // len(self.pattern))
+            while not self._closing and time.monotonic() < deadline:
+                conn.sendall(block)
+                with self._lock:
+                    self.bytes_sent += len(block)
+        except OSError:
+            return  # the client hung up: the attack was refused
+        finally:
+            conn.close()

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,9 +22,10 @@ import pytest
 
 from hffs.cache import HubCache
 from hffs.daemon.client import DaemonClient
-from hffs.daemon.process import pid_alive
 from hffs.daemon.runfiles import is_running, read_pid
 from hffs.visibility import VisibilityStore
+from swarm import portable
+from swarm.portable import pid_alive
 
 CLI_TIMEOUT = 30.0
 COMMIT = "c0ffee" + "0" * 34
@@ -65,7 +65,7 @@ class Node:
         self.home = root / "home"
         self.hub = root / "hub"
         self.env = {
-            **os.environ,
+            **os.environ,  # HFFS_FORCE_PORTABLE too: .ci/run's forced run reaches every daemon
             "HFFS_HOME": str(self.home),
             "HF_HUB_CACHE": str(self.hub),
             "HF_HOME": str(root / "hf-home"),
@@ -107,8 +107,7 @@ class Node:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.cli("daemon", "stop", timeout=20)
         if pid is not None and pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            portable.kill(pid)
 
     def add_model_file(self, path: str, data: bytes) -> str:
         """Put a file into the HF cache exactly as huggingface_hub lays it out."""

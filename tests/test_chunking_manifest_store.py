@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swarm.chunking import (
+    MAX_FILE_SIZE,
     MIN_CHUNK_SIZE,
     TARGET_MAX_CHUNKS,
     chunk_count,
@@ -22,7 +23,7 @@ from swarm.manifest import Manifest, ManifestError, build_manifest, chunk_digest
 from swarm.store import PartialFile, StoreError, partial_digests, read_partial_state
 
 
-@given(st.integers(min_value=0, max_value=1 << 42))
+@given(st.integers(min_value=0, max_value=MAX_FILE_SIZE))
 def test_chunk_rule_covers_the_file_exactly(size: int) -> None:
     chunk = chunk_size_for(size)
     assert chunk >= MIN_CHUNK_SIZE and chunk & (chunk - 1) == 0

@@ -21,6 +21,7 @@ from hffs.cache import HubCache
 from hffs.daemon.process import pid_alive
 from hffs.daemon.runfiles import is_running, read_pid
 from hffs.visibility import VisibilityStore
+from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.store import PartialFile
 from tests.nodes import COMMIT, REPO, Node, free_port, wait_for
@@ -204,6 +205,7 @@ def test_rescan_forgets_removed_files(nodes: Callable[[str], Node]) -> None:
         assert http.get(f"/v1/repos/model/{REPO}/main").status_code == 404
 
 
+@pytest.mark.skipif(portable.enabled(), reason="no SIGTERM on Windows: test_portable_hffs")
 def test_sigterm_stops_cleanly(nodes: Callable[[str], Node]) -> None:
     a = nodes("127.0.0.3")
     assert a.start().returncode == 0

@@ -66,11 +66,11 @@ async def test_chain_bootstrap(start: Start) -> None:
         b = await start("127.0.0.3")
         assert await b.bootstrap([a.address]) == 1
         key = dht_key("file", "a" * 64)
-        assert await a.provide(key, 8001) == 1  # only B is known to A
+        assert await a.provide(key) == 1  # only B is known to A
         c = await start("127.0.0.4")
         assert await c.bootstrap([b.address]) == 2  # learnt A through B
         found = await c.find_providers(key)
-        assert [(p.host, p.port) for p in found] == [("127.0.0.2", 8001)]
+        assert [(p.host, p.port) for p in found] == [a.address]
         assert found[0].ttl(time.monotonic()) > 60
         assert a.routing_size() == 2 and len(a.node_id) == 40
 
@@ -84,17 +84,17 @@ async def test_twenty_nodes_every_node_finds_every_provider(start: Start) -> Non
         shared = dht_key("model", "org/name", "0" * 40)
         singles = {dht_key("file", str(i)): nodes[i] for i in (2, 5, 17)}
         for holder in (nodes[3], nodes[7], nodes[11]):
-            assert await holder.provide(shared, 9000) > 0
+            assert await holder.provide(shared) > 0
         for key, holder in singles.items():
-            assert await holder.provide(key, 9001) > 0
+            assert await holder.provide(key) > 0
 
         async def check(node: DHTNode) -> None:
             got = {(p.host, p.port) for p in await node.find_providers(shared)}
             # three holders of one key merge, none overwrites another
-            assert got == {("127.0.0.13", 9000), ("127.0.0.17", 9000), ("127.0.0.21", 9000)}
+            assert got == {nodes[3].address, nodes[7].address, nodes[11].address}
             for key, holder in singles.items():
                 found = [(p.host, p.port) for p in await node.find_providers(key)]
-                assert found == [(holder.address[0], 9001)]
+                assert found == [holder.address]
 
         async with anyio.create_task_group() as tg:
             for node in nodes:
@@ -113,19 +113,24 @@ async def test_provider_that_stops_reannouncing_expires(start: Start) -> None:
         key = dht_key("file", "expiring")
         keeper, quitter, seeker = nodes[1], nodes[2], nodes[4]
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: keeper.maintain(lambda: [key], 7001, interval=0.5))
-            await quitter.provide(key, 7002)
+            tg.start_soon(lambda: keeper.maintain(lambda: [key], interval=0.5))
+            await quitter.provide(key)
             await anyio.sleep(0.3)
-            assert {p.port for p in await seeker.find_providers(key)} == {7001, 7002}
+            got = {(p.host, p.port) for p in await seeker.find_providers(key)}
+            assert got == {keeper.address, quitter.address}
             await anyio.sleep(2.5)  # > ttl: only the re-announced record survives
-            assert [(p.host, p.port) for p in await seeker.find_providers(key)] == [
-                ("127.0.0.41", 7001)
-            ]
+            assert [(p.host, p.port) for p in await seeker.find_providers(key)] == [keeper.address]
             tg.cancel_scope.cancel()
 
 
 def _request(msg: object, msg_id: bytes = b"\x07" * 20) -> bytes:
     return b"\x00" + msg_id + umsgpack.packb(msg)
+
+
+def _rpc(
+    name: str, args: list, token: bytes = b"", pad: int = 0, msg_id: bytes = b"\x07" * 20
+) -> bytes:
+    return _request([name, args, token, b"\0" * pad], msg_id)
 
 
 async def test_malformed_datagrams_are_dropped_and_node_keeps_serving(start: Start) -> None:
@@ -141,24 +146,26 @@ async def test_malformed_datagrams_are_dropped_and_node_keeps_serving(start: Sta
             b"\x00" + b"\x01" * 20 + b"\xc1",  # invalid msgpack
             b"\x00" + b"\x01" * 20 + b"\x91" * 4000 + b"\xc0",  # deep nesting
             b"\x05" + b"\x01" * 20 + umsgpack.packb(1),  # unknown kind
-            b"\x01" + b"\x09" * 20 + umsgpack.packb([me, True]),  # unsolicited response
+            b"\x01" + b"\x09" * 20 + umsgpack.packb([me, True, b""]),  # unsolicited response
             _request({"a": 1}),
             _request(["ping"]),
-            _request(["ping", me]),
-            _request(["nosuch", [me]]),
-            _request(["store", [me, key, b"v"]]),  # kademlia's own rpc: not served
-            _request(["find_value", [me, key]]),
-            _request(["ping", [me, me]]),
-            _request(["ping", [b"short"]]),
-            _request(["find_node", [me, b"x" * 19]]),
-            _request(["add_provider", [me, key, 0]]),
-            _request(["add_provider", [me, key, True]]),
-            _request(["add_provider", [me, key, "10.9.9.9", 9000]]),  # forged holder
-            _request(["add_provider", [me, b"k", 9000]]),
-            _request(["get_providers", [me, None]]),
-            _request([1, [me]]),
+            _request(["ping", [me]]),  # no token nor pad fields
+            _request(["ping", [me], 5, b""]),  # a token that is not bytes
+            _rpc("ping", me),
+            _rpc("nosuch", [me]),
+            _rpc("store", [me, key, b"v"]),  # kademlia's own rpc: not served
+            _rpc("find_value", [me, key]),
+            _rpc("ping", [me, me]),
+            _rpc("ping", [b"short"]),
+            _rpc("find_node", [me, b"x" * 19]),
+            _rpc("add_provider", [me, key, 9000]),  # the port is no longer a field
+            _rpc("add_provider", [me, key, "10.9.9.9", 9000]),  # forged holder
+            _rpc("add_provider", [me, b"k"]),
+            _rpc("get_providers", [me, None]),
+            _request([1, [me], b"", b""]),
         ]
         async with await anyio.create_udp_socket(local_host="127.0.0.62") as sock:
+            lport = sock.extra(anyio.abc.SocketAttribute.local_port)
             for data in bad:
                 await sock.sendto(data, host, port)
             while node.protocol.drops.total() < len(bad):
@@ -167,22 +174,32 @@ async def test_malformed_datagrams_are_dropped_and_node_keeps_serving(start: Sta
                 await sock.receive()
             assert quiet.cancelled_caught, "a dropped datagram was answered"
 
-            # a well-formed announcement is stored under the UDP source address
-            await sock.sendto(_request(["add_provider", [me, key, 9000]]), host, port)
+            # an announcement without a token is refused: the source may be spoofed
+            await sock.sendto(_rpc("add_provider", [me, key], pad=200), host, port)
+            reply, _ = await sock.receive()
+            assert umsgpack.unpackb(reply[21:])[:2] == [node.node.id, False]
+            assert node.store.get(key, time.monotonic()) == []
+            # a padded ping earns a token bound to this address; with it the
+            # announcement is stored under the UDP source address and port
+            await sock.sendto(_rpc("ping", [me], pad=200), host, port)
+            reply, _ = await sock.receive()
+            responder, ok, token = umsgpack.unpackb(reply[21:])
+            assert (responder, ok, len(token)) == (node.node.id, True, 8)
+            await sock.sendto(_rpc("add_provider", [me, key], token), host, port)
             reply, _ = await sock.receive()
             assert reply[:21] == b"\x01" + b"\x07" * 20
-            assert umsgpack.unpackb(reply[21:]) == [node.node.id, True]
-            await sock.sendto(_request(["get_providers", [me, key]]), host, port)
+            assert umsgpack.unpackb(reply[21:])[:2] == [node.node.id, True]
+            await sock.sendto(_rpc("get_providers", [me, key], token), host, port)
             reply, _ = await sock.receive()
             body = umsgpack.unpackb(reply[21:])[1]
-            assert body["providers"] == [["127.0.0.62", 9000, 1800]]
+            assert body["providers"] == [["127.0.0.62", lport, 1800]]
             assert len(reply) < 1400
 
         # the node still works for real peers
         assert await helper.bootstrap([node.address]) >= 1
-        assert await helper.provide(key, 9100) == 1
+        assert await helper.provide(key) == 1
         got = {(p.host, p.port) for p in await helper.find_providers(key)}
-        assert got == {("127.0.0.62", 9000), ("127.0.0.61", 9100)}
+        assert got == {("127.0.0.62", lport), helper.address}
 
 
 async def test_bad_replies_from_a_peer_are_dropped(start: Start) -> None:
@@ -208,7 +225,7 @@ async def test_bad_replies_from_a_peer_are_dropped(start: Start) -> None:
                     ],
                     "nodes": [[b"x", "10.0.0.1", 1], [b"\x33" * 20, "::ffff:127.0.0.67", 5]],
                 }
-                reply = b"\x01" + data[1:21] + umsgpack.packb([liar_id, junk])
+                reply = b"\x01" + data[1:21] + umsgpack.packb([liar_id, junk, b"t" * 8])
                 await liar.sendto(reply, *addr[:2])
 
             async with anyio.create_task_group() as tg:
@@ -227,29 +244,36 @@ async def test_swarm_secret_blocks_outsiders(start: Start) -> None:
         wrong = await start("127.0.0.83", secret=b"guess", timeout=0.5)
         assert await b.bootstrap([a.address]) == 1
         key = dht_key("file", "secret")
-        assert await a.provide(key, 7000) == 1
+        assert await a.provide(key) == 1
         assert [p.host for p in await b.find_providers(key)] == ["127.0.0.80"]
         for outsider in (plain, wrong):
             assert await outsider.bootstrap([a.address, b.address]) == 0
             assert await outsider.find_providers(key) == []
             fake = Node(a.node.id, *a.address)
-            assert not await outsider.protocol.call_add_provider(fake, key, 6666)
+            assert not await outsider.protocol.call_add_provider(fake, key)
         assert a.protocol.drops["no tag"] + a.protocol.drops["bad tag"] >= 2
         assert {p.port for p in a.store.get(key, time.monotonic())} == set()
         assert all(c.ip in ("127.0.0.80", "127.0.0.81") for c in a.protocol.router.contacts())
 
-        # a captured request cannot be replayed, nor kept for later
-        forger = DHTProtocol(a.node, ProviderStore(), 20, secret=secret)
-        me = b"\x44" * 20
-        fresh = forger._frame(b"\x00", b"\x05" * 20, umsgpack.packb(["ping", [me]]))
-        old_body = (int(time.time()) - 1000).to_bytes(8, "big") + b"\x00" + b"\x06" * 20
-        old_body += umsgpack.packb(["ping", [me]])
-        stale = forger._tag(old_body) + old_body
+        # a captured request cannot be replayed, nor kept for later: a member's
+        # protocol object frames requests as if sent from 127.0.0.84
+        forger = DHTProtocol(Node(b"\x44" * 20), ProviderStore(), 20, secret=secret)
+        forger._bound = ("127.0.0.84", 0)
+        me = forger.source_node.id
+        ping = umsgpack.packb(["ping", [me], b"", b"\0" * 100])
         async with await anyio.create_udp_socket(local_host="127.0.0.84") as sock:
+            forger._bound = ("127.0.0.84", sock.extra(anyio.abc.SocketAttribute.local_port))
+            fresh = forger._frame(b"\x00", b"\x05" * 20, ping, a.address, a.node.id)
             await sock.sendto(fresh, *a.address)
             reply, _ = await sock.receive()
-            assert forger._unframe(reply, None) is not None
+            assert forger._unframe(reply, a.address) is not None
             await sock.sendto(fresh, *a.address)
+            real_time = time.time
+            try:
+                time.time = lambda: real_time() - 1000  # type: ignore[assignment]
+                stale = forger._frame(b"\x00", b"\x06" * 20, ping, a.address, a.node.id)
+            finally:
+                time.time = real_time  # type: ignore[assignment]
             await sock.sendto(stale, *a.address)
             while a.protocol.drops["stale timestamp"] < 1:
                 await anyio.sleep(0.01)
@@ -284,7 +308,7 @@ async def test_crawl_never_readmits_a_node_that_failed() -> None:
     """kademlia's NodeHeap forgets removals: a later reply naming a node that had
     timed out put it back, already marked contacted, into the result."""
     ids = {name: bytes([i]) * 20 for i, name in enumerate("ABCDE", 1)}
-    node = {name: Node(nid, "10.0.0.1", i) for i, (name, nid) in enumerate(ids.items(), 1)}
+    node = {name: Node(nid, f"10.0.0.{i}", 9) for i, (name, nid) in enumerate(ids.items(), 1)}
     replies = {"A": ["C"], "B": [], "C": ["D"], "D": None, "E": []}
 
     class Fake:
@@ -313,7 +337,7 @@ async def test_lookups_route_around_dead_nodes(start: Start) -> None:
         assert {(n.ip, n.port) for n in closest} == {n.address for n in nodes[:5]} - {
             nodes[1].address
         }
-        assert await nodes[1].provide(key, 7100) == 4
+        assert await nodes[1].provide(key) == 4
         assert [p.host for p in await nodes[4].find_providers(key)] == ["127.0.0.101"]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from anyio.from_thread import start_blocking_portal
 
 from hffs.daemon.process import pid_alive
 from hffs.daemon.runfiles import read_pid
+from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.dht import DHTNode
 from swarm.store import PartialFile, read_partial_state
@@ -197,13 +197,13 @@ def test_daemon_killed_mid_announce_restarts_cleanly(nodes: Callable[[str], Node
         keys: set[bytes] = set()
         killed = threading.Event()
 
-        def counting(sender: tuple[str, int], nodeid: bytes, key: bytes, port: int) -> object:
-            result = real(sender, nodeid, key, port)
+        def counting(sender: tuple[str, int], proven: bool, nodeid: bytes, key: bytes) -> object:
+            result = real(sender, proven, nodeid, key)
             if result and sender[0] == victim.host:
                 keys.add(key)
                 pid = read_pid(victim.home)
                 if len(keys) >= 20 and not killed.is_set() and pid is not None:
-                    os.kill(pid, signal.SIGKILL)  # right inside the announce
+                    portable.kill(pid)  # right inside the announce
                     killed.set()
             return result
 

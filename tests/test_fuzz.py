@@ -28,6 +28,7 @@ import umsgpack
 from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kademlia.node import Node
 
 from hffs.cache import HubCache, is_commit
 from hffs.daemon.app import CacheIndex, create_app, scan_inventory, valid_repo_id, valid_revision
@@ -546,24 +547,27 @@ def datagrams() -> st.SearchStrategy[bytes]:
     return st.one_of(st.binary(max_size=1500), framed)
 
 
-def ping_frame(node: DHTNode, msg_id: bytes) -> bytes:
-    body = umsgpack.packb(["ping", [b"\x42" * 20]])
+def ping_frame(node: DHTNode, msg_id: bytes, src: tuple[str, int]) -> bytes:
+    me = b"\x42" * 20
+    body = umsgpack.packb(["ping", [me], b"", b"\0" * 200])  # padded: no token yet
     if node.secret is None:
         return b"\x00" + msg_id + body
-    forger = DHTProtocol(node.node, ProviderStore(), 20, secret=node.secret)
-    return forger._frame(b"\x00", msg_id, body)
+    assert node.address is not None
+    forger = DHTProtocol(Node(me), ProviderStore(), 20, secret=node.secret)
+    forger._bound = src  # frames as sent from src, to node
+    return forger._frame(b"\x00", msg_id, body, node.address, node.node.id)
 
 
 def answers_ping(sock: socket.socket, node: DHTNode) -> bool:
     assert node.address is not None
     msg_id = secrets.token_bytes(20)
-    sock.sendto(ping_frame(node, msg_id), node.address)
+    sock.sendto(ping_frame(node, msg_id, sock.getsockname()), node.address)
     for _ in range(50):  # bounded: skip replies to fuzzed requests that were well-formed
         try:
             data, _ = sock.recvfrom(65536)
         except TimeoutError:
             return False
-        if msg_id in data[:60]:
+        if msg_id in data[:120]:  # after the secret header, if any
             return True
     return False
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from hffs.cli import app
 from hffs.config import ZERO_COMMIT
+from swarm import portable
 
 runner = CliRunner()
 
@@ -39,6 +40,8 @@ def cache(env: dict[str, str]) -> Path:
 def test_import_folder_keeps_tree_and_names_blobs_as_the_hub(
     hffs_env: dict[str, str], src: Path, method: str
 ) -> None:
+    if method == "ln" and portable.enabled():
+        pytest.skip("refused under Windows rules: test_import_ln_is_refused_on_windows")
     weights = (src / "sub" / "weights.safetensors").read_bytes()
     code, out = hffs("model", "import", str(src), "org/local", "--method", method)
     assert code == 0, out
@@ -58,6 +61,17 @@ def test_import_folder_keeps_tree_and_names_blobs_as_the_hub(
     if method == "ln":
         assert (repo / "blobs" / hashlib.sha256(weights).hexdigest()).is_symlink()
     assert not scan_cache_dir(cache(hffs_env)).warnings
+
+
+def test_import_ln_is_refused_on_windows(
+    hffs_env: dict[str, str], src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(portable, "FORCED", True)
+    code, out = hffs("model", "import", str(src), "org/local", "--method", "ln")
+    assert code == 1 and "not offered on Windows" in out
+    assert len(out.strip().splitlines()) == 1, out
+    assert not (cache(hffs_env) / "models--org--local").exists()
+    assert (src / "sub" / "weights.safetensors").read_bytes() == b"\x01" * 4096
 
 
 def test_import_revision_rules(hffs_env: dict[str, str], src: Path) -> None:

@@ -46,11 +46,38 @@ def test_holders_merge_never_overwrite_and_reannounce_extends() -> None:
     assert s.entries == 1
 
 
-def test_same_host_other_port_is_another_holder() -> None:
+def test_one_record_per_address_the_last_port_wins() -> None:
     s = ProviderStore()
     s.add(K1, "10.0.0.1", 80, now=0)
-    s.add(K1, "10.0.0.1", 81, now=0)
-    assert len(s.get(K1, now=0)) == 2
+    s.add(K1, "10.0.0.1", 81, now=1)
+    assert s.get(K1, now=1) == [Provider("10.0.0.1", 81, 1801)]
+    assert s.entries == 1 and s.host_records("10.0.0.1") == 1
+    assert not s.remove(K1, "10.0.0.1", 80) and s.remove(K1, "10.0.0.1", 81)
+    assert s.entries == 0 and s.host_records("10.0.0.1") == 0 and K1 not in s
+
+
+def test_one_address_on_64_ports_cannot_evict_the_honest_holder() -> None:
+    """The eclipse the issue found: 64 announcements from one address, one per port,
+    used to fill the key and evict the honest record expiring first."""
+    s = ProviderStore(max_per_key=64)
+    s.add(K1, "10.0.0.7", 9009, now=0)  # honest, announced first: expires first
+    for port in range(20000, 20064):
+        s.add(K1, "10.6.6.6", port, now=1)
+    assert {p.host for p in s.get(K1, now=2)} == {"10.0.0.7", "10.6.6.6"}
+
+
+def test_flood_from_one_address_churns_only_its_own_records() -> None:
+    s = ProviderStore(max_per_host=1000)
+    honest = [bytes([1, i]) + b"\0" * 18 for i in range(200)]
+    for i, key in enumerate(honest):
+        s.add(key, f"10.0.{i % 3}.1", 9009, now=0)
+    for i in range(50_000):
+        s.add(i.to_bytes(4, "big") + b"\xee" * 16, "10.6.6.6", 9009, now=1 + i / 1e4)
+    assert s.host_records("10.6.6.6") == 1000
+    assert all(s.get(key, now=10) for key in honest)
+    assert s.entries == 1200 and len(s) == 1200
+    # the flooder's newest records are the ones kept
+    assert s.get((49_999).to_bytes(4, "big") + b"\xee" * 16, now=10)
 
 
 def test_expiry_exact_boundary_and_key_removal() -> None:
@@ -175,13 +202,27 @@ ops = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(ops=ops, now=times, per_key=st.integers(1, 6), max_keys=st.integers(1, 4))
-def test_caps_respected_and_never_expired(ops, now, per_key, max_keys) -> None:
-    s = ProviderStore(ttl=300, max_per_key=per_key, max_keys=max_keys, max_entries=10)
+@given(
+    ops=ops,
+    now=times,
+    per_key=st.integers(1, 6),
+    max_keys=st.integers(1, 4),
+    per_host=st.integers(1, 5),
+)
+def test_caps_respected_and_never_expired(ops, now, per_key, max_keys, per_host) -> None:
+    s = ProviderStore(
+        ttl=300, max_per_key=per_key, max_keys=max_keys, max_entries=10, max_per_host=per_host
+    )
     for key, host, port, t, ttl in sorted(ops, key=lambda o: o[3]):
         s.add(key, host, port, now=t, ttl=ttl)
         assert len(s) <= max_keys
         assert s.entries <= 10
+        every = [p for k in s for p in s.get(k, -1e9, limit=None)]
+        for h in {p.host for p in every}:
+            assert s.host_records(h) == sum(p.host == h for p in every) <= per_host
+        for k in s:
+            got = s.get(k, -1e9, limit=None)
+            assert len({p.host for p in got}) == len(got)  # one record per address
         assert s.entries == sum(len(s.get(k, -1e9, limit=None)) for k in s)
         for k in s:
             assert len(s.get(k, -1e9, limit=None)) <= per_key

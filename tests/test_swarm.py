@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 from hffs.cache import HubCache
 from hffs.daemon.runfiles import read_pid
 from hffs.visibility import VisibilityStore
+from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.store import PartialFile
 from tests.localhub import LocalHub
@@ -168,7 +168,7 @@ def test_a_seeder_killed_mid_transfer(nodes: Callable[[str], Node], hub: LocalHu
             except Exception:
                 return
             time.sleep(0.05)
-        os.kill(read_pid(victim.home), signal.SIGKILL)
+        portable.kill(read_pid(victim.home))
         killed.set()
 
     killer = threading.Thread(target=kill_when_serving)

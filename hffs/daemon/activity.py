@@ -175,19 +175,19 @@ class Activity:
                 (up - self._last_up.get(host, 0)) / dt,
             )
         self._last_down, self._last_up = dict(self._peer_bytes), dict(up_by_host)
-        for peer_id, (down, up) in moved.items():
-            if not (down or up) and peer_id not in self.peers:
+        for peer_id, (down_rate, up_rate) in moved.items():
+            if not (down_rate or up_rate) and peer_id not in self.peers:
                 continue  # idle and forgotten: shown again when it trades again
             p = self.peers.setdefault(peer_id, PeerActivity())
             p.down = self._peer_bytes.get(peer_id, 0)
             p.up = up_by_host.get(peer_id, 0)
             rates = self._rates.setdefault(peer_id + "\0down", deque(maxlen=RATE_WINDOW))
-            rates.append(down)
+            rates.append(down_rate)
             p.down_rate = sum(rates) / len(rates)
             rates = self._rates.setdefault(peer_id + "\0up", deque(maxlen=RATE_WINDOW))
-            rates.append(up)
+            rates.append(up_rate)
             p.up_rate = sum(rates) / len(rates)
-            if down or up:
+            if down_rate or up_rate:
                 p.last_active = now
         for peer_id in [p for p, a in self.peers.items() if now - a.last_active > PEER_IDLE_FORGET]:
             del self.peers[peer_id]

@@ -8,6 +8,7 @@ Also the content index over the HF cache, and the DHT keys of what is held.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from hffs.visibility import VisibilityStore
 from swarm.dht import dht_key
 from swarm.ids import is_file_id
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
+from swarm.selfcheck import OnRotten, drop_rotten_copies, stat_key
 from swarm.store import read_partial_state
 
 RepoRev = tuple[str, str, str]  # (repo type, repo id, commit)
@@ -188,9 +190,24 @@ def create_app(
     stats: UploadStats,
     secret: str | None,
     server: PeerServer | None = None,
+    on_rotten: OnRotten | None = None,
 ) -> ASGIApp:
     """The daemon's peer app; ``server`` when the sendfile front shares its state.
     Content this peer does not share answers as if not held (``CacheIndex.shares``)."""
     if server is None:
-        server = PeerServer(index, partial_dir, manifest_dir, limits, stats)
+        server = PeerServer(index, partial_dir, manifest_dir, limits, stats, on_rotten)
     return peer_app_for(server, secret=secret, extra_routes=repo_routes(index))
+
+
+def drop_rotten_blob(cache: HubCache, file_id: str, path: Path) -> int:
+    """Blocking: unlink every copy of a blob that failed its check and is the same file as
+    ``path`` (hard links share the rot). Its snapshot links dangle, so huggingface_hub
+    fetches it again instead of loading bad bytes; returns how many were dropped."""
+    key = stat_key(path)
+    if key is None:
+        return 0
+    paths = [path]
+    for repo_type, repo_id in cache.iter_repos():
+        with contextlib.suppress(Exception):  # a folder we cannot name holds nothing of ours
+            paths.append(cache.blob_path(repo_type, repo_id, file_id))
+    return drop_rotten_copies(list(dict.fromkeys(paths)), key)

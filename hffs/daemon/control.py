@@ -129,7 +129,7 @@ def create_control_app(ops: DaemonOps, token: str) -> ASGIApp:
     async def json_object(request: Request) -> dict[str, Any]:
         try:
             body = await request.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # "[[[[..." raises RecursionError
             raise BadRequest("body must be JSON") from exc
         if not isinstance(body, dict):
             raise BadRequest("body must be a JSON object")

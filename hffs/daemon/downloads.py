@@ -32,8 +32,10 @@ import xxhash
 
 from hffs.cache import HubCache
 from hffs.daemon.activity import Activity
+from swarm import portable
 from swarm.chunking import chunk_count, chunk_size_for
-from swarm.download import DownloadError, download_file
+from swarm.download import DownloadError, DownloadPaused, download_file
+from swarm.goal import Goal
 from swarm.sources import PeerAddr, Source
 from swarm.store import PartialFile, StoreError, read_partial_state
 
@@ -104,12 +106,19 @@ class Transfer:
         self.epoch = [0] * self.n_chunks
         self.blob: Path | None = None  # set once the whole file is verified and published
         self.error: str | None = None
+        self.paused = False
         self.jobs: list[FileJob] = []  # every (repo, path) to link once complete
+        self.goal = Goal(size, self.chunk_size)  # what requests asked for: fetched, no more
         self._changed = anyio.Event()
 
     @property
     def finished(self) -> bool:
-        return self.blob is not None or self.error is not None
+        return self.blob is not None or self.error is not None or self.paused
+
+    def pause(self) -> None:
+        """Every chunk requests asked for is held; nothing more is fetched for them."""
+        self.paused = True
+        self._notify()
 
     def changed(self) -> anyio.Event:
         """Set at the next change; take it before checking the state it guards."""
@@ -206,6 +215,8 @@ class SpanReader:
             last = self.pos + self._block() >= self.end
             if t.have[self.pos // t.chunk_size] and not (last and self.end == t.size):
                 return
+            if t.paused:  # not a chunk this reader asked for: cannot happen, never hang
+                raise TransferFailed("this part of the file was not asked for")
             await changed.wait()
 
     async def read(self) -> bytes:
@@ -218,7 +229,7 @@ class SpanReader:
         if t is not None and t.blob is not None and self._sent and self.pos + n >= self.end:
             await self._check_sent(t, t.blob)
         fd = await self._open()
-        data = await anyio.to_thread.run_sync(os.pread, fd, n, self.pos)
+        data = await anyio.to_thread.run_sync(portable.pread, fd, n, self.pos)
         if len(data) != n:
             raise TransferFailed("the file is shorter on disk than expected")
         if t is not None and t.blob is None:
@@ -245,7 +256,7 @@ class SpanReader:
         assert path is not None
         try:
             # An fd on the partial file stays valid when it is published (renamed or copied).
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fd = os.open(path, os.O_RDONLY | portable.O_BINARY)
         except OSError as exc:
             if t is None or t.blob is not None:
                 raise TransferFailed(f"cannot read {path.name}: {exc.strerror}") from None
@@ -341,6 +352,7 @@ class DownloadManager:
         transfer = await self._transfer(job)
         if transfer.size != job.size:
             raise TransferFailed("two listings disagree on this file's size")
+        transfer.goal.add(start, end)  # Range: bytes=0-0 fetches one chunk, not the file
         return SpanReader(
             start, end, transfer=transfer, partial=self.partial_dir / f"{job.file_id}.part"
         )
@@ -361,6 +373,11 @@ class DownloadManager:
         try:
             async with self._limiter:
                 blob = await self._fetch(t, job)
+                while blob is None and not all(t.have[i] for i in t.goal.wanted()):
+                    blob = await self._fetch(t, job)  # asked for more meanwhile
+                if blob is None:
+                    t.pause()  # what was asked is held; the next request starts again
+                    return
             await anyio.to_thread.run_sync(self._link, blob, list(t.jobs))
             t.complete(blob)
         except Exception as exc:  # one file's failure must never take the daemon down
@@ -377,8 +394,9 @@ class DownloadManager:
             with contextlib.suppress(Exception):  # announcing is best effort
                 await self.view.announce([t.file_id], revisions, False)
 
-    async def _fetch(self, t: Transfer, job: FileJob) -> Path:
-        """Download, or wait for another process's download; returns the published blob."""
+    async def _fetch(self, t: Transfer, job: FileJob) -> Path | None:
+        """Download, or wait for another process's download; returns the published blob,
+        or None once every chunk requests asked for is held (the rest was not asked)."""
         dest = self.cache.blob_path(job.repo_type, job.repo_id, job.file_id)
         store_errors = 0
         idle_since = anyio.current_time()
@@ -406,6 +424,7 @@ class DownloadManager:
                 t.file_id, f"{job.repo_id}/{job.path}", t.size, list(t.have)
             )
             failure: Exception | None = None
+            paused = False
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_drops, t)
                 try:
@@ -420,8 +439,11 @@ class DownloadManager:
                         peer_headers=self.peer_headers,
                         on_bytes=self._count,
                         on_chunk=t.chunk_verified,
+                        goal=t.goal,
                         observer=watch,
                     )
+                except DownloadPaused:
+                    paused = True
                 except Exception as exc:  # raised below, not wrapped in this group's error
                     failure = first_leaf(exc)
                 tg.cancel_scope.cancel()
@@ -430,6 +452,8 @@ class DownloadManager:
                 continue
             if failure is not None:
                 raise failure
+            if paused:
+                return None
             return dest
 
     async def _follow(self, t: Transfer) -> None:

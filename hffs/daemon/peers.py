@@ -11,14 +11,17 @@ from urllib.parse import quote
 
 import httpx
 
-from hffs.listing import ListingError, parse_listing
+from hffs.listing import MAX_LISTING_BYTES, ListingError, parse_listing
+from swarm.bounded import Answer, BoundedReadError, fetch_bounded
+from swarm.hostport import format_hostport
+from swarm.sources import MAX_HAVE_BYTES
 from swarm.wire import auth_headers
 
 PROBE_TIMEOUT = 2.0
 
 
 def peer_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{format_hostport(host, port)}"
 
 
 def _repo_path(repo_type: str, repo_id: str) -> str:
@@ -29,6 +32,7 @@ class PeerClient:
     """One pooled HTTP client for all peers; use as an async context manager."""
 
     def __init__(self, secret: str | None, timeout: float = PROBE_TIMEOUT) -> None:
+        self._timeout = timeout  # for the whole exchange, body included
         self._http = httpx.AsyncClient(
             timeout=timeout, headers=auth_headers(secret), trust_env=False
         )
@@ -39,30 +43,34 @@ class PeerClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
-    async def _get(self, host: str, port: int, path: str) -> httpx.Response | None:
+    async def _get(self, host: str, port: int, path: str, limit: int) -> Answer | None:
+        """The peer's answer, read within ``limit`` bytes and the timeout; None if it
+        could not be had (an endless or dripping body is cut, never accumulated)."""
         try:
-            return await self._http.get(peer_url(host, port) + path)
-        except (httpx.HTTPError, OSError, ValueError):
+            return await fetch_bounded(
+                self._http, peer_url(host, port) + path, limit=limit, timeout=self._timeout
+            )
+        except BoundedReadError:
             return None
 
     async def ping(self, host: str, port: int) -> bool:
-        r = await self._get(host, port, "/v1/ping")
-        return r is not None and r.status_code == 200
+        r = await self._get(host, port, "/v1/ping", 4096)
+        return r is not None and r.status == 200
 
     async def has_file(self, host: str, port: int, file_id: str) -> bool:
         """True when the peer holds at least one verified chunk of the file."""
-        r = await self._get(host, port, f"/v1/blobs/{file_id}/have")
-        return r is not None and r.status_code == 200 and any(r.content)
+        r = await self._get(host, port, f"/v1/blobs/{file_id}/have", MAX_HAVE_BYTES)
+        return r is not None and r.status == 200 and any(r.body)
 
     async def revision(
         self, host: str, port: int, repo_type: str, repo_id: str, revision: str
     ) -> dict[str, Any] | None:
         """``{"commit", "fetched_at", "files"}`` the peer holds of a revision, else None."""
         path = f"/v1/repos/{_repo_path(repo_type, repo_id)}/{quote(revision, safe='')}"
-        r = await self._get(host, port, path)
-        if r is None or r.status_code != 200:
+        r = await self._get(host, port, path, MAX_LISTING_BYTES)
+        if r is None or r.status != 200:
             return None
         try:
-            return parse_listing(r.content).as_dict()
+            return parse_listing(r.body).as_dict()
         except ListingError:
             return None

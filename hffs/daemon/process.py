@@ -3,17 +3,18 @@
 ``start`` spawns ``python -m hffs.daemon.service`` in a new session (detached from
 the terminal, output to ``<home>/daemon.log``) and waits, bounded, until its control
 API answers; if it exits first, the ``error:`` line it logged is the error shown.
-``stop`` asks the control API, then SIGTERM, then SIGKILL, each wait bounded.
+``stop`` asks the control API, then terminates, then kills (swarm.portable: no signals
+on Windows), each wait bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hffs.daemon.client import DaemonClient, DaemonError, DaemonNotRunning
@@ -26,6 +27,7 @@ from hffs.daemon.runfiles import (
     read_pid,
 )
 from hffs.daemon.service import DaemonSettings, DaemonStartError, run_foreground
+from swarm import portable
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -50,6 +52,8 @@ def _daemon_argv(settings: DaemonSettings) -> list[str]:
     argv += ["--host", settings.host, "--port", str(settings.port)]
     for host, port in settings.bootstrap:
         argv += ["--bootstrap", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if not settings.mdns:
+        argv.append("--no-mdns")
     return argv
 
 
@@ -110,8 +114,8 @@ def _spawn(settings: DaemonSettings) -> DaemonInfo:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # survives the terminal and its Ctrl-C
             close_fds=True,
+            **portable.detach_kwargs(),  # survives the terminal and its Ctrl-C
             cwd=home,
         )
     deadline = time.monotonic() + START_TIMEOUT
@@ -144,17 +148,7 @@ def _wait_stopped(home: Path, timeout: float) -> bool:
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie, waiting for a parent to reap it, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust kill(0)
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return portable.pid_alive(pid)
 
 
 def _wait_exit(pid: int | None, timeout: float) -> None:
@@ -164,10 +158,9 @@ def _wait_exit(pid: int | None, timeout: float) -> None:
         time.sleep(POLL / 2)
 
 
-def _signal(pid: int | None, sig: signal.Signals) -> None:
+def _end(pid: int | None, how: Callable[[int], None]) -> None:
     if pid is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+        how(pid)
 
 
 def stop(home: Path) -> int | None:
@@ -180,11 +173,11 @@ def stop(home: Path) -> int | None:
     try:
         DaemonClient.from_home(home, timeout=5.0).stop()
     except (DaemonNotRunning, DaemonError):
-        _signal(pid, signal.SIGTERM)
+        _end(pid, portable.terminate)
     if not _wait_stopped(home, STOP_TIMEOUT):
-        _signal(pid, signal.SIGTERM)
+        _end(pid, portable.terminate)
         if not _wait_stopped(home, KILL_TIMEOUT):
-            _signal(pid, signal.SIGKILL)
+            _end(pid, portable.kill)
             if not _wait_stopped(home, KILL_TIMEOUT):
                 raise DaemonProcessError(f"the daemon (pid {pid}) does not stop; kill it by hand")
     _wait_exit(pid, KILL_TIMEOUT)

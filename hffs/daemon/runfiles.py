@@ -1,6 +1,6 @@
 """The files a running daemon keeps in the home dir, and how to tell it is alive.
 
-- ``daemon.lock``: held (flock) by the daemon for its whole life. It is the one
+- ``daemon.lock``: held (an OS file lock) by the daemon for its whole life. It is the one
   truth about "a daemon runs": the kernel drops it when the process dies, so a
   stale pid file or a recycled pid can never fool us.
 - ``daemon.pid``: its pid, for signals and for people.
@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from swarm import portable
 
 LOCK_FILE = "daemon.lock"
 PID_FILE = "daemon.pid"
@@ -99,19 +99,16 @@ class InstanceLock:
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = portable.lock_file(self.path, 0o600)
         except OSError:
-            os.close(fd)
             return False
         self._fd = fd
-        return True
+        return fd is not None
 
     def release(self) -> None:
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+            portable.unlock_file(self._fd)
             self._fd = None
 
 

@@ -38,12 +38,14 @@ from hffs.daemon.app import (
     RepoRev,
     any_revision_key,
     create_app,
+    drop_rotten_blob,
     file_key,
     repo_key,
     scan_inventory,
 )
 from hffs.daemon.control import Query, create_control_app
 from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.daemon.lan import run_lan
 from hffs.daemon.metrics import MetricSources, make_registry
 from hffs.daemon.peers import PeerClient
 from hffs.daemon.runfiles import (
@@ -56,6 +58,7 @@ from hffs.daemon.runfiles import (
 )
 from hffs.daemon.status_page import LocalSurface
 from hffs.visibility import VisibilityStore
+from swarm import hostport, portable
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
 from swarm.transport_server import FrontLimits, FrontShared, install_front
@@ -89,6 +92,7 @@ class DaemonSettings:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     bootstrap: tuple[tuple[str, int], ...] = ()
+    mdns: bool = True  # LAN discovery (hffs.daemon.lan)
 
 
 @dataclass
@@ -115,22 +119,8 @@ def announce_due(now: float, last_at: float, last_size: int, size: int) -> bool:
 
 def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address; ValueError if bad."""
-    value = value.strip()
-    host, port = value, default_port
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad address {value!r}")
-        if rest:
-            port = int(rest[1:])
-    elif value.count(":") == 1:
-        host, _, port_text = value.partition(":")
-        port = int(port_text)
-    if not host or any(c.isspace() or c in "/?#@" for c in host):
-        raise ValueError(f"bad host in {value!r}")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port out of range in {value!r}")
-    return host, port
+    hp = hostport.parse_hostport(value, default_port)
+    return hp.host, hp.port
 
 
 def _is_unspecified(ip: str) -> bool:
@@ -144,7 +134,7 @@ def bind_tcp(ip: str, port: int, what: str = "TCP") -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only
+        portable.reuse_address(sock)  # TIME_WAIT only, never a port in use
         sock.bind((ip, port))
         sock.listen(128)
     except OSError as exc:
@@ -380,9 +370,10 @@ class Daemon:
         return came_up
 
     async def _watch_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        stop_on = portable.stop_signals()  # none on Windows: the control API stops it
+        if not stop_on or threading.current_thread() is not threading.main_thread():
             return
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(*stop_on) as signals:
             async for signum in signals:
                 log.info("got %s: stopping", signal.Signals(signum).name)
                 self.request_stop()
@@ -523,6 +514,12 @@ class Daemon:
             "repos": len(inventory.repos),
         }
 
+    async def _drop_rotten(self, file_id: str, path: Path) -> None:
+        """A blob that failed its check (a downloader told us): drop it and stop announcing."""
+        n = await anyio.to_thread.run_sync(drop_rotten_blob, self.index.cache, file_id, path)
+        log.warning("%s… rotted on disk: dropped %d copy(ies)", file_id[:12], n)
+        await self.scan()
+
     def report_transfer(self, from_peers: int, from_upstream: int) -> None:
         self.bytes_from_peers += from_peers
         self.bytes_from_upstream += from_upstream
@@ -575,7 +572,12 @@ class Daemon:
         cfg = self.config
         limits = UploadLimits(cfg.max_upload_rate, cfg.max_uploads)
         peer = PeerServer(
-            self.index, cfg.partial_dir, cfg.state_dir / "manifests", limits, self.uploads
+            self.index,
+            cfg.partial_dir,
+            cfg.state_dir / "manifests",
+            limits,
+            self.uploads,
+            on_rotten=self._drop_rotten,
         )
         peer_app = create_app(
             self.index,
@@ -616,6 +618,16 @@ class Daemon:
                 loops.start_soon(self._peer_loop)
                 loops.start_soon(self._rescan_loop)
                 loops.start_soon(self._sample_loop)
+                if self.settings.mdns:
+                    loops.start_soon(
+                        run_lan,
+                        self.bind_ip,
+                        self.port,
+                        self.node.node_id,
+                        cfg.swarm_secret,
+                        self._bootstrap,
+                        self.node.routing_size,
+                    )
                 await self._stop.wait()
                 loops.cancel_scope.cancel()
             # uvicorn finishes in-flight requests (the stop reply among them), bounded
@@ -676,12 +688,13 @@ async def _run_locked(settings: DaemonSettings, config: Config) -> None:
         write_pid(settings.home, info.pid)
         write_info(settings.home, info)
         log.info(
-            "hffs daemon %d listening on %s:%d (TCP+UDP), control on 127.0.0.1:%d, node %s",
+            "hffs daemon %d listening on %s:%d (TCP+UDP), control on 127.0.0.1:%d, node %s (%s)",
             info.pid,
             ip,
             port,
             info.control_port,
             info.node_id[:12],
+            portable.describe(),
         )
         try:
             await daemon.run(tcp, control, info.token)
@@ -716,10 +729,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--bootstrap", action="append", default=[], metavar="HOST[:PORT]")
+    parser.add_argument("--no-mdns", action="store_true")
     args = parser.parse_args(argv)
     try:
         boot = tuple(parse_hostport(b) for b in args.bootstrap)
-        settings = DaemonSettings(args.home, args.host, args.port, boot)
+        settings = DaemonSettings(args.home, args.host, args.port, boot, not args.no_mdns)
         run_foreground(settings)
     except (DaemonStartError, ValueError) as exc:
         # process.py shows the user the last "error:" line of the log

@@ -1,0 +1,131 @@
+"""Issue 9, item 8: a ranged request makes the daemon fetch what it asked, not the file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swarm.chunking import MIN_CHUNK_SIZE, chunk_count, chunk_size_for
+from swarm.download import DownloadError, download_file
+from swarm.goal import Goal, span_chunks
+from swarm.scheduler import Scheduler
+from swarm.sources import Source
+from swarm.store import read_partial_state
+from tests.hostile import corrupt_bytes_published
+from tests.localhub import LocalHub
+from tests.nodes import REPO, Node, wait_for
+from tests.test_swarm import FILE, use_hub
+
+CHUNK = MIN_CHUNK_SIZE
+
+
+@given(st.integers(0, 1 << 34), st.integers(0, 1 << 34), st.integers(1, 1 << 34))
+def test_span_chunks_cover_the_span_and_no_more(a: int, b: int, size: int) -> None:
+    start, end = min(a, b) % size, min(max(a, b), size)
+    cs = chunk_size_for(size)
+    got = span_chunks(start, end, size, cs)
+    if end >= size:
+        assert got == range(chunk_count(size, cs))  # the last block needs the whole file
+    elif end > start:
+        assert got.start * cs <= start < got.start * cs + cs
+        assert (got.stop - 1) * cs < end <= got.stop * cs
+    else:
+        assert len(got) == 0
+
+
+def test_goal_grows_and_the_scheduler_reopens_what_it_deferred() -> None:
+    size = 10 * CHUNK
+    goal = Goal(size, CHUNK)
+    goal.add(0, 1)
+    assert goal.wanted() == [0] and not goal.whole and goal.version == 1
+    goal.add(0, 1)
+    assert goal.version == 1  # nothing new
+    sched = Scheduler(10, CHUNK, done=[i for i in range(10) if not goal.wants(i)])
+    sched.add_upstream("hub")
+    assert [r.chunk for r in sched.next_requests(0.0)] == [0]
+    goal.add(5 * CHUNK, 5 * CHUNK + 1)
+    sched.reopen(i for i in goal.wanted())
+    assert sorted(r.chunk for r in sched.next_requests(0.0)) == [5]
+    goal.add(3 * CHUNK, size)  # to the end: the whole file
+    assert goal.whole
+
+
+def settled(read: Callable[[], object], rounds: int = 40) -> object:
+    """A value once it stopped changing for a few polls (bounded)."""
+    last: object = None
+    stable = 0
+    for _ in range(rounds):
+        now = read()
+        stable = stable + 1 if now == last else 0
+        if stable >= 5:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
+
+
+def test_range_0_0_fetches_one_chunk_not_the_file(nodes: Callable[[str], Node]) -> None:
+    data = os.urandom(24 * CHUNK + 5)
+    fid = hashlib.sha256(data).hexdigest()
+    with LocalHub() as hub:
+        hub.add_repo(REPO, {FILE: data})
+        c = nodes("127.0.0.2")
+        use_hub(c, hub)
+        assert c.start().returncode == 0
+        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
+        hub.reset_stats()
+        with httpx.Client(trust_env=False, timeout=60) as http:
+            r = http.get(url, headers={"range": "bytes=0-0"})
+            assert r.status_code == 206 and r.content == data[:1]
+            span = f"bytes={5 * CHUNK + 10}-{5 * CHUNK + 20}"
+            r = http.get(url, headers={"range": span})
+            assert r.status_code == 206 and r.content == data[5 * CHUNK + 10 : 5 * CHUNK + 21]
+        partial = c.home / "partial"
+
+        def held() -> tuple[int, ...]:
+            state = read_partial_state(partial, fid)
+            return () if state is None else tuple(i for i, f in enumerate(state[1]) if f)
+
+        # Once the daemon is idle, it holds the two chunks asked for and nothing else, and
+        # took no more than those from upstream (not the 24 MiB file).
+        assert settled(lambda: (held(), hub.bytes_served)) == ((0, 5), 2 * CHUNK)
+        blob = c.hub / f"models--{REPO.replace('/', '--')}" / "blobs" / fid
+        assert not blob.exists()
+        # A plain GET still gets (and publishes) the whole file, resuming those chunks.
+        with httpx.Client(trust_env=False, timeout=60) as http:
+            r = http.get(url)
+            assert r.status_code == 200 and r.content == data
+        wait_for(blob.is_file, 30, "the whole file published")
+        assert hub.bytes_served == len(data)  # the two chunks were not fetched twice
+        assert corrupt_bytes_published(c.hub) == 0
+
+
+def test_a_failed_download_of_a_claimed_size_leaves_nothing(tmp_path: Path) -> None:
+    """A fake id, with a claimed size no source can give: no partial file is left."""
+    fid = hashlib.sha256(b"no one has this").hexdigest()
+    dead = Source("http://127.0.0.1:9", f"http://127.0.0.1:9/{fid}", True)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            with pytest.raises(DownloadError):
+                await download_file(
+                    fid,
+                    3 * CHUNK,
+                    dest=tmp_path / "blob",
+                    store_root=tmp_path / "partial",
+                    upstream=[dead],
+                    client=client,
+                )
+
+    anyio.run(go)
+    assert list((tmp_path / "partial").iterdir()) == []
+    assert not (tmp_path / "blob").exists()
