@@ -76,7 +76,8 @@ class Access:
     ) -> Listing | Answer | str:
         """Upstream's listing for this caller, or upstream's refusal (an Answer), or (no
         upstream reachable) what the swarm vouches for, or why nothing can be served."""
-        key = (auth_key(auth), repo_type, repo_id, rev)
+        # hops in the key: a caller's hop header (508 upstream) must not answer for others
+        key = (auth_key(auth), repo_type, repo_id, rev, str(hops))
         async with self._meta.lock(key):
             hit, value = self._meta.get(key)
             if hit:
@@ -105,7 +106,9 @@ class Access:
                 ttl = SWARM_TTL if isinstance(swarm, Listing) else UNREACHABLE_TTL
                 self._meta.put(key, swarm, ttl)
                 return swarm
-            self._meta.put(key, result, META_TTL)
+            # a passing refusal (slow, rate limited, 5xx) is not kept as long as an answer
+            brief = isinstance(result, Answer) and result.status >= 429
+            self._meta.put(key, result, UNREACHABLE_TTL if brief else META_TTL)
             return result
 
     async def _learn(
