@@ -218,6 +218,20 @@ class PartialFile:
         self._set_record(index, digest)
         return True
 
+    def fileno(self) -> int:
+        """The ``.part`` descriptor, for a writer that fills a chunk in place as its bytes
+        arrive (hashing them as it goes); the chunk counts only after ``mark_written``."""
+        return self._fd
+
+    def mark_written(self, index: int, digest: bytes) -> bool:
+        """Record chunk ``index``, whose bytes a caller wrote in place and hashed to
+        ``digest``, as held if that matches the manifest. False (nothing held) otherwise."""
+        expected = self._expected(index)
+        if expected is not None and expected != digest:
+            return False
+        self._set_record(index, digest)
+        return True
+
     def drop_chunks(self, indexes: Iterable[int]) -> None:
         for i in indexes:
             self._set_record(i, None)
