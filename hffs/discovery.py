@@ -18,7 +18,8 @@ import httpx
 from hffs import config
 from hffs.daemon.client import DaemonClient, DaemonNotRunning
 from hffs.hub import RemoteFile, RemoteRevision
-from hffs.listing import MAX_LISTING_BYTES, ListingError, parse_listing
+from hffs.listing import MAX_LISTING_BYTES, Listing, ListingError, parse_listing
+from hffs.trust import claim_from_listing, vouch
 from swarm.bounded import BoundedReadError, fetch_bounded
 from swarm.sources import PeerAddr
 from swarm.wire import auth_headers
@@ -26,6 +27,7 @@ from swarm.wire import auth_headers
 log = logging.getLogger(__name__)
 
 LISTING_TIMEOUT = 5.0
+MAX_ASKED = 64  # peers asked for a listing when the hub is down
 
 
 @dataclass
@@ -77,24 +79,39 @@ class Discovery:
             await self._call(lambda d: d.report_transfer(from_peers, from_upstream))
 
     async def revision_from_peers(
-        self, repo_type: str, repo_id: str, revision: str
-    ) -> RemoteRevision | None:
-        """A revision as peers hold it, for when no endpoint answers.
+        self,
+        repo_type: str,
+        repo_id: str,
+        revision: str,
+        local: dict[str, object] | None = None,
+    ) -> RemoteRevision | str:
+        """A revision as peers vouch for it (``hffs.trust.vouch``), for when no endpoint
+        answers; ``local`` is what this machine's cache holds of it. A string says why
+        peers cannot be trusted with it.
 
-        A commit is asked of its holders in the DHT; a ref of every peer we know,
-        taking the newest commit reported (peers say when they fetched it)."""
+        A commit is asked of its holders in the DHT; a ref of every peer we know."""
         candidates = await self._from_daemon(repo=f"{repo_type}/{repo_id}/{revision}")
-        candidates = list(dict.fromkeys(candidates + self._saved()))
-        best: tuple[float, RemoteRevision] | None = None
+        candidates = list(dict.fromkeys(candidates + self._saved()))[:MAX_ASKED]
+        claims = [c for c in [claim_from_listing(None, local or {})] if c is not None]
         for peer in candidates:
             got = await self._listing(peer, repo_type, repo_id, revision)
-            if got is not None and (best is None or got[0] > best[0]):
-                best = got
-        return best[1] if best else None
+            if got is not None and (c := claim_from_listing(peer.host, got.as_dict())):
+                claims.append(c)
+        v = vouch(revision, claims, bool(self.cfg.swarm_secret))
+        if isinstance(v, str):
+            return v
+        files = tuple(
+            RemoteFile(p, size, fid, len(fid) == 64) for p, (fid, size) in sorted(v.files.items())
+        )
+        refused = f"; left out, as peers do not vouch for them: {', '.join(sorted(v.refused))}"
+        said = v.describe() + (refused if v.refused else "")
+        return RemoteRevision(
+            repo_type, repo_id, v.commit, files, "peers", vouched=said, peer_ids=v.peer_ids
+        )
 
     async def _listing(
         self, peer: PeerAddr, repo_type: str, repo_id: str, revision: str
-    ) -> tuple[float, RemoteRevision] | None:
+    ) -> Listing | None:
         url = f"http://{peer}/v1/repos/{repo_type}/{quote(repo_id)}/{quote(revision, safe='')}"
         try:  # bounded in bytes and time, and never redirected
             answer = await fetch_bounded(
@@ -106,13 +123,10 @@ class Discovery:
             )
             if answer.status != 200:
                 return None
-            listing = parse_listing(answer.body)
+            return parse_listing(answer.body)
         except (ListingError, BoundedReadError) as exc:
             log.debug("listing from %s: %s", peer, exc)  # a peer's bad answer is its problem
             return None
-        files = tuple(RemoteFile(f.path, f.size, f.file_id, f.lfs) for f in listing.files)
-        rev = RemoteRevision(repo_type, repo_id, listing.commit, files, f"peer {peer}")
-        return listing.fetched_at, rev
 
 
 def discovery_for(cfg: config.Config, client: httpx.AsyncClient) -> Discovery:

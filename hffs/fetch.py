@@ -18,10 +18,13 @@ import httpx
 from rich.console import Console
 
 from hffs import config, managed
-from hffs.cache import CacheError, HubCache, is_commit
+from hffs.cache import CacheError, HubCache
 from hffs.discovery import Discovery, discovery_for
 from hffs.hub import HubClient, HubError, Refused, RemoteFile, RemoteRevision, file_url
+from hffs.listing import read_local
 from hffs.progress import DownloadProgress
+from hffs.trust import redirect_guard
+from hffs.visibility import remember
 from swarm.download import DownloadError, FileReport, download_file
 from swarm.sources import Source
 
@@ -48,7 +51,10 @@ def upstream_sources(hub: HubClient, rev: RemoteRevision, f: RemoteFile) -> list
     """The endpoints in order, each a source of every chunk of ``f``."""
     return [
         Source(
-            e, file_url(e, rev.repo_type, rev.repo_id, rev.commit, f.path), True, hub.auth_headers()
+            e,
+            file_url(e, rev.repo_type, rev.repo_id, rev.commit, f.path),
+            True,
+            hub.auth_headers(e),
         )
         for e in hub.endpoints
     ]
@@ -61,21 +67,25 @@ async def resolve(
     repo_id: str,
     revision: str,
     console: Console,
+    cache: HubCache | None = None,
 ) -> RemoteRevision:
-    """The hub or mirror resolves refs; with neither reachable, peers answer for a commit."""
+    """The hub or mirror resolves refs; with neither reachable, what peers vouch for (and
+    this machine's cache holds), and the user is told on what basis (``hffs.trust``)."""
     try:
         return await hub.arevision(repo_type, repo_id, revision)
     except Refused:
         raise  # the hub said no: final, whatever peers hold
     except HubError as exc:
-        fallback = await discovery.revision_from_peers(repo_type, repo_id, revision)
-        if fallback is None:
-            raise
-        if not is_commit(revision):
-            console.print(
-                f"[yellow]note:[/yellow] no endpoint answered ({exc}); using commit "
-                f"{fallback.commit[:12]} that peers hold for {revision!r}"
-            )
+        local = None
+        if cache is not None:
+            local = await anyio.to_thread.run_sync(read_local, cache, repo_type, repo_id, revision)
+        fallback = await discovery.revision_from_peers(repo_type, repo_id, revision, local)
+        if isinstance(fallback, str):
+            raise HubError(f"{exc}; {fallback}") from None
+        console.print(
+            f"[yellow]note:[/yellow] no endpoint answered ({exc}); using commit "
+            f"{fallback.commit[:12]} for {revision!r}, {fallback.vouched}"
+        )
         return fallback
 
 
@@ -92,15 +102,17 @@ async def add_model_async(
     cache = HubCache(config.hub_cache_dir())
     check_writable(cache.root)
     check_writable(cfg.partial_dir)
-    hub = HubClient(cfg.upstream_endpoints(), config.hf_token())
+    hub = HubClient(cfg.upstream_endpoints(), config.hf_token(), cfg.named_endpoints())
     started = time.monotonic()
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=5.0),
         limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
-        follow_redirects=True,
+        follow_redirects=True,  # from upstream, where hffs.trust allows; never from a peer
+        event_hooks={"response": [redirect_guard(hub.endpoints)]},
     ) as client:
         discovery = discovery_for(cfg, client)
-        rev = await resolve(hub, discovery, repo_type, repo_id, revision, console)
+        rev = await resolve(hub, discovery, repo_type, repo_id, revision, console, cache)
+        await anyio.to_thread.run_sync(remember, cfg.home, rev, bool(cfg.swarm_secret))
         wanted = [rev.file(file)] if file else list(rev.files)
         report = AddReport(rev)
         todo = []

@@ -57,6 +57,7 @@ from hffs.daemon.runfiles import (
     write_pid,
 )
 from hffs.daemon.status_page import LocalSurface
+from hffs.visibility import VisibilityStore
 from swarm import hostport, portable
 from swarm.dht import DEFAULT_TTL, DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
@@ -235,7 +236,10 @@ class Daemon:
         self.bind_ip = bind_ip
         self.port = port
         self.control_port = control_port
-        self.index = CacheIndex(HubCache(hub_cache_dir()))
+        # What may be shared: public content, or everything in a private swarm (hffs.trust).
+        self.sharing = VisibilityStore(settings.home, private_swarm=bool(config.swarm_secret))
+        self.index = CacheIndex(HubCache(hub_cache_dir()), self.sharing)
+        self._learner: Any = None  # hffs.daemon.sharing.VisibilityLearner, once running
         self.uploads = UploadStats()
         self.activity = Activity()  # for /metrics and the status page
         self.bytes_from_peers = 0
@@ -260,7 +264,7 @@ class Daemon:
     async def scan(self) -> Inventory:
         started = time.monotonic()
         inventory = await anyio.to_thread.run_sync(
-            scan_inventory, self.index.cache, self.config.partial_dir
+            scan_inventory, self.index.cache, self.config.partial_dir, self.sharing
         )
         self.index.inventory = inventory
         self._extra_files = {k: t for k, t in self._extra_files.items() if t >= started}
@@ -483,6 +487,9 @@ class Daemon:
     async def announce(self, file_ids: list[str], repos: list[RepoRev], wait: bool) -> int | None:
         now = time.monotonic()
         keys: set[bytes] = set()
+        # Only what may be shared (hffs.trust): a private download is never announced.
+        file_ids = [f for f in file_ids if self.index.shares(f)]
+        repos = [r for r in repos if self.index.repo_shared(r[0], r[1])]
         for f in file_ids:
             self._extra_files[f] = now
             keys.add(file_key(f))
@@ -498,6 +505,8 @@ class Daemon:
 
     async def rescan(self) -> dict[str, int]:
         inventory = await self.scan()
+        if self._learner is not None:
+            self._learner.wake()  # new repos of unknown visibility: ask upstream about them
         self._queue(self.held_keys())
         return {
             "files": len(inventory.files),
@@ -586,9 +595,13 @@ class Daemon:
             self.index.cache,
             cfg.partial_dir,
             auth_headers(cfg.swarm_secret),
+            named=cfg.named_endpoints(),
+            sharing=self.sharing,
         )
         hub.downloads.activity = self.activity
         app = self.local_surface(hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret)))
+        self._learner = hub.access.learner  # asks upstream which cached repos are public
+        self._learner.on_public = self.rescan
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
         # Blob bodies leave by sendfile through the front; other routes reach the app.
         secret = cfg.swarm_secret.encode() if cfg.swarm_secret else None
@@ -599,6 +612,7 @@ class Daemon:
             tg.start_soon(control_server.serve, [control])
             async with anyio.create_task_group() as loops:
                 loops.start_soon(hub.run)
+                loops.start_soon(self._learner.run)
                 loops.start_soon(self._watch_signals)
                 loops.start_soon(self._announce_loop)
                 loops.start_soon(self._peer_loop)
