@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:  # tests/ is not installed; localhub lives th
 
 from hffs.cache import HubCache  # noqa: E402
 from hffs.config import Config, Peer  # noqa: E402
+from hffs.visibility import VisibilityStore  # noqa: E402
 from tests.localhub import LocalHub as LocalHub  # noqa: E402  (re-exported)
 from tests.localhub import make_random_file  # noqa: E402
 from tests.nodes import Node as _TestNode  # noqa: E402
@@ -296,6 +297,7 @@ class Node(_TestNode):
                 shutil.copyfile(src, blob)
         cache.link("model", repo, commit, path, blob_id)
         cache.write_ref("model", repo, "main", commit)
+        VisibilityStore(self.home).record("model", repo, "public", [blob_id])  # shared
         return blob_id
 
     def blob(self, repo: str, blob_id: str) -> Path:

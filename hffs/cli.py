@@ -139,6 +139,7 @@ def model_add(
     from hffs.jobs import JobSpec
 
     with expected_failures():
+        cfg = config.Config.load()
         spec = JobSpec(
             repo_id,
             revision,
@@ -146,7 +147,8 @@ def model_add(
             files=(file,) if file else None,
             token=config.hf_token(),
             cache_dir=str(config.hub_cache_dir().absolute()),
-            endpoints=() if config.offline() else tuple(config.Config.load().upstream_endpoints()),
+            endpoints=() if config.offline() else tuple(cfg.upstream_endpoints()),
+            named=tuple(cfg.named_endpoints()),
         )
         _run_job(spec)
 

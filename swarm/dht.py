@@ -779,9 +779,14 @@ class DHTProtocol(KademliaProtocol):
 
     async def call_add_provider(self, node_to_ask: Node, key: bytes) -> bool:
         addr = (normalize_host(node_to_ask.ip) or "", node_to_ask.port)
-        if self.peer_tokens.get(addr, time.monotonic()) is None:
+        token = self.peer_tokens.get(addr, time.monotonic())
+        if token is None:
             await self.call_ping(node_to_ask)  # get a token first: announcing needs one
+            token = self.peer_tokens.get(addr, time.monotonic())
         ok, result = await self._call_node(node_to_ask, "add_provider", key)
+        if ok and result is False and self.peer_tokens.get(addr, time.monotonic()) != token:
+            # refused with a fresh token in the reply: ours was stale (the node restarted)
+            ok, result = await self._call_node(node_to_ask, "add_provider", key)
         return ok and result is True
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> NoReturn:

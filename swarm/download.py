@@ -118,15 +118,24 @@ class _RunningHash:
         self.next = 0
         self.drops = pf.drops
         self.more = anyio.Event()
+        self._view = memoryview(bytearray(1 << 20))
 
     @property
     def valid(self) -> bool:
         return self.drops == self.pf.drops
 
     def _hash_next(self) -> None:
-        # One step in the worker thread, so a cancelled caller cannot split it.
+        # One step in the worker thread, so a cancelled caller cannot split it. The chunk
+        # is read into one reused block: no new 1 MiB object (an mmap and 256 page faults)
+        # per chunk.
         start, end = self.pf.span(self.next)
-        self.hasher.update(self.pf.read(start, end))
+        pos = start
+        while pos < end:
+            n = self.pf.read_into(self._view[: min(len(self._view), end - pos)], pos)
+            if n <= 0:
+                break
+            self.hasher.update(self._view[:n])
+            pos += n
         self.next += 1
 
     async def run(self) -> None:

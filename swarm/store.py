@@ -274,6 +274,10 @@ class PartialFile:
         except OSError as exc:
             raise _write_error(self._path(".state"), exc) from exc
 
+    def read_into(self, view: memoryview, offset: int) -> int:
+        """Fill ``view`` from ``offset`` of the file (fewer bytes only at its end)."""
+        return portable.pread_into(self._fd, view, offset)
+
     def read(self, start: int, end: int) -> bytes:
         return portable.pread(self._fd, end - start, start)
 

@@ -109,6 +109,9 @@ def test_pread_pwrite_at_offsets(mode: str, tmp_path: Path) -> None:
         assert portable.pread(fd, 11, 0) == b"hello world"
         assert portable.pread(fd, 100, 6) == b"world"  # short only at the end
         assert portable.pread(fd, 10, 50) == b""
+        block = bytearray(8)
+        assert portable.pread_into(fd, memoryview(block), 3) == 8 and block == b"lo world"
+        assert portable.pread_into(fd, memoryview(block), 9) == 2 and block[:2] == b"ld"
     finally:
         os.close(fd)
 
@@ -473,7 +476,7 @@ def test_extended_path() -> None:
 # Spelled in pieces: issue 14 asks `git grep` to find these in swarm/portable.py only.
 _POSIX_ONLY = {
     "fc" + "ntl": "portable.lock_file / unlock_file",
-    "os.p" + "read": "portable.pread",
+    "os.p" + "read": "portable.pread or pread_into",
     "os.p" + "write": "portable.pwrite",
     "SIG" + "KILL": "portable.kill",
     "os.send" + "file": "portable.sendfile or portable.transport_sendfile",
