@@ -12,6 +12,7 @@ same lookups after removing 20 % and then 50 % of the nodes without warning.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import random
 import statistics
@@ -282,4 +283,5 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR)  # dropped-datagram warnings are expected here
     anyio.run(main, parse(), backend="asyncio")

@@ -24,6 +24,7 @@ from typing import Any
 
 import harness as h
 
+from hffs.visibility import VisibilityStore
 from swarm.manifest import build_manifest
 from swarm.store import PartialFile
 
@@ -36,6 +37,7 @@ def seed_partial(node: h.Node, src: Path, file_id: str, keep: int, every: int) -
     """Give ``node`` the chunks i with i % every == keep of ``src`` as a verified partial
     download with the full manifest, as a peer halfway through its own download has."""
     manifest = build_manifest(src, file_id)
+    VisibilityStore(node.home).record_peer_ids([file_id])  # public content: shared
     held = 0
     with PartialFile(node.home / "partial", file_id, manifest.size) as pf, src.open("rb") as f:
         pf.set_manifest(manifest)

@@ -185,6 +185,7 @@ def model_add(
         err.print("[yellow]note:[/yellow] --include/--exclude are ignored: files were named")
     cache = _cache(cache_dir)
     with expected_failures():
+        cfg = config.Config.load()
         spec = JobSpec(
             repo_id,
             revision,
@@ -194,7 +195,8 @@ def model_add(
             exclude=tuple(exclude or ()),
             token=token or config.hf_token(),
             cache_dir=str(cache.root.absolute()),
-            endpoints=() if config.offline() else tuple(config.Config.load().upstream_endpoints()),
+            endpoints=() if config.offline() else tuple(cfg.upstream_endpoints()),
+            named=tuple(cfg.named_endpoints()),
             force=force_download,
             dry_run=dry_run,
             max_workers=max_workers,

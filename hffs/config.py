@@ -19,6 +19,8 @@ from swarm.files import atomic_write
 from swarm.hostport import format_hostport, parse_host, parse_port
 
 DEFAULT_PORT = 9009
+# Tried in this order when the user configured none. The mirror is a third party: it never
+# gets the user's token (``named_endpoints``, ``hffs.trust.may_send_token``).
 DEFAULT_ENDPOINTS = ("https://hf-mirror.com", "https://huggingface.co")
 ZERO_COMMIT = "0" * 40
 
@@ -186,3 +188,13 @@ class Config:
             if e not in out:
                 out.append(e)
         return out
+
+    def named_endpoints(self) -> list[str]:
+        """The endpoints the user chose (``HFFS_ENDPOINTS``, ``HF_ENDPOINT``, config.json):
+        with huggingface.co itself, the only ones an HF token is sent to."""
+        env_list = os.environ.get("HFFS_ENDPOINTS", "")
+        named = [e.strip() for e in env_list.split(",") if e.strip()]
+        named += list(self.endpoints)
+        if os.environ.get("HF_ENDPOINT"):
+            named.append(os.environ["HF_ENDPOINT"])
+        return list(dict.fromkeys(e.rstrip("/") for e in named))

@@ -1,7 +1,7 @@
 """Who holds what for a job run in the CLI process (no daemon): the saved peers.
 
 The daemon's own view is ``service.Daemon`` (its DHT node and the saved peers);
-both pick a revision peers hold with ``newest_revision``.
+both take a revision from peers only as ``vouched_revision`` allows.
 """
 
 from __future__ import annotations
@@ -14,26 +14,39 @@ import anyio
 from hffs import config
 from hffs.hub import RemoteFile, RemoteRevision
 from hffs.peers import PeerClient
+from hffs.trust import claim_from_listing, vouch
 from swarm.wire import auth_headers
 
+MAX_ASKED = 64  # peers asked for a listing when the hub is down
 
-def newest_revision(
-    answers: Iterable[dict[str, Any]], repo_type: str, repo_id: str
-) -> RemoteRevision | None:
-    """The revision peers hold, for when no endpoint answers: the newest commit reported
-    (peers say when they fetched it). ``answers`` are ``PeerClient.revision`` listings
-    (already validated), each with the peer's ``host`` and ``port``."""
-    best: tuple[float, RemoteRevision] | None = None
-    for a in answers:
-        files = tuple(
-            RemoteFile(f["path"], f["size"], f["file_id"], len(f["file_id"]) == 64)
-            for f in a["files"]
-        )
-        peer = f"peer {a.get('host')}:{a.get('port')}"
-        rev = RemoteRevision(repo_type, repo_id, a["commit"], files, peer)
-        if best is None or a["fetched_at"] > best[0]:
-            best = (a["fetched_at"], rev)
-    return best[1] if best else None
+
+def vouched_revision(
+    answers: Iterable[dict[str, Any]],
+    local: dict[str, Any] | None,
+    repo_type: str,
+    repo_id: str,
+    revision: str,
+    private_swarm: bool,
+) -> RemoteRevision | str:
+    """A revision as peers vouch for it (``hffs.trust.vouch``), for when no endpoint
+    answers. ``answers`` are ``PeerClient.revision`` listings (already validated), each
+    with the peer's ``host``; ``local`` what this machine's cache holds. A string says
+    why peers cannot be trusted with it."""
+    claims = [c for c in [claim_from_listing(None, local or {})] if c is not None]
+    for a in list(answers)[:MAX_ASKED]:
+        if (c := claim_from_listing(str(a.get("host")), a)) is not None:
+            claims.append(c)
+    v = vouch(revision, claims, private_swarm)
+    if isinstance(v, str):
+        return v
+    files = tuple(
+        RemoteFile(p, size, fid, len(fid) == 64) for p, (fid, size) in sorted(v.files.items())
+    )
+    refused = f"; left out, as peers do not vouch for them: {', '.join(sorted(v.refused))}"
+    said = v.describe() + (refused if v.refused else "")
+    return RemoteRevision(
+        repo_type, repo_id, v.commit, files, "peers", vouched=said, peer_ids=v.peer_ids
+    )
 
 
 class SavedPeers:
@@ -57,8 +70,8 @@ class SavedPeers:
         pass
 
     async def revision_from_peers(
-        self, repo_type: str, repo_id: str, revision: str
-    ) -> RemoteRevision | None:
+        self, repo_type: str, repo_id: str, revision: str, local: dict[str, Any] | None = None
+    ) -> RemoteRevision | str:
         answers: list[dict[str, Any]] = []
 
         async def ask(host: str, port: int) -> None:
@@ -67,6 +80,7 @@ class SavedPeers:
                 answers.append({**got, "host": host, "port": port})
 
         async with anyio.create_task_group() as tg:
-            for p in self.cfg.peers:
+            for p in self.cfg.peers[:MAX_ASKED]:
                 tg.start_soon(ask, p.host, p.port)
-        return newest_revision(answers, repo_type, repo_id)
+        private = bool(self.cfg.swarm_secret)
+        return vouched_revision(answers, local, repo_type, repo_id, revision, private)

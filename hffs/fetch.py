@@ -18,13 +18,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import httpx
 
 from hffs import config, managed
-from hffs.cache import CacheError, HubCache, is_commit
+from hffs.cache import CacheError, HubCache
 from hffs.downloads import (
     DownloadManager,
     FileJob,
@@ -34,7 +34,10 @@ from hffs.downloads import (
 )
 from hffs.hub import HubClient, HubError, Refused, RemoteFile, RemoteRevision, file_url
 from hffs.jobs import JobListener, JobPlan, JobResult, JobSpec, PlannedFile
+from hffs.listing import read_local
 from hffs.selection import select
+from hffs.trust import redirect_guard
+from hffs.visibility import remember
 from swarm.sources import Source
 
 log = logging.getLogger(__name__)
@@ -46,8 +49,8 @@ class PeersView(SwarmView, Protocol):
     """What a job asks of the swarm beyond the downloads: a revision peers hold."""
 
     async def revision_from_peers(
-        self, repo_type: str, repo_id: str, revision: str
-    ) -> RemoteRevision | None: ...
+        self, repo_type: str, repo_id: str, revision: str, local: dict[str, Any] | None = None
+    ) -> RemoteRevision | str: ...
 
 
 @dataclass
@@ -63,11 +66,18 @@ class JobHost:
     where: str = ""  # "the daemon " when it is not the asker's own process
 
 
-def upstream_sources(hub: HubClient, rev: RemoteRevision, f: RemoteFile) -> tuple[Source, ...]:
-    """The endpoints in order, each a source of every chunk of ``f``."""
+def upstream_sources(
+    hub: HubClient | None, rev: RemoteRevision, f: RemoteFile
+) -> tuple[Source, ...]:
+    """The endpoints in order, each a source of every chunk of ``f`` (none offline)."""
+    if hub is None:
+        return ()
     return tuple(
         Source(
-            e, file_url(e, rev.repo_type, rev.repo_id, rev.commit, f.path), True, hub.auth_headers()
+            e,
+            file_url(e, rev.repo_type, rev.repo_id, rev.commit, f.path),
+            True,
+            hub.auth_headers(e),
         )
         for e in hub.endpoints
     )
@@ -87,24 +97,27 @@ def check_writable(folder: Path, where: str = "") -> None:
 
 
 async def resolve(
-    hub: HubClient, view: PeersView, spec: JobSpec
+    hub: HubClient | None, view: PeersView, spec: JobSpec, cache: HubCache
 ) -> tuple[RemoteRevision, str | None]:
-    """The hub or mirror resolves refs; with neither reachable, peers answer for a
-    commit. An endpoint's "no" (not found, gated, no access) is final."""
+    """The hub or mirror resolves refs; with neither reachable (or none, offline), what
+    peers vouch for (and this machine's cache holds), and the user is told on what basis
+    (``hffs.trust``). An endpoint's "no" (not found, gated, no access) is final."""
     try:
+        if hub is None:
+            raise HubError("no upstream endpoint (offline)")
         return await hub.arevision(spec.repo_type, spec.repo_id, spec.revision), None
     except Refused:
         raise
     except HubError as exc:
-        fallback = await view.revision_from_peers(spec.repo_type, spec.repo_id, spec.revision)
-        if fallback is None:
-            raise
-        note = None
-        if not is_commit(spec.revision):
-            note = (
-                f"no endpoint answered ({exc}); using commit {fallback.commit[:12]} that "
-                f"peers hold for {spec.revision!r}"
-            )
+        kinds = (spec.repo_type, spec.repo_id, spec.revision)
+        local = await anyio.to_thread.run_sync(read_local, cache, *kinds)
+        fallback = await view.revision_from_peers(*kinds, local)
+        if isinstance(fallback, str):
+            raise HubError(f"{exc}; {fallback}") from None
+        note = (
+            f"no endpoint answered ({exc}); using commit {fallback.commit[:12]} for "
+            f"{spec.revision!r}, {fallback.vouched}"
+        )
         return fallback, note
 
 
@@ -123,8 +136,12 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     await anyio.to_thread.run_sync(check_writable, host.cfg.partial_dir, host.where)
     token = spec.token if spec.token is not None else config.hf_token()
     endpoints = spec.endpoints if spec.endpoints is not None else host.cfg.upstream_endpoints()
-    hub = HubClient([e for e in endpoints if not (host.is_self and host.is_self(e))], token)
-    rev, note = await resolve(hub, host.view, spec)
+    endpoints = [e for e in endpoints if not (host.is_self and host.is_self(e))]
+    named = list(spec.named) if spec.named is not None else host.cfg.named_endpoints()
+    hub = HubClient(endpoints, token, named) if endpoints else None
+    rev, note = await resolve(hub, host.view, spec, cache)
+    private = bool(host.cfg.swarm_secret)
+    await anyio.to_thread.run_sync(remember, host.cfg.home, rev, private)
     if spec.files is not None and len(spec.files) == 1 and not spec.files[0].endswith("/"):
         rev.file(spec.files[0])  # one named file that is not there: NotFound, naming the repo
     chosen = select([f.path for f in rev.files], spec.files or (), spec.include, spec.exclude)
@@ -142,7 +159,7 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
             rev.commit,
             tuple(PlannedFile(f.path, f.size, f.file_id, holders.get(f.path)) for f in wanted),
             tuple(f.path for f in todo),
-            tuple(hub.endpoints),
+            tuple(endpoints),
             note,
         )
     )
@@ -255,7 +272,8 @@ async def local_host(cfg: config.Config, cache_dir: str | None = None) -> AsyncI
         httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=5.0),
             limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
-            follow_redirects=True,
+            follow_redirects=True,  # from upstream, where hffs.trust allows; never from a peer
+            event_hooks={"response": [redirect_guard(cfg.upstream_endpoints())]},
         ) as client,
         PeerClient(cfg.swarm_secret) as peers,
     ):

@@ -22,6 +22,7 @@ from huggingface_hub.errors import (
 
 from hffs.cache import CacheError, check_repo_path, is_commit
 from hffs.errors import HffsError
+from hffs.trust import PRIVATE, may_send_token, visibility_of_listing
 from swarm.ids import is_file_id
 
 METADATA_TIMEOUT = 20.0
@@ -55,6 +56,10 @@ class RemoteRevision:
     commit: str
     files: tuple[RemoteFile, ...]
     endpoint: str  # which endpoint answered
+    # "public" / "private" when known (hffs.trust): decides whether peers may get it
+    visibility: str | None = None
+    vouched: str = ""  # peers only (the hub unreachable): on what basis, for the user
+    peer_ids: frozenset[str] = frozenset()  # content ids peers serve: no secret to keep
 
     def file(self, path: str) -> RemoteFile:
         for f in self.files:
@@ -74,20 +79,48 @@ def _describe(exc: Exception) -> str:
 
 
 class HubClient:
-    def __init__(self, endpoints: list[str], token: str | None = None) -> None:
+    def __init__(
+        self, endpoints: list[str], token: str | None = None, named: list[str] | None = None
+    ) -> None:
         if not endpoints:
             raise HubError("no upstream endpoint is configured")
         self.endpoints = endpoints
         self.token = token
+        # the endpoints the user chose (None: all): only they and the hub get the token
+        self.named = list(endpoints if named is None else named)
 
-    def auth_headers(self) -> dict[str, str]:
-        """Headers for upstream requests only; never given to a peer."""
-        return {"authorization": f"Bearer {self.token}"} if self.token else {}
+    def token_for(self, endpoint: str) -> str | None:
+        return self.token if self.token and may_send_token(endpoint, self.named) else None
+
+    def auth_headers(self, endpoint: str) -> dict[str, str]:
+        """Headers for requests to ``endpoint`` only; never given to a peer."""
+        token = self.token_for(endpoint)
+        return {"authorization": f"Bearer {token}"} if token else {}
+
+    def _visibility(self, endpoint: str, repo_type: str, repo_id: str, info: object) -> str | None:
+        """Whether the repo is public: told by an anonymous answer, else asked anonymously."""
+        said = visibility_of_listing(
+            self.token_for(endpoint) is None,
+            {"private": getattr(info, "private", None), "gated": getattr(info, "gated", None)},
+        )
+        if said is not None:
+            return said
+        api = HfApi(endpoint=endpoint, token=False)
+        try:
+            anon = api.repo_info(repo_id, repo_type=repo_type, timeout=METADATA_TIMEOUT)
+        except (RepositoryNotFoundError, GatedRepoError):
+            return PRIVATE
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            return PRIVATE if status in (401, 403, 404) else None
+        except Exception:  # upstream could not tell: unknown, so not shared
+            return None
+        return visibility_of_listing(True, {"private": anon.private, "gated": anon.gated})
 
     def _revision_from(
         self, endpoint: str, repo_type: str, repo_id: str, rev: str
     ) -> RemoteRevision:
-        api = HfApi(endpoint=endpoint, token=self.token or False)
+        api = HfApi(endpoint=endpoint, token=self.token_for(endpoint) or False)
         info = api.repo_info(
             repo_id,
             repo_type=repo_type,
@@ -112,7 +145,8 @@ class HubClient:
             files.append(f)
         if not info.sha or not is_commit(info.sha):
             raise HubError(f"{endpoint} gave no commit for {repo_id}@{rev}")
-        return RemoteRevision(repo_type, repo_id, info.sha, tuple(files), endpoint)
+        visibility = self._visibility(endpoint, repo_type, repo_id, info)
+        return RemoteRevision(repo_type, repo_id, info.sha, tuple(files), endpoint, visibility)
 
     def revision(self, repo_type: str, repo_id: str, revision: str) -> RemoteRevision:
         """Resolve ``revision`` to a commit and list its files, trying each endpoint."""

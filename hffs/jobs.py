@@ -60,6 +60,7 @@ class JobSpec:
     token: str | None = None  # the asker's HF token; None: the host's own, if any
     cache_dir: str | None = None  # the asker's HF cache; None: the host's
     endpoints: tuple[str, ...] | None = None  # the asker's upstreams (() offline); None: host's
+    named: tuple[str, ...] | None = None  # of those, the ones the asker chose (get its token)
     force: bool = False  # fetch again even what the cache holds
     dry_run: bool = False  # plan only: say what would be fetched (and from how many holders)
     max_workers: int | None = None  # files fetched at once; None: the host's default
@@ -73,6 +74,7 @@ class JobSpec:
             "token": self.token,
             "cache_dir": self.cache_dir,
             "endpoints": list(self.endpoints) if self.endpoints is not None else None,
+            "named": list(self.named) if self.named is not None else None,
             "force": self.force,
             "dry_run": self.dry_run,
             "include": list(self.include),
@@ -94,11 +96,13 @@ class JobSpec:
                 raise ValueError("files must be a list of paths")
             if not all(isinstance(f, str) and f and len(f) <= MAX_TEXT for f in files):
                 raise ValueError("files must be a list of paths")
-        endpoints = obj.get("endpoints")
-        if endpoints is not None:
-            if not isinstance(endpoints, list) or len(endpoints) > 16:
+        endpoints, named = obj.get("endpoints"), obj.get("named")
+        for urls in (endpoints, named):
+            if urls is None:
+                continue
+            if not isinstance(urls, list) or len(urls) > 16:
                 raise ValueError("endpoints must be a list of URLs")
-            for e in endpoints:
+            for e in urls:
                 if not isinstance(e, str) or not e.startswith(("http://", "https://")):
                     raise ValueError("endpoints must be http(s) URLs")
                 if len(e) > MAX_TEXT or any(c.isspace() for c in e):
@@ -125,6 +129,7 @@ class JobSpec:
             token=_text(obj, "token", optional=True),
             cache_dir=_text(obj, "cache_dir", optional=True),
             endpoints=tuple(endpoints) if endpoints is not None else None,
+            named=tuple(named) if named is not None else None,
             force=obj.get("force", False),
             dry_run=obj.get("dry_run", False),
             include=globs["include"],

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hffs.cache import CacheError, check_repo_path, is_commit
+from hffs.cache import CacheError, HubCache, check_repo_path, is_commit
 from swarm.chunking import MAX_FILE_SIZE  # larger is a lie: no claim sizes anything past it
 from swarm.ids import is_file_id
 
@@ -92,3 +92,25 @@ def parse_listing(raw: bytes) -> Listing:
     except (ValueError, RecursionError):  # deeply nested input raises RecursionError
         raise ListingError("not JSON") from None
     return parse_listing_obj(body)
+
+
+def read_local(
+    cache: HubCache, repo_type: str, repo_id: str, revision: str
+) -> dict[str, Any] | None:
+    """Blocking: what this machine's cache holds of a revision (a commit, or a ref the
+    cache knows), as a listing dict; None when it holds nothing of it."""
+    commit = cache.read_ref(repo_type, repo_id, revision)
+    if commit is None:
+        return None
+    files = cache.files(repo_type, repo_id, commit)
+    if not files:
+        return None
+    try:  # when we got it (a hint for peers in a private swarm; never trusted otherwise)
+        fetched_at = cache.snapshot_dir(repo_type, repo_id, commit).stat().st_mtime
+    except OSError:
+        fetched_at = 0.0
+    return {
+        "commit": commit,
+        "fetched_at": fetched_at,
+        "files": [{"path": f.path, "file_id": f.blob_id, "size": f.size} for f in files],
+    }

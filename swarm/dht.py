@@ -288,6 +288,11 @@ class DHTProtocol(KademliaProtocol):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        """Track a task someone else started, so shutdown() cancels it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def shutdown(self) -> None:
         """Cancel our tasks and fail every pending request, so no caller waits on
         a closed socket and nothing outlives the node."""
@@ -577,7 +582,10 @@ class DHTProtocol(KademliaProtocol):
     def _on_response(self, msg_id: bytes, msg: Any, addr: Any, sender_id: bytes) -> None:
         entry = self._pending.get(msg_id)
         if entry is None:
-            return self._drop("unsolicited response", addr)
+            # usually a late reply to a request a finished lookup gave up on: normal,
+            # so counted without a warning
+            self.drops["unsolicited response"] += 1
+            return None
         fut, timer, expected = entry
         if not _same_addr(addr, expected):
             return self._drop("response from the wrong address", addr)
@@ -771,9 +779,14 @@ class DHTProtocol(KademliaProtocol):
 
     async def call_add_provider(self, node_to_ask: Node, key: bytes) -> bool:
         addr = (normalize_host(node_to_ask.ip) or "", node_to_ask.port)
-        if self.peer_tokens.get(addr, time.monotonic()) is None:
+        token = self.peer_tokens.get(addr, time.monotonic())
+        if token is None:
             await self.call_ping(node_to_ask)  # get a token first: announcing needs one
+            token = self.peer_tokens.get(addr, time.monotonic())
         ok, result = await self._call_node(node_to_ask, "add_provider", key)
+        if ok and result is False and self.peer_tokens.get(addr, time.monotonic()) != token:
+            # refused with a fresh token in the reply: ours was stale (the node restarted)
+            ok, result = await self._call_node(node_to_ask, "add_provider", key)
         return ok and result is True
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> NoReturn:
@@ -867,16 +880,34 @@ class _Crawl:
 
     async def find(self) -> Any:
         state = self.state
+        loop = asyncio.get_running_loop()
+        rtt = getattr(self.protocol, "rtt", None) or RttEstimator(5.0)
         pending: dict[asyncio.Task[tuple[bool, Any]], Node] = {}
+        soft: dict[asyncio.Task[tuple[bool, Any]], float] = {}
         try:
             while True:
                 while (peer := state.next()) is not None:
-                    pending[asyncio.ensure_future(self._rpc(peer, self.node))] = peer
+                    task = asyncio.ensure_future(self._rpc(peer, self.node))
+                    pending[task] = peer
+                    addr = (normalize_host(peer.ip) or peer.ip, peer.port)
+                    soft[task] = loop.time() + rtt.soft_timeout(addr)
                 if not pending or state.done():
                     break
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                now = loop.time()
+                waiting = [d for t, d in soft.items() if t in pending and d > now]
+                done, _ = await asyncio.wait(
+                    pending,
+                    timeout=(min(waiting) - now) if waiting else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                now = loop.time()
+                for task, deadline in list(soft.items()):
+                    if deadline <= now and task not in done:
+                        state.slow(pending[task])  # its slot goes to the next contact
+                        del soft[task]
                 for task in done:
                     peer = pending.pop(task)
+                    soft.pop(task, None)
                     ok, reply = task.result()
                     if ok:
                         nodes = self._absorb(reply, state.depth_of(peer))
@@ -886,10 +917,17 @@ class _Crawl:
                     else:
                         state.failed_to_answer(peer)
         finally:
+            # Requests past their soft timeout finish in the background: a dead contact
+            # then reaches its timeout once and is skipped by every later request.
+            keep = getattr(self.protocol, "adopt", None)
+            cancel = [t for t in pending if t in soft or keep is None]
             for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+                if task in cancel:
+                    task.cancel()
+                elif keep is not None:
+                    keep(task)
+            if cancel:
+                await asyncio.gather(*cancel, return_exceptions=True)
         return self._result()
 
     async def _rpc(self, peer: Node, node: Node) -> tuple[bool, Any]:

@@ -4,8 +4,9 @@
   an address never measured gets one from every RTT this node measured. A dead
   contact then costs about that timeout instead of a fixed 5 s.
 - :class:`LookupState`: Kademlia's iterative lookup without rounds: up to alpha
-  requests in flight, the next one sent as soon as any answers or fails, so one slow
-  or dead contact holds one slot, never the whole lookup. It ends when the k closest
+  requests in flight, the next one sent as soon as any answers or fails, or outlives
+  its soft timeout (twice its RTT), so a slow or dead contact holds a slot briefly,
+  never the whole lookup. It ends when the k closest
   contacts that did not fail have all answered. A contact that failed is never taken
   back, whoever names it later.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from kademlia.node import Node
 
 MIN_TIMEOUT = 0.5  # seconds: below this, event-loop stalls of a busy host look like deaths
+MIN_SOFT = 0.05  # seconds before a slow request gives its lookup slot to the next contact
 MAX_TRACKED = 8192
 
 
@@ -67,6 +69,15 @@ class RttEstimator:
             return min(self.max_timeout, 2 * self._rto(self._all))
         return self.max_timeout
 
+    def soft_timeout(self, addr: tuple[str, int]) -> float:
+        """After this long a request is presumed lost for the lookup's ranking (its
+        slot goes to the next contact), though its reply is still taken until
+        :meth:`timeout`: twice the smoothed RTT, at least MIN_SOFT."""
+        est = self._per.get(addr) or self._all
+        if est is None:
+            return self.timeout(addr)
+        return min(self.timeout(addr), max(MIN_SOFT, 2 * est[0]))
+
     def forget(self, addr: tuple[str, int]) -> None:
         self._per.pop(addr, None)
 
@@ -75,7 +86,7 @@ class RttEstimator:
 class _Candidate:
     node: Node
     depth: int  # hops from our own table: 1 for our contacts
-    state: str = "new"  # new -> asked -> answered | failed
+    state: str = "new"  # new -> asked (-> slow) -> answered | failed
 
 
 class LookupState:
@@ -90,6 +101,7 @@ class LookupState:
         self.queried = 0
         self.max_depth = 0
         self.in_flight = 0
+        self.slow_pending = 0  # requests past their soft timeout, not yet settled
         self.learn(seeds, 1)
 
     def learn(self, nodes: list[Node], depth: int) -> None:
@@ -103,7 +115,8 @@ class LookupState:
                 known.depth = depth
 
     def _closest_live(self) -> list[_Candidate]:
-        live = (c for c in self._cands.values() if c.state != "failed")
+        # slow ones rank as if gone (a lookup does not wait on them) until they answer
+        live = (c for c in self._cands.values() if c.state not in ("failed", "slow"))
         return heapq.nsmallest(self.ksize, live, key=lambda c: self.target.distance_to(c.node))
 
     def next(self) -> Node | None:
@@ -123,24 +136,40 @@ class LookupState:
         cand = self._cands.get(node.id)
         return cand.depth if cand is not None else 0
 
-    def answered(self, node: Node, learnt: list[Node]) -> None:
-        cand = self._cands[node.id]
+    def _settle(self, cand: _Candidate, state: str) -> None:
         if cand.state == "asked":
             self.in_flight -= 1
-        cand.state = "answered"
+        elif cand.state == "slow":
+            self.slow_pending -= 1
+        cand.state = state
+        if state == "slow":
+            self.slow_pending += 1
+
+    def slow(self, node: Node) -> None:
+        """node's request outlived its soft timeout: free its slot; a late reply
+        still counts."""
+        cand = self._cands.get(node.id)
+        if cand is not None and cand.state == "asked":
+            self._settle(cand, "slow")
+
+    def answered(self, node: Node, learnt: list[Node]) -> None:
+        cand = self._cands[node.id]
+        self._settle(cand, "answered")
         self.learn(learnt, cand.depth + 1)
 
     def failed_to_answer(self, node: Node) -> None:
         cand = self._cands.get(node.id)
-        if cand is not None and cand.state == "asked":
-            self.in_flight -= 1
         if cand is not None:
-            cand.state = "failed"
+            self._settle(cand, "failed")
         self.failed.add(node.id)
 
     def done(self) -> bool:
-        """True once the k closest live contacts have all answered."""
-        return all(c.state == "answered" for c in self._closest_live())
+        """True once the k closest live contacts have all answered; with fewer than
+        k of them, only once no slow request may still bring more."""
+        live = self._closest_live()
+        if not all(c.state == "answered" for c in live):
+            return False
+        return len(live) >= self.ksize or self.slow_pending == 0
 
     def result(self) -> list[Node]:
         """The closest contacts that answered (at most k), nearest first."""

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
+import anyio.abc
 import httpx
 
 from swarm.goal import Goal
+from swarm.have import follow_haves
 from swarm.ids import content_hasher
 from swarm.manifest import Manifest
 from swarm.scheduler import (
@@ -42,11 +44,11 @@ from swarm.sources import (
     SourceError,
     fetch_have,
     fetch_manifest,
-    fetch_range,
     report_bad_chunk,
     stream_range,
 )
-from swarm.store import PartialFile
+from swarm.store import PartialFile, _write_error
+from swarm.transport_client import FileSink, MemorySink, PeerPool
 from swarm.trust import Action, Trust
 
 log = logging.getLogger(__name__)
@@ -116,15 +118,24 @@ class _RunningHash:
         self.next = 0
         self.drops = pf.drops
         self.more = anyio.Event()
+        self._view = memoryview(bytearray(1 << 20))
 
     @property
     def valid(self) -> bool:
         return self.drops == self.pf.drops
 
     def _hash_next(self) -> None:
-        # One step in the worker thread, so a cancelled caller cannot split it.
+        # One step in the worker thread, so a cancelled caller cannot split it. The chunk
+        # is read into one reused block: no new 1 MiB object (an mmap and 256 page faults)
+        # per chunk.
         start, end = self.pf.span(self.next)
-        self.hasher.update(self.pf.read(start, end))
+        pos = start
+        while pos < end:
+            n = self.pf.read_into(self._view[: min(len(self._view), end - pos)], pos)
+            if n <= 0:
+                break
+            self.hasher.update(self._view[:n])
+            pos += n
         self.next += 1
 
     async def run(self) -> None:
@@ -155,6 +166,7 @@ class _Job:
     pf: PartialFile
     upstream: list[Source]
     client: httpx.AsyncClient
+    pool: PeerPool  # persistent, pipelined connections for peer chunks
     peer_headers: dict[str, str]
     report: FileReport
     on_bytes: OnBytes | None
@@ -178,7 +190,7 @@ class _Round:
     def __init__(self, job: _Job, holders: Holders | None, running_hash: _RunningHash) -> None:
         self.holders = holders
         self.running_hash = running_hash
-        self.pf, self.upstream, self.client = job.pf, job.upstream, job.client
+        self.pf, self.upstream, self.client, self.pool = job.pf, job.upstream, job.client, job.pool
         self.job = job
         self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.trust.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
@@ -191,6 +203,16 @@ class _Round:
         # check only: the whole-file hash is what catches a liar.
         self.peer_digests: dict[str, tuple[bytes | None, ...]] = {}
         self.peer_chunks: dict[int, str] = {}
+        # One writer in place per chunk: a peer stream writing into the file, or upstream.
+        # Any other copy of the chunk (an endgame twin) is held in memory until verified.
+        self.disk_sinks: dict[int, FileSink] = {}
+        self.upstream_writing: set[int] = set()
+        # Holders still downloading push each chunk they verify (swarm.have); those whose
+        # stream cannot be followed (an older daemon) are polled instead.
+        self.followed: set[str] = set()
+        self.unfollowable: set[str] = set()
+        self.pushed: dict[str, set[int]] = {}
+        self.tg: anyio.abc.TaskGroup | None = None
         self.sched: Scheduler | None = None
         self.running: dict[Request, anyio.CancelScope] = {}
         self.wake = anyio.Event()
@@ -290,6 +312,7 @@ class _Round:
     def _add_holders(self, found: dict[str, set[int]]) -> None:
         assert self.sched is not None
         for pid, have in found.items():
+            have = have | self.pushed.get(pid, set())
             if pid not in self.sources:
                 self.sources[pid] = Source(
                     pid, self.peers[pid].blob_url(self.pf.file_id), False, self.peer_headers
@@ -297,7 +320,47 @@ class _Round:
                 self.sched.add_peer(pid, have)
             else:
                 self.sched.set_have(pid, have)
+            if (
+                pid in self.partial_peers
+                and pid not in self.followed | self.unfollowable
+                and self.tg is not None
+            ):
+                self.followed.add(pid)
+                self.tg.start_soon(self._follow, pid)
         self.wake.set()
+
+    def _on_have(self, pid: str, batch: dict[int, bytes]) -> None:
+        """A holder still downloading verified more chunks: trade them at once."""
+        if pid in self.banned or self.sched is None:
+            return
+        digests = list(self.peer_digests.get(pid, (None,) * self.pf.n_chunks))
+        for i, digest in batch.items():
+            digests[i] = digest
+        self.peer_digests[pid] = tuple(digests)
+        have = self.pushed.setdefault(pid, set())
+        have.update(batch)
+        if self._agrees(pid):
+            self.sched.set_have(pid, set(have))
+            self.wake.set()
+
+    async def _follow(self, pid: str) -> None:
+        peer = self.peers[pid]
+        try:
+            await follow_haves(
+                peer,
+                self.pf.file_id,
+                self.pf.n_chunks,
+                self.peer_headers,
+                lambda batch: self._on_have(pid, batch),
+            )
+        except SourceError as exc:
+            log.debug("haves of %s: %s", pid, exc)
+            self.unfollowable.add(pid)
+            return
+        finally:
+            self.followed.discard(pid)
+        # The stream ended: the holder completed the file (or dropped it). Ask it once.
+        self._add_holders(await self._probe_all([peer]))
 
     async def _refresh_loop(self) -> None:
         """New holders every REFRESH_SECONDS; what holders still downloading have gained,
@@ -310,9 +373,8 @@ class _Round:
             await anyio.sleep(HAVE_REFRESH_SECONDS)
             if tick % rounds == 0:
                 self._add_holders(await self._discover())
-            elif self.partial_peers:
-                partial = [self.peers[p] for p in self.partial_peers if p not in self.banned]
-                self._add_holders(await self._probe_all(partial))
+            elif polled := self.partial_peers & self.unfollowable - self.banned:
+                self._add_holders(await self._probe_all([self.peers[p] for p in polled]))
 
     # -- requests ------------------------------------------------------------
 
@@ -356,22 +418,49 @@ class _Round:
             self.wake.set()
 
     async def _fetch_peer(self, req: Request, source: Source) -> tuple[bool, int]:
-        """A peer's chunk is held in memory until verified: a liar never touches the file."""
-        start, end = self.pf.span(req.chunk)
-        data, digest = await fetch_range(self.client, source, start, end)
+        """A peer's chunk lands block by block: in place in the file when no other writer
+        has the chunk (it counts as held only once its digest matched), else in memory.
+
+        Bytes written in place before verification are only ever in a chunk not marked
+        held: nothing serves, hashes or publishes them until ``mark_written``."""
+        pf, chunk = self.pf, req.chunk
+        start, end = pf.span(chunk)
+        sink: FileSink | MemorySink
+        in_place = chunk not in self.disk_sinks and chunk not in self.upstream_writing
+        if in_place and not pf.has(chunk):
+            sink = self.disk_sinks[chunk] = FileSink(pf.fileno(), start)
+        else:
+            sink = MemorySink(end - start)
+        try:
+            digest = await self.pool.fetch(self.peers[req.source], pf.file_id, start, end, sink)
+        finally:
+            if isinstance(sink, FileSink) and self.disk_sinks.get(chunk) is sink:
+                del self.disk_sinks[chunk]
+        if isinstance(sink, FileSink) and sink.error is not None:
+            raise _write_error(pf.root / f"{pf.file_id}.part", sink.error)
         if self.on_bytes:
-            self.on_bytes(req.source, False, len(data))
-        if self.pf.manifest is None:
+            self.on_bytes(req.source, False, end - start)
+        if pf.manifest is None:
             vouched = self.peer_digests.get(req.source, ())
-            if req.chunk >= len(vouched) or vouched[req.chunk] != digest:
+            if chunk >= len(vouched) or vouched[chunk] != digest:
                 return False, 0
-        if self.pf.has(req.chunk):
-            return True, 0
-        write = self.pf.write_chunk
-        if not await anyio.to_thread.run_sync(lambda: write(req.chunk, bytes(data), digest)):
+        if pf.has(chunk) or (isinstance(sink, FileSink) and sink.stopped):
+            return True, 0  # another copy got here first
+        if isinstance(sink, FileSink):
+            ok = pf.mark_written(chunk, digest)
+        else:
+            self._stop_disk_writer(chunk)
+            # On the event loop, so no in-place writer can touch the chunk meanwhile.
+            ok = pf.write_chunk(chunk, sink.data, digest)
+        if not ok:
             return False, 0
-        self.peer_chunks[req.chunk] = req.source
-        return True, len(data)
+        self.peer_chunks[chunk] = req.source
+        return True, end - start
+
+    def _stop_disk_writer(self, chunk: int) -> None:
+        sink = self.disk_sinks.pop(chunk, None)
+        if sink is not None:
+            sink.stop()
 
     async def _stream_upstream(self, req: Request, source: Source) -> tuple[bool, int]:
         """Upstream bytes go to disk as they arrive (one writer per chunk: upstream is
@@ -383,15 +472,19 @@ class _Round:
         def sink(block: bytes) -> None:
             if pf.has(chunk):  # a peer delivered it after this request timed out
                 raise _Superseded
+            self._stop_disk_writer(chunk)  # upstream (one stream, resumable) has the disk
             pf.write_streamed(chunk, pf.progress(chunk), block)
             if self.on_bytes:
                 self.on_bytes(req.source, True, len(block))
 
+        self.upstream_writing.add(chunk)
         try:
             if not pf.has(chunk) and done < end - start:
                 await stream_range(self.client, source, start + done, end, sink)
         except _Superseded:
             return True, 0
+        finally:
+            self.upstream_writing.discard(chunk)
         if pf.has(chunk):
             return True, 0
         if pf.finish_streamed(chunk) is None:
@@ -448,9 +541,10 @@ class _Round:
         )
         for s in self.upstream:
             sched.add_upstream(s.id)
-        self._add_holders(found)
         stuck_since: float | None = None
         async with anyio.create_task_group() as tg:
+            self.tg = tg
+            self._add_holders(found)
             tg.start_soon(self._refresh_loop)
             tg.start_soon(self.running_hash.run)
             while not sched.done and not self.restart:
@@ -506,6 +600,7 @@ async def download_file(
     rng: random.Random | None = None,
     goal: Goal | None = None,
     observer: ChunkObserver | None = None,
+    pool: PeerPool | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
@@ -520,10 +615,12 @@ async def download_file(
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
     if on_open:
         on_open(pf.have())
+    own_pool = pool is None
     job = _Job(
         pf,
         upstream,
         client,
+        pool if pool is not None else PeerPool(peer_headers or {}),
         peer_headers or {},
         report,
         on_bytes,
@@ -575,6 +672,8 @@ async def download_file(
             "nothing was published"
         )
     finally:
+        if own_pool:
+            job.pool.close()
         # A partial file that holds nothing is not kept (a fake id or size leaves no trace);
         # one that holds verified chunks stays, to resume from.
         if pf.complete or any(pf.have()):

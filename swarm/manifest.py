@@ -24,7 +24,7 @@ MAX_MANIFEST_BYTES = 1 << 20  # the largest file's manifest (16384 chunks) is ~5
 _DIGEST = re.compile(r"[0-9a-f]{32}", re.ASCII)
 
 
-def chunk_digest(data: bytes) -> bytes:
+def chunk_digest(data: bytes | bytearray) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 

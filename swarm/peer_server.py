@@ -57,6 +57,10 @@ class ContentIndex(Protocol):
 
     def complete_path(self, file_id: str) -> Path | None: ...
 
+    def shares(self, file_id: str) -> bool:
+        """Whether this content may go to peers at all (its owner decides what is shared)."""
+        ...
+
 
 # -- plain decisions (no I/O) ----------------------------------------------------
 
@@ -190,7 +194,10 @@ class Held:
 
 
 def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | None:
-    """Blocking: find a complete copy, else a partial one with a sane state."""
+    """Blocking: find a complete copy, else a partial one with a sane state; content the
+    index does not share is not held, as far as peers can tell."""
+    if not index.shares(file_id):
+        return None
     path = index.complete_path(file_id)
     if path is not None:
         try:

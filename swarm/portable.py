@@ -115,6 +115,18 @@ def pread(fd: int, n: int, offset: int) -> bytes:
         return os.read(fd, n)
 
 
+def pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset``; returns how many bytes came (fewer only at the end).
+
+    ``os.preadv`` reads straight into the buffer where it exists (Linux, BSD, recent
+    macOS); elsewhere a positional read is copied in."""
+    if _native_pio() and hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = pread(fd, len(view), offset)
+    view[: len(data)] = data
+    return len(data)
+
+
 def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
     """Write at ``offset``; returns how many bytes were written (can be short)."""
     if _native_pio():

@@ -54,7 +54,7 @@ def _write_error(path: Path, exc: OSError) -> StoreError:
     return StoreError(f"cannot write {path}: {exc.strerror or exc}{hint}")
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
     """A positional write until every byte is written: on a filling disk a write can be short
     (no error), and only the next one raises ENOSPC."""
     view = memoryview(data)
@@ -192,7 +192,7 @@ class PartialFile:
         self.manifest = None
         self._path(".manifest").unlink(missing_ok=True)
 
-    def write_chunk(self, index: int, data: bytes, digest: bytes | None = None) -> bool:
+    def write_chunk(self, index: int, data: bytes | bytearray, digest: bytes | None = None) -> bool:
         """Store chunk ``index`` if it has the right length and matches the manifest.
 
         Returns False (and stores nothing) for a bad chunk."""
@@ -207,6 +207,20 @@ class PartialFile:
             _pwrite_all(self._fd, data, start)
         except OSError as exc:
             raise _write_error(self._path(".part"), exc) from exc
+        self._set_record(index, digest)
+        return True
+
+    def fileno(self) -> int:
+        """The ``.part`` descriptor, for a writer that fills a chunk in place as its bytes
+        arrive (hashing them as it goes); the chunk counts only after ``mark_written``."""
+        return self._fd
+
+    def mark_written(self, index: int, digest: bytes) -> bool:
+        """Record chunk ``index``, whose bytes a caller wrote in place and hashed to
+        ``digest``, as held if that matches the manifest. False (nothing held) otherwise."""
+        expected = self._expected(index)
+        if expected is not None and expected != digest:
+            return False
         self._set_record(index, digest)
         return True
 
@@ -259,6 +273,10 @@ class PartialFile:
             _pwrite_all(self._state_fd, record, _HEADER.size + index * _RECORD)
         except OSError as exc:
             raise _write_error(self._path(".state"), exc) from exc
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        """Fill ``view`` from ``offset`` of the file (fewer bytes only at its end)."""
+        return portable.pread_into(self._fd, view, offset)
 
     def read(self, start: int, end: int) -> bytes:
         return portable.pread(self._fd, end - start, start)

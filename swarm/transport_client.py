@@ -170,11 +170,11 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def abandon(self, fut: asyncio.Future[bytes]) -> None:
         """The caller gave up: its bytes are no longer written anywhere."""
+        # Its answer is still read (and dropped): closing would fail the requests
+        # pipelined behind it, which count against a good peer.
         for req in self._pending:
             if req.future is fut:
                 req.sink = None
-                if req is self._current and self._body_left > 4 * BLOCK:
-                    self.close()  # cheaper to reconnect than to drain a big body
                 return
 
     def close(self) -> None:

@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm import portable
+from swarm.have import HaveFeed, encode_frames
+from swarm.ids import is_file_id
+from swarm.manifest import ManifestError
 from swarm.peer_server import BlobPlan, PeerServer, secret_matches
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024  # bytes of request line + headers
 SEND_SLICE = 4 << 20  # bytes per sendfile step when not rate limited: the stall check's unit
 _BLOB_PATH = re.compile(rb"/v1/blobs/([^/?#]*)")
+_HAVES_PATH = re.compile(rb"/v1/blobs/([^/?#]*)/haves")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class FrontShared:
     server: PeerServer
     secret: bytes | None
     limits: FrontLimits = FrontLimits()
+    feed: HaveFeed = field(default_factory=HaveFeed)  # chunks verified in this process
     connections: dict[str, int] = field(default_factory=dict)  # per client address
 
 
@@ -257,6 +262,9 @@ class FrontProtocol(asyncio.Protocol):
                 except HeadError:
                     await self._answer(400, "malformed request\n", close=True)
                     return
+                if head.method == "GET" and (h := _HAVES_PATH.fullmatch(head.target)):
+                    await self._haves(head, h[1].decode("latin-1"))
+                    return
                 m = _BLOB_PATH.fullmatch(head.target)
                 if head.method not in ("GET", "HEAD") or m is None:
                     self._hand_over(raw)
@@ -300,6 +308,42 @@ class FrontProtocol(asyncio.Protocol):
         }
         self._transport.write(render_head(status, head, close=close) + body)
 
+    def _authorized(self, head: Head) -> bool:
+        secret = self.shared.secret
+        return secret is None or secret_matches(head.headers.get("authorization", ""), secret)
+
+    async def _haves(self, head: Head, file_id: str) -> None:
+        """The haves stream (swarm.have): frames until the file is complete here."""
+        transport = self._transport
+        assert transport is not None
+        server = self.shared.server
+        if not self._authorized(head):
+            await self._answer(403, "swarm secret required\n", close=True)
+            return
+        if not is_file_id(file_id):
+            await self._answer(400, "bad content id\n", close=True)
+            return
+        held = await server.held(file_id)
+        if held is None:
+            await self._answer(404, "not held\n", close=True)
+            return
+        n = len(held.flags())
+        head_out = render_head(
+            200, {"Content-Type": "application/octet-stream", "X-Chunk-Count": str(n)}, close=True
+        )
+        if held.have is None:  # complete: every chunk at once, from the manifest
+            try:
+                manifest = await server.manifests.get(file_id, held.path)
+            except (OSError, ManifestError):
+                await self._answer(404, "not held\n", close=True)
+                return
+            transport.write(head_out + encode_frames(dict(enumerate(manifest.digests))))  # type: ignore[arg-type]
+            return
+        transport.write(head_out)
+        await self.shared.feed.follow(
+            file_id, server.partial_root, n, transport.write, lambda: not transport.is_closing()
+        )
+
     async def _blob(self, head: Head, file_id: str) -> bool:
         """Answer one blob request; False when the connection must close after it."""
         shared = self.shared
@@ -307,9 +351,7 @@ class FrontProtocol(asyncio.Protocol):
         if any(h in head.headers for h in ("content-length", "transfer-encoding")):
             await self._answer(400, "a GET has no body\n", close=True)
             return False
-        if shared.secret is not None and not secret_matches(
-            head.headers.get("authorization", ""), shared.secret
-        ):
+        if not self._authorized(head):
             await self._answer(403, "swarm secret required\n", close=close)
             return not close
         plan = await shared.server.plan_blob(file_id, head.headers.get("range"), self._host)

@@ -23,6 +23,7 @@ import pytest
 from hffs.cache import HubCache
 from hffs.daemonctl.client import DaemonClient
 from hffs.runfiles import is_running, read_pid
+from hffs.visibility import VisibilityStore
 from swarm import portable
 from swarm.portable import pid_alive
 
@@ -118,6 +119,8 @@ class Node:
         blob.write_bytes(data)
         cache.link("model", REPO, COMMIT, path, blob_id)
         cache.write_ref("model", REPO, "main", COMMIT)
+        # as if hffs had fetched it anonymously: public, so the daemon shares it
+        VisibilityStore(self.home).record("model", REPO, "public", [blob_id])
         return blob_id
 
 

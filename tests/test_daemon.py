@@ -19,6 +19,7 @@ import pytest
 
 from hffs.cache import HubCache
 from hffs.runfiles import is_running, read_pid
+from hffs.visibility import VisibilityStore
 from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.portable import pid_alive
@@ -172,6 +173,7 @@ def test_search_across_a_bootstrap_chain(nodes: Callable[[str], Node]) -> None:
     # Partial seeding: B holds one verified chunk of a file and says so.
     big = os.urandom(2 * MIN_CHUNK_SIZE)
     big_id = hashlib.sha256(big).hexdigest()
+    VisibilityStore(b.home).record_peer_ids([big_id])  # public content: B may share it
     with PartialFile(b.home / "partial", big_id, len(big)) as pf:
         assert pf.write_chunk(1, big[MIN_CHUNK_SIZE:])
     assert c.client().find_providers(big_id) == []

@@ -372,3 +372,20 @@ async def test_stop_fails_pending_requests_and_api_guards(start: Start) -> None:
             await a.get("k")
         with pytest.raises(NotImplementedError):
             await DHTNode.load_state("state.pickle", 0)
+
+
+async def test_announce_after_a_node_restarts_with_new_tokens(start: Start) -> None:
+    """A token cached from before a node restarted is refused; the reply carries a
+    fresh one and the announcement is retried with it, not lost for a whole round."""
+    with anyio.fail_after(10):
+        a = await start("127.0.0.120")
+        b = await start("127.0.0.121")
+        assert await b.bootstrap([a.address]) == 1
+        key = dht_key("file", "restart")
+        assert await b.provide(key) == 1
+        a.protocol.tokens = type(a.protocol.tokens)(b"\x09" * 32)  # as after a restart
+        key2 = dht_key("file", "restart2")
+        (contact,) = b.protocol.router.contacts()
+        assert await b.protocol.call_add_provider(contact, key2)  # no crawl: the old token
+        assert {p.addr for p in a.store.get(key2, time.monotonic())} == {b.address}
+        assert a.protocol.handled["add_provider refused: no token"] >= 1

@@ -202,7 +202,7 @@ async def test_no_amplification_towards_an_unproven_address(start: Start) -> Non
 
 
 async def test_a_50000_key_flood_from_one_address_leaves_honest_records(start: Start) -> None:
-    with anyio.fail_after(60):
+    with anyio.fail_after(180):  # a bound for a loaded machine, not a timing claim
         store = ProviderStore(max_per_host=1000)
         target = await start("127.0.3.1", store=store)
         honest = [await start(f"127.0.3.{i}") for i in range(2, 5)]
@@ -307,8 +307,9 @@ async def test_replayed_announcement_is_dropped_by_other_nodes_and_the_same(
 
 
 async def test_dead_contacts_cost_one_rtt_based_timeout(start: Start) -> None:
-    """After peers die, a lookup waits on each at most once, for a timeout from the
-    measured RTT (not the configured 5 s), and the next lookup not at all."""
+    """After peers die, a lookup does not wait on them past their soft timeout (twice
+    the RTT); each one's request times out once, in the background, after a timeout
+    from the measured RTT (not the configured 5 s), and later lookups skip it."""
     with anyio.fail_after(60):
         nodes = await swarm(start, "127.0.5", 16, timeout=5.0)
         key = dht_key("file", "churn")
@@ -323,6 +324,8 @@ async def test_dead_contacts_cost_one_rtt_based_timeout(start: Start) -> None:
         seeker.protocol.timeouts.clear()
         found = await seeker.lookup(key)
         assert holder.address in {p.addr for p in found.providers}
+        while seeker.protocol._pending:  # the dead ones' requests run out in the background
+            await anyio.sleep(0.05)
         waits = list(seeker.protocol.timeouts)
         assert waits, "the lookup met no dead contact: the test proves nothing"
         assert {addr for addr, _ in waits} <= dead_addrs
@@ -332,6 +335,9 @@ async def test_dead_contacts_cost_one_rtt_based_timeout(start: Start) -> None:
             assert wait < 5.0
             assert wait <= 2 * max(MIN_TIMEOUT, rtt.timeout(("127.0.5.1", 0)))
         seeker.protocol.timeouts.clear()
+        sent = seeker.protocol.bytes_sent
         again = await seeker.lookup(key)
         assert holder.address in {p.addr for p in again.providers}
+        assert seeker.protocol.bytes_sent > sent
+        assert not seeker.protocol._pending  # nothing left waiting on a dead contact
         assert list(seeker.protocol.timeouts) == []  # dead ones are skipped now

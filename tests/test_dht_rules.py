@@ -160,3 +160,52 @@ def test_lookup_state_failed_node_is_never_asked_again() -> None:
     st_.failed_to_answer(a)
     st_.answered(b, [a])  # b names a again
     assert st_.next() is None and st_.done() and st_.result() == [b]
+
+
+def test_a_slow_contact_gives_up_its_slot_but_a_late_reply_counts() -> None:
+    rng = random.Random(2)
+    a, b, c = _ids(rng, 3)
+    st_ = LookupState(Node(b"\0" * 20), [a, b], ksize=2, alpha=1)
+    first = st_.next()
+    assert first is not None and st_.next() is None  # alpha 1: one at a time
+    st_.slow(first)  # past its soft timeout: the next contact goes out
+    second = st_.next()
+    assert second is not None and second.id != first.id and st_.in_flight == 1
+    st_.answered(second, [c])
+    third = st_.next()
+    assert third is not None and third.id == c.id  # the slow one ranks as gone
+    st_.answered(third, [])
+    assert st_.done() and {n.id for n in st_.result()} == {second.id, c.id}
+    st_.answered(first, [])  # its late reply still counts
+    assert first.id in {n.id for n in st_.result()} or len(st_.result()) == 2
+    assert st_.in_flight == 0
+
+
+def test_soft_timeout_is_twice_the_rtt_within_bounds() -> None:
+    e = RttEstimator(max_timeout=5.0)
+    assert e.soft_timeout(("10.0.0.1", 1)) == 5.0  # nothing known: the hard timeout
+    for _ in range(10):
+        e.observe(("10.0.0.1", 1), 0.1)
+    assert e.soft_timeout(("10.0.0.1", 1)) == pytest.approx(0.2)
+    assert e.soft_timeout(("10.0.0.2", 1)) == pytest.approx(0.2)  # from the overall RTT
+    for _ in range(10):
+        e.observe(("10.0.0.3", 1), 0.001)
+    assert e.soft_timeout(("10.0.0.3", 1)) == 0.05
+
+
+def test_a_lookup_whose_every_contact_is_slow_waits_for_them() -> None:
+    """All seeds past their soft timeout is not "done with nothing": their replies
+    are still awaited while fewer than k contacts answered."""
+    rng = random.Random(3)
+    a, b, c = _ids(rng, 3)
+    st_ = LookupState(Node(b"\0" * 20), [a, b], ksize=4, alpha=2)
+    first, second = st_.next(), st_.next()
+    st_.slow(first)
+    st_.slow(second)
+    assert st_.next() is None and not st_.done() and st_.slow_pending == 2
+    st_.answered(first, [c])
+    assert st_.slow_pending == 1 and st_.next() is not None  # c goes out
+    st_.answered(c, [])
+    assert not st_.done()  # 2 answered < k, and second may still answer
+    st_.failed_to_answer(second)
+    assert st_.done() and st_.slow_pending == 0 and len(st_.result()) == 2

@@ -126,6 +126,7 @@ SEGMENT_WORDS = [
     "dataset",
     "manifest",
     "have",
+    "bad",
     "ping",
     "org",
     "fuzzed",
@@ -174,6 +175,10 @@ def test_peer_api_fuzzed_through_an_http_client(store: Store) -> None:
             f"/v1/blobs/{store.part_id}/have",
             f"/v1/repos/model/{REPO}/main",
             "/v1/ping",
+            # bad-chunk reports (POST): a false one must change nothing
+            f"/v1/blobs/{store.full_id}/bad?chunk=1",
+            f"/v1/blobs/{store.part_id}/bad?chunk=0",
+            f"/v1/blobs/{store.full_id}/bad?chunk=99999999999",
         ]
     )
     random_paths = st.lists(segments(store), min_size=1, max_size=6)
@@ -205,6 +210,15 @@ def test_peer_api_fuzzed_through_an_http_client(store: Store) -> None:
     assert RAN["peer-http"] >= 400, RAN
     # the fuzzer reached the serving code, not just the router
     assert all(RAN[f"peer-http {code}"] for code in (200, 206, 400, 404, 416)), RAN
+
+    async def whole() -> bytes:
+        transport = httpx.ASGITransport(app=store.app, client=("10.1.2.3", 4567))
+        async with httpx.AsyncClient(transport=transport, base_url="http://peer") as c:
+            r = await c.get(f"/v1/blobs/{store.full_id}")
+            return r.content if r.status_code == 200 else b""
+
+    # false bad-chunk reports (the blob is whole) never took it out of service
+    assert anyio.run(whole, backend="asyncio") == store.full
 
 
 async def call_raw(

@@ -21,11 +21,12 @@ import anyio
 import httpx
 import pytest
 from huggingface_hub import hf_hub_download, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
 from hffs.cache import HubCache
 from hffs.daemon.hub_api import (
     ApiCall,
+    Listing,
     is_hub_path,
     listing_from_holders,
     parse_api,
@@ -43,9 +44,10 @@ from hffs.downloads import (
     Transfer,
     TransferFailed,
 )
+from hffs.visibility import VisibilityStore
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.sources import Source
-from tests.localhub import LocalHub, lfs_pointer, make_random_file
+from tests.localhub import LocalHub, git_blob_sha1, lfs_pointer, make_random_file
 from tests.nodes import Node, wait_for
 
 REPO, DATASET, PRIVATE, SHARED = "org/swarmed", "org/data", "org/secret", "org/shared"
@@ -128,6 +130,10 @@ def seed(
         blob.write_bytes(f.read())
         cache.link(repo_type, repo_id, commit, path, f.etag)
     cache.write_ref(repo_type, repo_id, "main", commit)
+    if repo_id != PRIVATE:
+        # as if hffs had fetched it anonymously: known public, so the node shares it
+        ids = [hub.get_file(repo_id, p, commit, repo_type=repo_type).etag for p in paths]
+        VisibilityStore(node.home).record(repo_type, repo_id, "public", ids)
 
 
 def start_node(node: Node, *args: str) -> None:
@@ -328,16 +334,28 @@ def test_a_private_repo_needs_a_token_upstream_accepts(world: World) -> None:
     assert not list(cache.rglob("blobs/*"))
 
     world.hub.reset_stats()
+    a_up = int(world.a.client().status()["bytes_up"])
     path = hf_hub_download(
         PRIVATE, "weights.bin", endpoint=world.c.url, cache_dir=cache, token=TOKEN
     )
     assert Path(path).read_bytes() == data
     snap = snapshot_download(PRIVATE, endpoint=world.c.url, cache_dir=cache, token=TOKEN)
-    assert (Path(snap) / "config.json").read_bytes() == world.files[PRIVATE]["config.json"]
-    assert world.hub.bytes_served == 0  # the bytes came from A
-    # Upstream saw the caller's token on every request the daemon made for it.
-    assert world.hub.auth_log  # it did ask upstream (listing and access check)
+    config = world.files[PRIVATE]["config.json"]
+    assert (Path(snap) / "config.json").read_bytes() == config
+    # A holds the repo (HF tools put it there: visibility unknown), so A shares none of it:
+    # the bytes came from upstream, with the caller's token.
+    assert world.hub.bytes_served == len(data) + len(config)
+    assert int(world.a.client().status()["bytes_up"]) == a_up
     assert all(auth == f"Bearer {TOKEN}" for _, auth in world.hub.auth_log)
+    # upstream's answer said "private": C keeps what it fetched to itself too
+    assert VisibilityStore(world.c.home).get("model", PRIVATE) == "private"
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        for node in (world.a, world.c):
+            for fid in (hashlib.sha256(data).hexdigest(), git_blob_sha1(config)):
+                r = http.get(f"{node.url}/v1/blobs/{fid}")
+                assert r.status_code == 404 and data[:64] not in r.content
+            r = http.get(f"{node.url}/v1/repos/model/{PRIVATE}/main")
+            assert r.status_code == 404 and b"weights" not in r.content
 
 
 def test_no_xet_header_or_field_reaches_the_client(world: World) -> None:
@@ -388,6 +406,17 @@ def test_with_upstream_down_peers_still_serve_a_commit(world: World) -> None:
             p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()
         }
         assert got == world.files[REPO]
+        # A path the swarm does not list is absent (404 EntryNotFound), not an outage (5xx,
+        # which HF tools retry for minutes): AutoTokenizer's probes move on at once.
+        with pytest.raises(EntryNotFoundError):
+            hf_hub_download(
+                REPO,
+                "tokenizer.json",
+                revision=commit,
+                endpoint=d.url,
+                cache_dir=cache,
+                token=False,
+            )
         # A ref resolves to the commit the peers hold, as `hffs model add` does.
         with httpx.Client(trust_env=False, timeout=20) as http:
             head = http.head(f"{d.url}/{REPO}/resolve/main/config.json")
@@ -562,22 +591,29 @@ def test_request_parsing_and_xet_stripping() -> None:
     ]
 
 
-def test_a_ref_resolves_to_the_newest_commit_the_swarm_reports() -> None:
+def test_a_ref_resolves_to_the_commit_most_peers_hold_never_the_newest_claimed() -> None:
     old, new = "1" * 40, "2" * 40
     sha = hashlib.sha256(b"w").hexdigest()
+
+    def said(host: str, commit: str, files: dict[str, str], at: float = 0.0) -> dict[str, Any]:
+        listed = [{"path": p, "file_id": i, "size": 1} for p, i in files.items()]
+        return {"host": host, "port": 1, "commit": commit, "fetched_at": at, "files": listed}
+
     answers = [
-        {"commit": old, "fetched_at": 1.0, "files": [{"path": "a", "file_id": sha, "size": 1}]},
-        {"commit": new, "fetched_at": 5.0, "files": [{"path": "a", "file_id": sha, "size": 1}]},
-        {
-            "commit": new,
-            "fetched_at": 2.0,
-            "files": [{"path": "b/c", "file_id": "3" * 40, "size": 2}],
-        },
+        said("10.0.0.1", old, {"a": sha}),
+        said("10.0.0.2", old, {"a": sha, "b/c": "3" * 40}),
+        said("10.0.0.3", old, {"b/c": "3" * 40}),
+        said("10.0.0.9", new, {"a": "4" * 64}, at=1e300),  # one liar, "newest"
     ]
     listing = listing_from_holders(answers, "main")
-    assert listing is not None and listing.commit == new and set(listing.files) == {"a", "b/c"}
-    assert listing_from_holders(answers, old).files.keys() == {"a"}  # type: ignore[union-attr]
-    assert listing_from_holders(answers, "4" * 40) is None
+    assert isinstance(listing, Listing) and listing.commit == old
+    assert set(listing.files) == {"a", "b/c"} and listing.files["a"].file_id == sha
+    assert listing.vouched is not None and listing.vouched.basis == "peers"
+    # a pinned commit only the liar holds: one peer only, and said so
+    alone = listing_from_holders(answers, new)
+    assert isinstance(alone, Listing) and alone.vouched is not None
+    assert alone.vouched.basis == "one peer" and "ONE peer" in alone.vouched.describe()
+    assert isinstance(listing_from_holders(answers, "5" * 40), str)
     tree = listing.tree("", recursive=False)
     assert [(e["type"], e["path"]) for e in tree or []] == [("file", "a"), ("directory", "b")]
     (entry,) = listing.paths_info(["a"])

@@ -18,6 +18,7 @@ import pytest
 
 from hffs.cache import HubCache
 from hffs.daemon.lan import lan_enabled
+from hffs.visibility import VisibilityStore
 from swarm.lan import TAG_PROPERTY, LanDiscovery, parse_peer, swarm_tag
 from tests.nodes import COMMIT, REPO
 
@@ -143,6 +144,8 @@ class Machine:
         blob.write_bytes(data)
         cache.link("model", REPO, COMMIT, path, blob_id)
         cache.write_ref("model", REPO, "main", COMMIT)
+        # as if hffs had fetched it anonymously: public, so the daemon shares it
+        VisibilityStore(self.home).record("model", REPO, "public", [blob_id])
         return blob_id
 
     def log(self) -> str:

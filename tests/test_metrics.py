@@ -16,6 +16,7 @@ from hffs.cache import HubCache
 from hffs.daemon.activity import Activity, host_of
 from hffs.daemon.metrics import MetricSources, make_registry
 from hffs.daemon.status_page import LocalSurface, loopback_host
+from hffs.visibility import VisibilityStore
 from swarm.chunking import MIN_CHUNK_SIZE, chunk_count, chunk_size_for
 from swarm.peer_server import UploadStats
 from tests.localhub import LocalHub, make_random_file
@@ -46,6 +47,8 @@ def seed(node: Node, hub: LocalHub, repo_id: str, commit: str, path: str) -> Non
     blob.write_bytes(f.read())
     cache.link("model", repo_id, commit, path, f.etag)
     cache.write_ref("model", repo_id, "main", commit)
+    # as if hffs had fetched it anonymously: public, so the node shares it
+    VisibilityStore(node.home).record("model", repo_id, "public", [f.etag])
 
 
 def test_counters_match_the_bytes_moved_between_daemons(

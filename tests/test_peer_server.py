@@ -42,6 +42,9 @@ class DictIndex:
     def __init__(self, files: dict[str, Path]) -> None:
         self.files = files
 
+    def shares(self, file_id: str) -> bool:
+        return True
+
     def complete_path(self, file_id: str) -> Path | None:
         return self.files.get(file_id)
 

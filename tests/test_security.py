@@ -20,6 +20,7 @@ import pytest
 
 from hffs.cache import HubCache
 from hffs.runfiles import TOKEN_HEADER
+from hffs.visibility import VisibilityStore
 from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from tests.hostile import FakePeer, manifest_of, wait_until
@@ -219,6 +220,8 @@ def test_no_request_reads_or_writes_a_path_of_its_choosing(
     blob = HubCache(a.hub).blob_path("model", "org/linked", linked_id)
     if not portable.enabled():
         assert blob.is_symlink() and not blob.resolve().is_relative_to(a.hub.resolve())
+    # shared as if a public listing named it (imported files are not shared by default)
+    VisibilityStore(a.home).record("model", "org/linked", "public", [linked_id])
     # Things no request may ever read: a file beside the imported one, and the daemon's own.
     marker = b"TOP-SECRET-" + uuid.uuid4().hex.encode()
     secret = outside / "secret.txt"
@@ -381,8 +384,11 @@ def test_hf_token_goes_upstream_never_to_a_peer(nodes: Callable[[str], Node]) ->
         auths = set(peer.authorizations)
         assert all(token not in (a or "") for a in auths), auths
         assert auths == {"Bearer swarm-only"}  # the swarm secret, and only that
-        upstream = {a for _, a in hub.auth_log}
+        upstream = {a for _, a in hub.auth_log if a is not None}
         assert upstream == {f"Bearer {token}"}, upstream
+        # ... but for the anonymous question whether the repo is public (hffs.trust)
+        anonymous = {p for p, a in hub.auth_log if a is None}
+        assert anonymous <= {f"/api/models/{REPO}"}, anonymous
 
 
 # -- the swarm secret ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 
 from hffs.cache import HubCache
 from hffs.runfiles import read_pid
+from hffs.visibility import VisibilityStore
 from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.store import PartialFile
@@ -44,7 +45,9 @@ def use_hub(node: Node, hub: LocalHub) -> None:
 
 
 def hold_chunks(node: Node, data: bytes, chunks: range) -> None:
-    """Leave a partial download of ``data`` holding just ``chunks`` in node's store."""
+    """Leave a partial download of ``data`` holding just ``chunks`` in node's store
+    (of public content, so the node shares it)."""
+    VisibilityStore(node.home).record_peer_ids([hashlib.sha256(data).hexdigest()])
     with PartialFile(node.home / "partial", hashlib.sha256(data).hexdigest(), len(data)) as pf:
         for i in chunks:
             start, end = pf.span(i)

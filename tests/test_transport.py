@@ -16,6 +16,7 @@ import pytest
 import uvicorn
 
 from swarm.chunking import MIN_CHUNK_SIZE
+from swarm.have import follow_haves
 from swarm.manifest import chunk_digest
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
 from swarm.sources import PeerAddr, SourceError
@@ -37,6 +38,9 @@ def anyio_backend() -> str:
 class DictIndex:
     def __init__(self, files: dict[str, Path]) -> None:
         self.files = files
+
+    def shares(self, file_id: str) -> bool:
+        return True
 
     def complete_path(self, file_id: str) -> Path | None:
         return self.files.get(file_id)
@@ -304,3 +308,52 @@ async def test_half_sent_requests_are_cut_and_ping_still_answers(make_peer) -> N
     finally:
         for s in socks:
             s.close()
+
+
+# -- have push -----------------------------------------------------------------------
+
+
+async def test_a_follower_is_told_each_chunk_as_it_verifies(make_peer) -> None:
+    peer = await make_peer(secret="s3cret")
+    n = 4
+    seen: dict[int, bytes] = {}
+    grew = anyio.Event()
+
+    def on_have(batch: dict[int, bytes]) -> None:
+        seen.update(batch)
+        grew.set()
+
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(SourceError, match="403"):
+            await follow_haves(peer.addr, peer.part_id, n, auth_headers("nope"), on_have)
+        tg.start_soon(follow_haves, peer.addr, peer.part_id, n, auth_headers("s3cret"), on_have)
+        with anyio.fail_after(10):
+            while set(seen) != {0, 2}:
+                await grew.wait()
+                grew = anyio.Event()
+        # Chunks verified later (here by "another process" writing the partial file) are
+        # pushed; the stream ends once the holder has every chunk.
+        with PartialFile(peer.partial_root, peer.part_id, SIZE) as pf:
+            for i in (1, 3):
+                start, end = pf.span(i)
+                assert pf.write_chunk(i, peer.part[start:end])
+        with anyio.fail_after(10):
+            while len(seen) < n:
+                await grew.wait()
+                grew = anyio.Event()
+    for i, digest in seen.items():
+        start, end = i * MIN_CHUNK_SIZE, min((i + 1) * MIN_CHUNK_SIZE, SIZE)
+        assert digest == chunk_digest(peer.part[start:end])
+
+
+async def test_a_complete_holder_sends_every_chunk_and_ends(make_peer) -> None:
+    peer = await make_peer()
+    seen: dict[int, bytes] = {}
+    with anyio.fail_after(10):
+        await follow_haves(peer.addr, peer.full_id, 4, {}, seen.update)
+    assert seen == {
+        i: chunk_digest(peer.full[i * MIN_CHUNK_SIZE : (i + 1) * MIN_CHUNK_SIZE]) for i in range(4)
+    }
+    # A follower that names more chunks than exist is told of none it cannot place.
+    with pytest.raises(SourceError):
+        await follow_haves(peer.addr, peer.full_id, 2, {}, lambda b: None)

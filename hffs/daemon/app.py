@@ -12,7 +12,6 @@ import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -21,6 +20,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from hffs.cache import REPO_TYPES, HubCache, is_commit
+from hffs.listing import read_local as read_revision
+from hffs.visibility import VisibilityStore
 from swarm.dht import dht_key
 from swarm.ids import is_file_id
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
@@ -85,21 +86,33 @@ class Inventory:
         return keys
 
 
-def scan_inventory(cache: HubCache, partial_dir: Path) -> Inventory:
-    """Blocking: every complete file of every revision, and every seedable partial."""
+def scan_inventory(
+    cache: HubCache, partial_dir: Path, sharing: VisibilityStore | None = None
+) -> Inventory:
+    """Blocking: every complete file of every shared revision, and every seedable partial
+    of shared content (``sharing`` None: everything, for tests of the wire alone)."""
     files: dict[str, Path] = {}
     repos: set[RepoRev] = set()
     for repo_type, repo_id in cache.iter_repos():
         if not valid_repo_id(repo_id):
             continue  # a folder we could not name on the wire
+        # Only content ids a public upstream listing named (or peers served us) are
+        # shared: not a private, gated or unknown repo's files, nor a file imported or
+        # changed under a public repo's name. Revisions: of repos known public.
+        public = sharing is None or sharing.repo_shared(repo_type, repo_id)
         for f in cache.files(repo_type, repo_id):
+            if sharing is not None and not sharing.id_shared(f.blob_id):
+                continue
             blob = cache.blob_path(repo_type, repo_id, f.blob_id)
             files.setdefault(f.blob_id, blob)
-            repos.add((repo_type, repo_id, f.commit))
+            if public:
+                repos.add((repo_type, repo_id, f.commit))
     partials: set[str] = set()
     if partial_dir.is_dir():
         for state in partial_dir.glob("*.state"):
             file_id = state.name.removesuffix(".state")
+            if sharing is not None and not sharing.id_shared(file_id):
+                continue
             if is_file_id(file_id) and file_id not in files:
                 parsed = read_partial_state(partial_dir, file_id)
                 if parsed is not None and any(parsed[1]):
@@ -113,14 +126,25 @@ class CacheIndex:
     The last inventory answers at once; a blob published since (a download just
     finished) is still found by a direct look in the cache."""
 
-    def __init__(self, cache: HubCache) -> None:
+    def __init__(self, cache: HubCache, sharing: VisibilityStore | None = None) -> None:
         self.cache = cache
+        self.sharing = sharing
         self.inventory = Inventory()
+
+    def shares(self, file_id: str) -> bool:
+        """Whether peers may have this content (hffs.trust: named by a public listing,
+        received from peers, or anything in a private swarm)."""
+        return self.sharing is None or self.sharing.id_shared(file_id)
+
+    def repo_shared(self, repo_type: str, repo_id: str) -> bool:
+        return self.sharing is None or self.sharing.repo_shared(repo_type, repo_id)
 
     def complete_path(self, file_id: str) -> Path | None:
         path = self.inventory.files.get(file_id)
         if path is not None and path.is_file():
             return path
+        if not self.shares(file_id):
+            return None
         return self.cache.find_blob(file_id)
 
 
@@ -131,28 +155,9 @@ def _bad(detail: str, status: int = 400) -> Response:
     return JSONResponse({"error": detail}, status_code=status)
 
 
-def read_revision(
-    cache: HubCache, repo_type: str, repo_id: str, revision: str
-) -> dict[str, Any] | None:
-    """Blocking: what we hold of a revision (a commit, or a ref our cache knows)."""
-    commit = cache.read_ref(repo_type, repo_id, revision)
-    if commit is None:
-        return None
-    files = cache.files(repo_type, repo_id, commit)
-    if not files:
-        return None
-    try:  # when we got it: lets a downloader prefer the newest commit peers report
-        fetched_at = cache.snapshot_dir(repo_type, repo_id, commit).stat().st_mtime
-    except OSError:
-        fetched_at = 0.0
-    return {
-        "commit": commit,
-        "fetched_at": fetched_at,
-        "files": [{"path": f.path, "file_id": f.blob_id, "size": f.size} for f in files],
-    }
+def repo_routes(index: CacheIndex) -> list[BaseRoute]:
+    cache = index.cache
 
-
-def repo_routes(cache: HubCache) -> list[BaseRoute]:
     async def revision_files(request: Request) -> Response:
         repo_type, repo_id = request.path_params["repo_type"], request.path_params["repo_id"]
         revision = request.path_params["revision"]
@@ -162,8 +167,12 @@ def repo_routes(cache: HubCache) -> list[BaseRoute]:
             return _bad("bad repo id")
         if not valid_revision(revision):
             return _bad("bad revision")
+        if not await anyio.to_thread.run_sync(index.repo_shared, repo_type, repo_id):
+            return _bad("revision not held", 404)  # private or unknown: as if absent
         listing = await anyio.to_thread.run_sync(read_revision, cache, repo_type, repo_id, revision)
-        if listing is None:
+        if listing is not None:  # only what is shared, as for the blobs themselves
+            listing["files"] = [f for f in listing["files"] if index.shares(f["file_id"])]
+        if listing is None or not listing["files"]:
             return _bad("revision not held", 404)
         return JSONResponse(listing)
 
@@ -183,10 +192,11 @@ def create_app(
     server: PeerServer | None = None,
     on_rotten: OnRotten | None = None,
 ) -> ASGIApp:
-    """The daemon's peer app; ``server`` when the sendfile front shares its state."""
+    """The daemon's peer app; ``server`` when the sendfile front shares its state.
+    Content this peer does not share answers as if not held (``CacheIndex.shares``)."""
     if server is None:
         server = PeerServer(index, partial_dir, manifest_dir, limits, stats, on_rotten)
-    return peer_app_for(server, secret=secret, extra_routes=repo_routes(index.cache))
+    return peer_app_for(server, secret=secret, extra_routes=repo_routes(index))
 
 
 def drop_rotten_blob(cache: HubCache, file_id: str, path: Path) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 
@@ -26,9 +26,10 @@ RESCAN_PERIOD = 300.0  # catches cache changes nobody told us about
 
 
 class Holdings:
-    def __init__(self, index: CacheIndex, partial_dir: Path) -> None:
+    def __init__(self, index: CacheIndex, partial_dir: Path, sharing: Any = None) -> None:
         self.index = index
         self.partial_dir = partial_dir
+        self.sharing = sharing  # hffs.visibility.VisibilityStore: what may be shared
         self._extra_files: dict[str, float] = {}  # value: when announced
         self._extra_repos: dict[RepoRev, float] = {}
 
@@ -39,7 +40,7 @@ class Holdings:
     async def scan(self) -> Inventory:
         started = time.monotonic()
         inventory = await anyio.to_thread.run_sync(
-            scan_inventory, self.index.cache, self.partial_dir
+            scan_inventory, self.index.cache, self.partial_dir, self.sharing
         )
         self.index.inventory = inventory
         self._extra_files = {k: t for k, t in self._extra_files.items() if t >= started}

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from hffs.cache import CacheError, check_repo_path, is_commit
 from hffs.hub import RemoteFile
+from hffs.trust import Claim, Vouched, claim_from_listing, vouch
 from swarm.ids import git_blob_hasher, is_file_id
 
 # Daemons may be each other's upstream (a gateway daemon with internet access); a
@@ -42,8 +43,12 @@ _LINK = re.compile(r"<([^>]*)>([^,]*)")
 def hub_error(
     status: int, code: str | None, message: str, extra: dict[str, str] | None = None
 ) -> Response:
-    """An error as the hub sends it: huggingface_hub maps X-Error-Code to its exceptions."""
-    headers = {"X-Error-Message": message, **(extra or {})}
+    """An error as the hub sends it: huggingface_hub maps X-Error-Code to its exceptions.
+
+    Header values must be Latin-1: a file name in any other script is escaped there (the
+    JSON body keeps it as is)."""
+    header = message.encode("ascii", "backslashreplace").decode("ascii")[:1000]
+    headers = {"X-Error-Message": header, **(extra or {})}
     if code is not None:
         headers["X-Error-Code"] = code
     return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -169,6 +174,9 @@ class Listing:
     endpoint: str | None
     gated: bool = False
     unknown: frozenset[str] = frozenset()  # listed without a usable size or content id
+    # Swarm listings only: on what basis peers vouch for it, and what they listed but
+    # do not vouch for (hffs.trust).
+    vouched: Vouched | None = None
 
     def dirs(self) -> set[str]:
         return {p.rsplit("/", i)[0] for p in self.files for i in range(1, p.count("/") + 1)}
@@ -254,22 +262,28 @@ def listing_from_info(body: Any, endpoint: str) -> Listing | None:
     return Listing(body["sha"], files, endpoint, gated, frozenset(unknown))
 
 
-def listing_from_holders(answers: list[dict[str, Any]], revision: str) -> Listing | None:
-    """The swarm's view of a revision: for a ref, the newest commit anyone reports; the
-    union of what every holder of that commit holds."""
-    if not is_commit(revision):
-        if not answers:
-            return None
-        revision = max(answers, key=lambda a: float(a.get("fetched_at") or 0.0))["commit"]
-    files: dict[str, RemoteFile] = {}
+def listing_from_holders(
+    answers: list[dict[str, Any]],
+    revision: str,
+    *,
+    local: dict[str, Any] | None = None,
+    private_swarm: bool = False,
+) -> Listing | str:
+    """The swarm's view of a revision (upstream unreachable), by the rules of
+    ``hffs.trust.vouch``: ``answers`` are peers' listings with their ``host``; ``local`` is
+    this machine's own (trusted). A string says why nothing can be vouched for."""
+    claims: list[Claim] = []
+    if local is not None and (c := claim_from_listing(None, local)) is not None:
+        claims.append(c)
     for a in answers:
-        if a.get("commit") != revision:
-            continue
-        for f in a.get("files", []):
-            if f["path"] not in files:
-                fid = f["file_id"]
-                files[f["path"]] = RemoteFile(f["path"], f["size"], fid, len(fid) == 64)
-    return Listing(revision, files, None) if files else None
+        host = a.get("host")
+        if isinstance(host, str) and (c := claim_from_listing(host, a)) is not None:
+            claims.append(c)
+    v = vouch(revision, claims, private_swarm)
+    if isinstance(v, str):
+        return v
+    files = {p: RemoteFile(p, size, fid, len(fid) == 64) for p, (fid, size) in v.files.items()}
+    return Listing(v.commit, files, None, vouched=v)
 
 
 # -- upstream ------------------------------------------------------------------------

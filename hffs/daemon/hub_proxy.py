@@ -32,7 +32,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import httpx
@@ -43,39 +43,31 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hffs.cache import CacheError, HubCache, check_repo_path, is_commit
-from hffs.config import hf_token
-from hffs.daemon.app import read_revision, valid_repo_id
+from hffs.daemon.app import valid_repo_id
+from hffs.daemon.hub_access import Access
 from hffs.daemon.hub_api import (
     FORWARD_HEADERS,
     HOPS_HEADER,
     MAX_HOPS,
     ApiCall,
-    Listing,
     hop_count,
     hub_error,
     is_hub_path,
     is_loopback,
-    listing_from_holders,
-    listing_from_info,
     parse_api,
     parse_resolve,
     truthy,
-    upstream_headers,
     valid_revision,
 )
-from hffs.daemon.upstream import Answer, TTLCache, Upstream, auth_key, relay
+from hffs.daemon.hub_headers import BadRange, file_headers, span_for
+from hffs.daemon.upstream import Answer, Upstream, relay
 from hffs.downloads import DownloadManager, FileJob, SpanReader, SwarmView, TransferFailed
-from hffs.hub import file_url
-from swarm.peer_server import RangeError, cancel_on_disconnect, parse_range
-from swarm.sources import Source
+from hffs.trust import redirect_guard
+from hffs.visibility import VisibilityStore
+from swarm.peer_server import cancel_on_disconnect
 
 log = logging.getLogger(__name__)
 
-META_TTL = 30.0  # how long an upstream answer (listing or refusal) for one token is reused
-UNREACHABLE_TTL = 5.0  # how long "nobody answered" is reused: a blocked hub costs timeouts
-SWARM_TTL = 10.0
-META_BUDGET = 7.0  # seconds for upstream metadata behind one HEAD (huggingface_hub waits 10)
-SWARM_BUDGET = 3.0  # seconds to ask the DHT and peers for a revision listing
 FIRST_BLOCK_WAIT = 8.0  # a body that fails before its first byte gets a clean 502
 MAX_REQUEST_BYTES = 1 << 20
 UPSTREAM_TIMEOUT = httpx.Timeout(20.0, connect=3.0)
@@ -133,7 +125,8 @@ class FileResponse(Response):
 
 
 class HubEndpoint:
-    """The routes, the upstream client, the caches and the daemon's download manager."""
+    """The routes; access policy in ``hub_access``, headers in ``hub_headers``, the
+    upstream endpoints in ``upstream``, the downloads in ``downloads``."""
 
     def __init__(
         self,
@@ -143,6 +136,9 @@ class HubEndpoint:
         partial_dir: Path,
         peer_headers: dict[str, str],
         client: httpx.AsyncClient | None = None,
+        *,
+        named: list[str] | None = None,
+        sharing: VisibilityStore | None = None,
     ) -> None:
         self.view = view
         self.endpoints = [e for e in endpoints if not self._is_us(e)]
@@ -150,13 +146,12 @@ class HubEndpoint:
         self.client = client or httpx.AsyncClient(
             timeout=UPSTREAM_TIMEOUT,
             limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
-            follow_redirects=True,  # cross-origin redirects drop Authorization (httpx)
+            follow_redirects=True,  # as far as redirect_guard allows, and never for peers
+            event_hooks={"response": [redirect_guard(self.endpoints)]},
         )
-        self.upstream = Upstream(self.endpoints, self.client)
+        self.upstream = Upstream(self.endpoints, self.client, named)
+        self.access = Access(view, self.upstream, cache, sharing)
         self.downloads = DownloadManager(cache, partial_dir, view, self.client, peer_headers)
-        self._meta = TTLCache()
-        self._own_token: str | None = None
-        self._own_token_read = False
 
     def _is_us(self, endpoint: str) -> bool:
         """An upstream endpoint that is this daemon (HF_ENDPOINT exported for every
@@ -223,140 +218,41 @@ class HubEndpoint:
             return hub_error(400, None, "bad repo id or revision")
         return await self._resolve(request, repo_type, repo_id, rev, path, hops)
 
-    # -- metadata --------------------------------------------------------------------
-
-    async def listing(
-        self, auth: str | None, repo_type: str, repo_id: str, rev: str, hops: int = 0
-    ) -> Listing | Answer | None:
-        """Upstream's listing for this caller, or upstream's refusal, or (upstream
-        unreachable) what the swarm holds, or None."""
-        key = (auth_key(auth), repo_type, repo_id, rev)
-        async with self._meta.lock(key):
-            hit, value = self._meta.get(key)
-            if hit:
-                return value
-            path = f"/api/{repo_type}s/{repo_id}/revision/{quote(rev, safe='')}?blobs=true"
-            ans: Answer | None = None
-            with anyio.move_on_after(META_BUDGET):
-                ans = await self.upstream.ask("GET", path, upstream_headers(auth, hops))
-            result: Listing | Answer | None = ans
-            if ans is not None and ans.status == 200:
-                try:
-                    result = listing_from_info(json.loads(ans.body), ans.endpoint)
-                except ValueError:
-                    result = None
-            if result is None:
-                result = await self.swarm_listing(repo_type, repo_id, rev)
-                self._meta.put(key, result, SWARM_TTL if result else UNREACHABLE_TTL)
-            else:
-                self._meta.put(key, result, META_TTL)
-            return result
-
-    async def swarm_listing(self, repo_type: str, repo_id: str, rev: str) -> Listing | None:
-        """What the local cache and the peers hold of a revision."""
-        answers: list[dict[str, Any]] = []
-        local = await anyio.to_thread.run_sync(read_revision, self.cache, repo_type, repo_id, rev)
-        if local is not None:
-            answers.append(local)
-        with anyio.move_on_after(SWARM_BUDGET):
-            answers += await self.view.search(repo_type, repo_id, rev)
-        return listing_from_holders(answers, rev)
-
-    async def _gate(
-        self,
-        auth: str | None,
-        listing: Listing,
-        repo_type: str,
-        repo_id: str,
-        path: str,
-        hops: int,
-    ) -> Response | None:
-        """For a gated repo, upstream must let this caller resolve a file; None if it does."""
-        assert listing.endpoint is not None
-        key = ("gate", auth_key(auth), repo_type, repo_id)
-        hit, refusal = self._meta.get(key)
-        if hit:
-            return refusal
-        url = file_url(listing.endpoint, repo_type, repo_id, listing.commit, path)
-        try:
-            resp = await self.client.head(
-                url, headers=upstream_headers(auth, hops), follow_redirects=False
-            )
-        except (httpx.HTTPError, OSError):
-            return hub_error(502, None, "cannot confirm access to this gated repo upstream")
-        refusal = None
-        if resp.status_code >= 400:
-            ans = Answer(listing.endpoint, resp.status_code, resp.headers, b"")
-            refusal = relay(ans, "")
-        self._meta.put(key, refusal, META_TTL)
-        return refusal
-
-    def _upstream_auth(self, auth: str | None) -> dict[str, str]:
-        """The caller's credentials for upstream chunks, else the daemon's own token
-        (access is already confirmed for this caller)."""
-        if auth:
-            return {"authorization": auth}
-        if not self._own_token_read:
-            self._own_token_read = True
-            try:
-                self._own_token = hf_token()
-            except Exception:  # no token is fine for public repos
-                self._own_token = None
-        return {"authorization": f"Bearer {self._own_token}"} if self._own_token else {}
-
     # -- resolve ---------------------------------------------------------------------
 
     async def _resolve(
         self, request: Request, repo_type: str, repo_id: str, rev: str, path: str, hops: int
     ) -> Response:
         auth = request.headers.get("authorization")
-        found = await self.listing(auth, repo_type, repo_id, rev, hops)
+        found = await self.access.listing(auth, repo_type, repo_id, rev, hops)
         if isinstance(found, Answer):
             return relay(found, str(request.base_url).rstrip("/"))
-        if found is None:
-            return hub_error(
-                502, None, f"no upstream endpoint answered and no peer holds {repo_id}@{rev}"
-            )
+        if isinstance(found, str):
+            return hub_error(502, None, found)
         f = found.files.get(path)
         if f is None:
             if path in found.unknown:
                 return hub_error(502, None, f"upstream gave no size or content id for {path}")
-            if found.endpoint is None:  # the swarm may just not hold it: do not say "absent"
-                return hub_error(
-                    502, None, f"no upstream endpoint answered and no peer holds {path}"
-                )
+            v = found.vouched
+            if v is not None and path in v.refused:  # listed by peers, not vouched for
+                msg = f"peers do not agree on {path} ({v.describe()}); ask again with the hub up"
+                return hub_error(409, None, msg, {"X-Repo-Commit": found.commit})
+            # Absent from upstream's listing, or from everything the swarm vouches for:
+            # 404 lets HF tools move on (a 5xx makes them retry for minutes).
             commit = {"X-Repo-Commit": found.commit}
             return hub_error(404, "EntryNotFound", "Entry not found", commit)
         if found.gated and (
-            refusal := await self._gate(auth, found, repo_type, repo_id, path, hops)
+            refusal := await self.access.gate(
+                self.client, auth, found, repo_type, repo_id, path, hops
+            )
         ):
             return refusal
 
-        name = quote(path.rsplit("/", 1)[-1])
-        headers = {
-            "X-Repo-Commit": found.commit,
-            "ETag": f'"{f.file_id}"',
-            "Accept-Ranges": "bytes",
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": f"inline; filename*=UTF-8''{name}; filename=\"{name}\";",
-        }
-        if f.lfs:
-            headers["X-Linked-Etag"] = f'"{f.file_id}"'
-            headers["X-Linked-Size"] = str(f.size)
-        status, start, end = 200, 0, f.size
-        try:
-            span = parse_range(request.headers.get("range"), f.size)
-        except RangeError as exc:
-            if exc.status == 416:
-                extra = {**headers, "Content-Range": f"bytes */{f.size}"}
-                return hub_error(416, None, exc.detail, extra)
-            span = None  # as the hub: a malformed Range is ignored
-        if span is not None:
-            status, (start, end) = 206, span
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.size}"
-        headers["Content-Length"] = str(end - start)
+        span = span_for(request.headers.get("range"), f, file_headers(found, f))
+        if isinstance(span, BadRange):
+            return hub_error(416, None, span.detail, span.headers)
         if request.method == "HEAD":
-            return Response(status_code=status, headers=headers)
+            return Response(status_code=span.status, headers=span.headers)
 
         job = FileJob(
             repo_type,
@@ -365,33 +261,14 @@ class HubEndpoint:
             path,
             f.file_id,
             f.size,
-            self._sources(found, auth, repo_type, repo_id, path, hops),
+            self.access.sources(found, auth, repo_type, repo_id, path, hops),
             ref=rev if found.endpoint is not None and not is_commit(rev) else None,
         )
         try:
-            reader = await self.downloads.reader(job, start, end)
+            reader = await self.downloads.reader(job, span.start, span.end)
         except TransferFailed as exc:
             return hub_error(502, None, str(exc))
-        return FileResponse(status, headers, reader)
-
-    def _sources(
-        self,
-        listing: Listing,
-        auth: str | None,
-        repo_type: str,
-        repo_id: str,
-        path: str,
-        hops: int,
-    ) -> tuple[Source, ...]:
-        order = list(self.endpoints)
-        if listing.endpoint in order:  # the endpoint that answered first
-            order.remove(listing.endpoint)
-            order.insert(0, listing.endpoint)
-        headers = {**self._upstream_auth(auth), HOPS_HEADER: str(hops + 1)}
-        return tuple(
-            Source(e, file_url(e, repo_type, repo_id, listing.commit, path), True, headers)
-            for e in order
-        )
+        return FileResponse(span.status, span.headers, reader)
 
     # -- api -------------------------------------------------------------------------
 
@@ -432,9 +309,9 @@ class HubEndpoint:
             return unreachable
         if not valid_repo_id(call.repo_id) or not valid_revision(call.revision):
             return hub_error(400, None, "bad repo id or revision")
-        listing = await self.swarm_listing(call.repo_type, call.repo_id, call.revision)
-        if listing is None:
-            return unreachable
+        listing = await self.access.swarm_listing(call.repo_type, call.repo_id, call.revision)
+        if isinstance(listing, str):
+            return hub_error(502, None, listing)
         if call.action in ("info", "revision"):
             return JSONResponse(listing.info(call.repo_type, call.repo_id))
         if call.action == "tree":

@@ -83,6 +83,7 @@ class PeerBook:
         self.http = http
         self.is_self = is_self
         self.saved_peers: list[Peer] = list(saved)
+        self._config_seen: int | None = self._config_stamp()
         self.states: dict[Peer, PeerState] = {}
         self._wake = anyio.Event()
 
@@ -90,8 +91,25 @@ class PeerBook:
         """Re-read and probe the saved peers now."""
         self._wake.set()
 
+    def _config_stamp(self) -> int | None:
+        try:
+            return (self.settings.home / "config.json").stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def reload_if_changed(self) -> None:
+        """Saved peers as the config file says now (it may be edited while we run: a
+        lookup must not miss a peer saved a moment ago)."""
+        stamp = self._config_stamp()
+        if stamp == self._config_seen:
+            return
+        self._config_seen = stamp
+        with contextlib.suppress(ConfigError):
+            self.saved_peers = list(Config.load(self.settings.home).peers)
+
     def others(self, exclude: Iterable[tuple[str, int]] = ()) -> list[Peer]:
         """Saved peers that are not us and not in ``exclude``."""
+        self.reload_if_changed()
         skip = set(exclude)
         return [
             p
@@ -146,9 +164,7 @@ class PeerBook:
 
     async def probe(self) -> list[Peer]:
         """Re-read the saved peers and probe each; return those that just came up."""
-        with contextlib.suppress(ConfigError):
-            loaded = await anyio.to_thread.run_sync(Config.load, self.settings.home)
-            self.saved_peers = list(loaded.peers)
+        await anyio.to_thread.run_sync(self.reload_if_changed)
         peers = list(self.saved_peers)
         alive = await gather(peers, lambda p: self.http.ping(p.host, p.port))
         came_up = []

@@ -46,7 +46,7 @@ from hffs.daemon.lookups import Finder, Lookups
 from hffs.daemon.metrics import MetricSources, make_registry
 from hffs.daemon.peerbook import PeerBook, PeerState, resolve
 from hffs.daemon.status_page import LocalSurface
-from hffs.discovery import newest_revision
+from hffs.discovery import vouched_revision
 from hffs.errors import HffsError
 from hffs.fetch import JobHost, run_job
 from hffs.hub import RemoteRevision
@@ -61,6 +61,7 @@ from hffs.runfiles import (
     write_info,
     write_pid,
 )
+from hffs.visibility import VisibilityStore
 from swarm import hostport, portable
 from swarm.dht import DHTNode
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
@@ -172,14 +173,17 @@ class Daemon:
         self.bind_ip = bind_ip
         self.port = port
         self.control_port = control_port
-        self.index = CacheIndex(HubCache(hub_cache_dir()))
+        # What may be shared: public content, or everything in a private swarm (hffs.trust).
+        self.sharing = VisibilityStore(settings.home, private_swarm=bool(config.swarm_secret))
+        self.index = CacheIndex(HubCache(hub_cache_dir()), self.sharing)
+        self._learner: Any = None  # hffs.daemon.sharing.VisibilityLearner, once running
         self.uploads = UploadStats()
         self.activity = Activity()  # for /metrics and the status page
         self.bytes_from_peers = 0
         self.bytes_from_upstream = 0
         self.started_at = time.time()
         self.http = PeerClient(config.swarm_secret)
-        self.holdings = Holdings(self.index, config.partial_dir)
+        self.holdings = Holdings(self.index, config.partial_dir, self.sharing)
         self.announcer = Announcer(node, port, self.holdings.held_keys)
         self.book = PeerBook(settings, node, self.http, config.peers, self.is_self)
         self.finder = Finder(node, self.book, self.http, on_lookup=self.activity.dht_lookup)
@@ -258,6 +262,9 @@ class Daemon:
         return await self.finder.search(repo_type, repo_id, revision)
 
     async def announce(self, file_ids: list[str], repos: list[RepoRev], wait: bool) -> int | None:
+        # Only what may be shared (hffs.trust): a private download is never announced.
+        file_ids = [f for f in file_ids if self.index.shares(f)]
+        repos = [r for r in repos if self.index.repo_shared(r[0], r[1])]
         keys = self.holdings.add(file_ids, repos)
         if wait:
             return await self.announcer.provide(keys)
@@ -266,6 +273,8 @@ class Daemon:
 
     async def rescan(self) -> dict[str, int]:
         inventory = await self.holdings.scan()
+        if self._learner is not None:
+            self._learner.wake()  # new repos of unknown visibility: ask upstream about them
         self.announcer.queue(self.holdings.held_keys())
         return {
             "files": len(inventory.files),
@@ -321,9 +330,11 @@ class Daemon:
             await anyio.sleep(SAMPLE_PERIOD)
 
     async def revision_from_peers(
-        self, repo_type: str, repo_id: str, revision: str
-    ) -> RemoteRevision | None:
-        return newest_revision(await self.search(repo_type, repo_id, revision), repo_type, repo_id)
+        self, repo_type: str, repo_id: str, revision: str, local: dict[str, Any] | None = None
+    ) -> RemoteRevision | str:
+        answers = await self.search(repo_type, repo_id, revision)
+        private = bool(self.config.swarm_secret)
+        return vouched_revision(answers, local, repo_type, repo_id, revision, private)
 
     async def run_job(self, spec: JobSpec, listener: JobListener) -> JobResult:
         """A ``hffs model add`` job, through the same DownloadManager as the HF endpoint."""
@@ -368,10 +379,14 @@ class Daemon:
             self.index.cache,
             cfg.partial_dir,
             auth_headers(cfg.swarm_secret),
+            named=cfg.named_endpoints(),
+            sharing=self.sharing,
         )
         self._hub = hub
         hub.downloads.activity = self.activity
         app = self.local_surface(hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret)))
+        self._learner = hub.access.learner  # asks upstream which cached repos are public
+        self._learner.on_public = self.rescan
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
         # Blob bodies leave by sendfile through the front; other routes reach the app.
         secret = cfg.swarm_secret.encode() if cfg.swarm_secret else None
@@ -381,6 +396,7 @@ class Daemon:
             tg.start_soon(control_server.serve, [control])
             async with anyio.create_task_group() as loops:
                 loops.start_soon(hub.run)
+                loops.start_soon(self._learner.run)
                 loops.start_soon(self._watch_signals)
                 loops.start_soon(self.announcer.run)
                 loops.start_soon(self.book.run)

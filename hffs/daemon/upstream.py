@@ -1,5 +1,10 @@
 """The upstream endpoints behind the daemon's HF endpoint: each asked in order, answers
-cached per token for a short while, an endpoint that cannot be reached skipped for a while."""
+cached per token for a short while, an endpoint that cannot be reached skipped for a while.
+
+Only a failed connection or a 5xx (but 508) is an outage; 429, 508 and a timeout after
+connecting are the upstream's answer (``hffs.trust.upstream_verdict``). A caller's token
+goes only to endpoints that may have it (``hffs.trust.may_send_token``); redirects are
+followed only where ``hffs.trust.redirect_allowed`` says."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import httpx
 from starlette.responses import Response
 
 from hffs.daemon.hub_api import RELAY_HEADERS, rewrite_link, strip_xet
+from hffs.trust import RedirectRefused, may_send_token, upstream_verdict
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +69,37 @@ def auth_key(auth: str | None) -> str:
     return hashlib.sha256(auth.encode()).hexdigest() if auth else ""
 
 
-class Upstream:
-    """The upstream endpoints, in order, asked with the caller's credentials."""
+def timed_out(
+    endpoint: str, status: int = 504, message: str = "upstream did not answer in time"
+) -> Answer:
+    """An upstream that answered nothing usable (too slow, a refused redirect): an answer
+    all the same, never a reason to override the access check with the swarm."""
+    headers = httpx.Headers({"content-type": "application/json", "x-error-message": message})
+    return Answer(endpoint, status, headers, json.dumps({"error": message}).encode())
 
-    def __init__(self, endpoints: list[str], client: httpx.AsyncClient) -> None:
+
+class Upstream:
+    """The upstream endpoints, in order, asked with the caller's credentials where allowed."""
+
+    def __init__(
+        self, endpoints: list[str], client: httpx.AsyncClient, named: list[str] | None = None
+    ) -> None:
         self.endpoints = endpoints
         self.client = client
+        # endpoints the user configured: they (and the hub) may get a caller's token
+        self.named = list(endpoints if named is None else named)
         self._down_until: dict[str, float] = {}
+
+    def headers_for(self, endpoint: str, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` without Authorization for an endpoint that may not have it."""
+        if may_send_token(endpoint, self.named):
+            return headers
+        return {k: v for k, v in headers.items() if k.lower() != "authorization"}
 
     async def _send(
         self, endpoint: str, method: str, path_qs: str, headers: dict[str, str], body: bytes
     ) -> Answer | None:
+        headers = self.headers_for(endpoint, headers)
         try:
             async with self.client.stream(
                 method, endpoint + path_qs, headers=headers, content=body or None
@@ -91,6 +117,10 @@ class Upstream:
             )
             self._down_until[endpoint] = time.monotonic() + DOWN_FOR
             return None
+        except httpx.TimeoutException:
+            return timed_out(endpoint)  # it is there, just slow: not a reason to bypass it
+        except RedirectRefused as exc:  # it answered: somewhere we do not go
+            return timed_out(endpoint, status=502, message=str(exc))
         except httpx.HTTPError as exc:
             log.debug("%s%s: %s", endpoint, path_qs[:100], exc)
             return None
@@ -98,14 +128,14 @@ class Upstream:
     async def ask(
         self, method: str, path_qs: str, headers: dict[str, str], body: bytes = b""
     ) -> Answer | None:
-        """The first success in endpoint order, else the first refusal (4xx), else None:
-        nobody reachable (transport errors, 5xx, 429)."""
+        """The first success in endpoint order, else the first refusal (4xx, 429, 508, a
+        timeout), else None: nobody reachable (connection failures, other 5xx)."""
         refusal: Answer | None = None
         for endpoint in self.endpoints:
             if self._down_until.get(endpoint, 0.0) > time.monotonic():
                 continue
             ans = await self._send(endpoint, method, path_qs, headers, body)
-            if ans is None or ans.status >= 500 or ans.status == 429:
+            if ans is None or upstream_verdict(ans.status) == "unreachable":
                 continue
             if ans.status < 400:
                 return ans
