@@ -28,8 +28,8 @@ import anyio.abc
 import httpx
 import xxhash
 
+from hffs.activity import Activity
 from hffs.cache import HubCache
-from hffs.daemon.activity import Activity
 from hffs.errors import HffsError
 from swarm import portable
 from swarm.chunking import chunk_count, chunk_size_for

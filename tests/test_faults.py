@@ -250,14 +250,12 @@ def test_a_peer_that_stalls_after_headers(nodes: Callable[[str], Node], hub: Loc
     with FakePeer("127.0.0.4", fid, data, manifest=manifest_of(fid, data), blob="stall") as bad:
         start_swarm([seed], d)
         add_peer(d, bad)
-        started = time.monotonic()
         r = d.cli("model", "add", REPO, timeout=90)
-        took = time.monotonic() - started
         assert r.returncode == 0, r.stderr
         assert bad.blob_requests >= 1, "the staller was never asked"
         inject()
-        # the good peer took over the stalled chunks well before any request timeout (30 s)
-        assert took < 25, took
+        # How soon the good peer takes the staller's chunks over is the scheduler's rule,
+        # tested on a virtual clock (test_scheduler: a peer that stalls costs no timeout).
     survived(1, [seed, d], {d: data})
 
 

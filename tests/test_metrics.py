@@ -12,8 +12,8 @@ import httpx
 from huggingface_hub import hf_hub_download
 from prometheus_client.parser import text_string_to_metric_families
 
+from hffs.activity import Activity, host_of
 from hffs.cache import HubCache
-from hffs.daemon.activity import Activity, host_of
 from hffs.daemon.metrics import MetricSources, make_registry
 from hffs.daemon.status_page import LocalSurface, loopback_host
 from hffs.visibility import VisibilityStore

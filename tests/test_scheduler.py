@@ -762,3 +762,31 @@ def test_the_last_live_upstream_is_never_benched() -> None:
     for r in retry:
         s.on_success(r, 3.0, CHUNK)
     assert s.state is not State.STUCK
+
+
+def test_a_peer_that_stalls_costs_no_timeout_when_another_holder_is_fast() -> None:
+    """The rule behind test_faults' staller, on a virtual clock: a holder that takes
+    requests and never answers holds nothing up for a request timeout, because the fast
+    holder duplicates its chunks in the endgame and the file completes long before."""
+    s = make(16)
+    s.add_peer("good", set(range(16)))
+    s.add_peer("stall", set(range(16)))
+    now, step = 0.0, 0.05
+    pending: list[Request] = []
+    asked_staller = 0
+    for _ in range(10_000):  # bounded: each step advances the virtual clock
+        new = s.next_requests(now)
+        asked_staller += sum(r.source == "stall" for r in new)
+        pending += [r for r in new if r.source == "good"]
+        if s.done:
+            break
+        if pending:  # the good holder answers one request per step, oldest first
+            req = pending.pop(0)
+            for loser in s.on_success(req, now + step, CHUNK):
+                if loser in pending:
+                    pending.remove(loser)
+                s.on_cancelled(loser)
+        now += step
+    assert s.done, "never completed"
+    assert asked_staller >= 1, "the staller was never asked: the test proves nothing"
+    assert now < SchedulerConfig().timeout_initial / 2, now

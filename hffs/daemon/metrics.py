@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from hffs.daemon.activity import KINDS, LOOKUP_BUCKETS, Activity
+from hffs.activity import KINDS, LOOKUP_BUCKETS, Activity
 from swarm.peer_server import UploadStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

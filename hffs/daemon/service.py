@@ -27,9 +27,9 @@ from typing import Any
 import anyio
 import uvicorn
 
+from hffs.activity import Activity
 from hffs.cache import HubCache
 from hffs.config import DEFAULT_PORT, Config, ConfigError, hub_cache_dir
-from hffs.daemon.activity import Activity
 from hffs.daemon.announcer import Announcer
 from hffs.daemon.app import (
     CacheIndex,

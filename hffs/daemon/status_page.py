@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hffs.daemon.activity import Activity
+from hffs.activity import Activity
 from hffs.daemon.hub_api import is_hub_path, is_loopback
 from hffs.daemon.metrics import CONTENT_TYPE, render
 
