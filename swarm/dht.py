@@ -54,7 +54,7 @@ import socket
 import struct
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -260,6 +260,8 @@ class DHTProtocol(KademliaProtocol):
         self._seen: OrderedDict[bytes, float] = OrderedDict()  # replay cache, oldest first
         self._tasks: set[asyncio.Task[Any]] = set()
         self.drops: Counter[str] = Counter()
+        # Told of each key that gained a holder here (not a re-announcement).
+        self.on_new_holder: Callable[[bytes], None] | None = None
         self.handled: Counter[str] = Counter()  # requests answered or refused, by rpc
         self._last_drop_log = -math.inf
         self._unresponsive: OrderedDict[Addr, float] = OrderedDict()
@@ -644,7 +646,11 @@ class DHTProtocol(KademliaProtocol):
             return False
         # The holder is whoever sent this datagram, on the port it proved: the message
         # names neither, and one record per address and key.
-        return self.providers.add(key, sender[0], sender[1], time.monotonic())
+        news = not self.providers.holds(key, sender[0])
+        added = self.providers.add(key, sender[0], sender[1], time.monotonic())
+        if added and news and self.on_new_holder is not None:
+            self.on_new_holder(key)  # cheap and synchronous (a cache mark), never raises
+        return added
 
     def rpc_get_providers(
         self, sender: Addr, proven: bool, nodeid: Any, key: Any
@@ -1017,11 +1023,19 @@ class DHTNode(Server):
         self.store = store if store is not None else ProviderStore(ttl=ttl)  # empty is falsy
         self.secret = secret
         self.timeout = timeout
+        # Told of each key that gained a new holder on this node (hffs: refresh lookups).
+        self.on_new_holder: Callable[[bytes], None] | None = None
 
     def _create_protocol(self) -> DHTProtocol:
-        return DHTProtocol(
+        proto = DHTProtocol(
             self.node, self.store, self.ksize, secret=self.secret, timeout=self.timeout
         )
+        proto.on_new_holder = self._new_holder
+        return proto
+
+    def _new_holder(self, key: bytes) -> None:
+        if self.on_new_holder is not None:
+            self.on_new_holder(key)
 
     @property
     def node_id(self) -> str:

@@ -159,6 +159,12 @@ class ProviderStore:
         norm = normalize_host(host)
         return len(self._by_host.get(norm or "", ()))
 
+    def holds(self, key: bytes, host: str) -> bool:
+        """Whether host already has a record for key (a re-announcement, not news)."""
+        norm = normalize_host(host)
+        holders = self._keys.get(key)
+        return norm is not None and holders is not None and norm in holders
+
     def add(self, key: bytes, host: str, port: int, now: float, ttl: float | None = None) -> bool:
         """Record host (on port) as a holder of key until now + ttl (capped at the
         store's ttl). Returns False if the record was refused: invalid input, or

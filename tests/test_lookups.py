@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import anyio
 
-from hffs.daemon.lookups import EMPTY_TTL, LOOKUP_TTL, MIN_GAP, Lookups, lookup_due
+from hffs.daemon.lookups import EMPTY_TTL, LOOKUP_TTL, MIN_GAP, Lookups, lookup_due, lookup_key
+from swarm.dht import DHTNode
 
 
 def test_due_rules() -> None:
@@ -38,7 +39,7 @@ def test_a_download_asking_every_two_seconds_crawls_once_per_ttl() -> None:
     assert lookups.crawls == 4 * (600 // int(LOOKUP_TTL))
 
 
-def test_fresh_asks_and_forget_look_again() -> None:
+def test_fresh_asks_and_new_holders_look_again_but_not_too_often() -> None:
     now = [0.0]
     calls: list[float] = []
 
@@ -49,12 +50,44 @@ def test_fresh_asks_and_forget_look_again() -> None:
     async def main() -> None:
         lookups = Lookups(crawl, clock=lambda: now[0])
         await lookups.get(("file", "a"))
+        await lookups.get(("file", "b"))
         now[0] = 1.0
         await lookups.get(("file", "a"), fresh=True)  # too soon after the last one
         now[0] = MIN_GAP + 0.5
         await lookups.get(("file", "a"), fresh=True)  # every holder failed: look again
-        lookups.forget(("file", "a"))  # a holder announced itself
+        now[0] = 2 * MIN_GAP + 1.0
+        for _ in range(1000):  # a flood of announcements: news, but one crawl
+            lookups.new_holder(lookup_key(("file", "a")))
         await lookups.get(("file", "a"))
+        await lookups.get(("file", "a"))
+        await lookups.get(("file", "b"))  # nothing new for b: still cached
+        lookups.new_holder(b"\0" * 20)  # a key nobody asked about: nothing to refresh
+        await lookups.get(("file", "b"))
 
     anyio.run(main)
-    assert calls == [0.0, MIN_GAP + 0.5, MIN_GAP + 0.5]
+    assert calls == [0.0, 0.0, MIN_GAP + 0.5, 2 * MIN_GAP + 1.0]
+
+
+def test_a_dht_node_tells_of_new_holders_not_of_re_announcements() -> None:
+    """Real DHT nodes on loopback UDP: the second node's announcement reaches the first,
+    whose hook hears the key once; the same holder announcing again is no news."""
+    key = lookup_key(("file", "c" * 64))
+    heard: list[bytes] = []
+
+    async def main() -> None:
+        a, b = DHTNode(timeout=2.0), DHTNode(timeout=2.0)
+        a.on_new_holder = heard.append
+        await a.listen(0, "127.0.0.1")
+        await b.listen(0, "127.0.0.1")
+        try:
+            addr = a.address
+            assert addr is not None
+            await b.bootstrap([addr])
+            for _ in range(3):
+                await b.provide(key)
+        finally:
+            a.stop()
+            b.stop()
+
+    anyio.run(main, backend="asyncio")
+    assert heard == [key]

@@ -53,6 +53,8 @@ class Lookups:
         self._clock = clock
         self._cache: dict[Query, tuple[float, Found]] = {}
         self._locks: dict[Query, anyio.Lock] = {}
+        self._by_key: dict[bytes, Query] = {}  # DHT key -> the cached query it answers
+        self._news: set[Query] = set()  # queries whose key gained a holder since
         self.crawls = 0  # lookups made
         self.asks = 0  # answers given, cached or not
 
@@ -61,20 +63,29 @@ class Lookups:
         lock = self._locks.setdefault(query, anyio.Lock())
         async with lock:  # concurrent asks for one key share one lookup
             hit = self._cache.get(query)
+            fresh = fresh or query in self._news
             if hit is not None and not lookup_due(hit[0], len(hit[1]), self._clock(), fresh=fresh):
                 return hit[1]
             found = await self._find(query)
             self.crawls += 1
             self._cache[query] = (self._clock(), found)
+            self._by_key[lookup_key(query)] = query
+            self._news.discard(query)
         if len(self._cache) > MAX_KEYS:  # forget the oldest answers
             for key, _ in sorted(self._cache.items(), key=lambda kv: kv[1][0])[: MAX_KEYS // 2]:
                 del self._cache[key]
                 self._locks.pop(key, None)
+                self._news.discard(key)
+            self._by_key = {k: q for k, q in self._by_key.items() if q in self._cache}
         return found
 
-    def forget(self, query: Query) -> None:
-        """A holder announced itself for this key: the next ask looks again."""
-        self._cache.pop(query, None)
+    def new_holder(self, key: bytes) -> None:
+        """A holder this node had no record of announced ``key`` here: the next ask for
+        it looks again, though never sooner than MIN_GAP after the last lookup (so a
+        flood of announcements costs at most one crawl per MIN_GAP)."""
+        query = self._by_key.get(key)
+        if query is not None:
+            self._news.add(query)
 
 
 LOOKUP_TIMEOUT = 15.0  # one DHT lookup

@@ -188,6 +188,7 @@ class Daemon:
         self.book = PeerBook(settings, node, self.http, config.peers, self.is_self)
         self.finder = Finder(node, self.book, self.http, on_lookup=self.activity.dht_lookup)
         self.lookups = Lookups(self.finder.find_providers)
+        node.on_new_holder = self.lookups.new_holder  # announcements refresh cached lookups
         self._stop = anyio.Event()
         self._hub: HubEndpoint | None = None
 
