@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -231,6 +232,8 @@ def _run_job(spec: JobSpec, *, quiet: bool = False) -> JobPlan | None:
     except DaemonNotRunning:
         daemon = None
     console = Console(stderr=True, quiet=True) if quiet else err
+    if quiet:  # only the path: not even huggingface_hub's no-symlinks warning
+        warnings.simplefilter("ignore")
     with DownloadProgress(console) as progress:
         if daemon is not None:
             result = daemon.run_job(spec, progress)
