@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnotice
 MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
 MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight per file (the scheduler's budget)
 PROBE_TIMEOUT = 5.0
+HASH_BLOCK = 1 << 20  # the running hash reads this much at a time (fits in L2)
+WAIT_SECONDS = 0.2  # the hash thread looks at its stop flag at least this often
 STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
 
 
@@ -109,25 +112,38 @@ class FileReport:
 
 
 class _RunningHash:
-    """The whole-file hash over the held prefix, advanced as chunks land in order, so the
-    check at the end costs almost nothing. A dropped chunk voids it (full check then)."""
+    """The whole-file hash over the held prefix, advanced by one worker thread as chunks
+    land in order (beside the transfer, on the other core), so the check at the end costs
+    almost nothing. A dropped chunk voids it (full check then).
+
+    The event loop only says ``more()`` (a lock and a notify, no thread hop per chunk);
+    the thread reads each held chunk into one reused block and hashes it."""
 
     def __init__(self, pf: PartialFile) -> None:
         self.pf = pf
         self.hasher = content_hasher(pf.file_id, pf.size)
         self.next = 0
         self.drops = pf.drops
-        self.more = anyio.Event()
-        self._view = memoryview(bytearray(1 << 20))
+        self._view = memoryview(bytearray(HASH_BLOCK))
+        self._cond = threading.Condition()
+        self._stopping = False
 
     @property
     def valid(self) -> bool:
         return self.drops == self.pf.drops
 
+    def more(self) -> None:
+        """A chunk landed (called on the event loop)."""
+        with self._cond:
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Let ``run`` return soon (its thread stops between chunks)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
     def _hash_next(self) -> None:
-        # One step in the worker thread, so a cancelled caller cannot split it. The chunk
-        # is read into one reused block: no new 1 MiB object (an mmap and 256 page faults)
-        # per chunk.
         start, end = self.pf.span(self.next)
         pos = start
         while pos < end:
@@ -138,15 +154,30 @@ class _RunningHash:
             pos += n
         self.next += 1
 
-    async def run(self) -> None:
-        """Hash each chunk once it and all before it are held (until cancelled)."""
+    def _work(self, wait: bool) -> None:
         pf = self.pf
         while self.next < pf.n_chunks and self.valid:
+            if wait and self._stopping:
+                return
             if pf.has(self.next):
-                await anyio.to_thread.run_sync(self._hash_next)
-            else:
-                await self.more.wait()
-                self.more = anyio.Event()
+                self._hash_next()
+                continue
+            if not wait:
+                return
+            with self._cond:
+                if self._stopping:
+                    return
+                if not pf.has(self.next):
+                    self._cond.wait(WAIT_SECONDS)  # bounded: the flag is read again
+
+    async def run(self) -> None:
+        """Hash each chunk once it and all before it are held, until ``stop()``."""
+        self._stopping = False
+        await anyio.to_thread.run_sync(self._work, True)
+
+    async def finish(self) -> None:
+        """Hash what is held in order and not hashed yet (after the round)."""
+        await anyio.to_thread.run_sync(self._work, False)
 
     def matches(self) -> bool | None:
         """Whether the file matches its id; None when the running hash cannot tell."""
@@ -414,7 +445,7 @@ class _Round:
                     self.on_chunk(req.chunk)
                 if self.observer:
                     self.observer.chunk_verified(req.chunk, req.source, source.upstream)
-                self.running_hash.more.set()
+                self.running_hash.more()
                 self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
         finally:
             self.running.pop(req, None)
@@ -525,14 +556,40 @@ class _Round:
             for peer, chunk in peers:
                 tg.start_soon(report_bad_chunk, client, peer, fid, chunk, headers)
 
+    async def _drive(self, sched: Scheduler) -> None:
+        """Start what the scheduler asks for until the file is done, stuck or replanned."""
+        pf, goal = self.pf, self.goal
+        goal_seen = goal.version if goal else 0
+        stuck_since: float | None = None
+        assert self.tg is not None
+        while not sched.done and not self.restart:
+            if goal is not None and goal.version != goal_seen:
+                goal_seen = goal.version  # a request asked for more of the file
+                sched.reopen(i for i in goal.wanted() if not pf.has(i))
+            now = anyio.current_time()
+            self._cancel(sched.expire(now))
+            for req in sched.next_requests(now):
+                scope = anyio.CancelScope(deadline=req.deadline)
+                self.running[req] = scope
+                self.tg.start_soon(self._fetch, req, scope)
+            if sched.state is State.STUCK:
+                # Holders may still appear (or gain chunks): give discovery a chance.
+                stuck_since = now if stuck_since is None else stuck_since
+                if self.holders is None or now - stuck_since > STUCK_GRACE:
+                    break
+            else:
+                stuck_since = None
+            self.wake = anyio.Event()
+            with anyio.move_on_after(TICK_SECONDS):
+                await self.wake.wait()
+
     async def run(self) -> None:
         if self.holders is not None:
             # Say we are a holder from the start (as a BitTorrent client tells its tracker):
             # peers fetching the same file find us at once and take chunks as they verify.
             await self.holders.announce_partial(self.pf.file_id)
         found = await self._discover()
-        pf = self.pf
-        goal, goal_seen = self.goal, self.goal.version if self.goal else 0
+        pf, goal = self.pf, self.goal
         self.sched = sched = Scheduler(
             pf.n_chunks,
             pf.chunk_size,
@@ -544,33 +601,16 @@ class _Round:
         )
         for s in self.upstream:
             sched.add_upstream(s.id)
-        stuck_since: float | None = None
         async with anyio.create_task_group() as tg:
             self.tg = tg
             self._add_holders(found)
             tg.start_soon(self._refresh_loop)
             tg.start_soon(self.running_hash.run)
-            while not sched.done and not self.restart:
-                if goal is not None and goal.version != goal_seen:
-                    goal_seen = goal.version  # a request asked for more of the file
-                    sched.reopen(i for i in goal.wanted() if not pf.has(i))
-                now = anyio.current_time()
-                self._cancel(sched.expire(now))
-                for req in sched.next_requests(now):
-                    scope = anyio.CancelScope(deadline=req.deadline)
-                    self.running[req] = scope
-                    tg.start_soon(self._fetch, req, scope)
-                if sched.state is State.STUCK:
-                    # Holders may still appear (or gain chunks): give discovery a chance.
-                    stuck_since = now if stuck_since is None else stuck_since
-                    if self.holders is None or now - stuck_since > STUCK_GRACE:
-                        break
-                else:
-                    stuck_since = None
-                self.wake = anyio.Event()
-                with anyio.move_on_after(TICK_SECONDS):
-                    await self.wake.wait()
-            tg.cancel_scope.cancel()
+            try:
+                await self._drive(sched)
+            finally:
+                self.running_hash.stop()  # its thread ends between two chunks
+                tg.cancel_scope.cancel()
         await self._report_bad()
         if not sched.done and not self.restart:
             missing = sched.failed_chunks or list(range(sched.remaining))
@@ -650,7 +690,7 @@ async def download_file(
             whole_ok: bool | None = False
             if action is Action.CHECK:
                 if pf.complete and running_hash.valid:
-                    await running_hash.run()  # the last chunks, if the round ended first
+                    await running_hash.finish()  # the last chunks, if the round ended first
                 whole_ok = running_hash.matches()
                 if whole_ok is None:
                     whole_ok = await anyio.to_thread.run_sync(pf.verify_whole)

@@ -13,8 +13,11 @@ Rules
 Assignment, each :meth:`Scheduler.next_requests` call, in this order:
 
 1. Peers, rarest first. Each live peer with a free slot (fastest first) takes the unassigned
-   chunks it holds that have the fewest live holders; ties go by a random order drawn once per
-   download, so different downloaders spread over different chunks.
+   chunks it holds that have the fewest live holders; ties go by an order drawn once per
+   download: file order by windows of ``order_window`` chunks, random within a window. The
+   randomness spreads different downloaders over different chunks; the file order lets the
+   whole-file hash (which only advances over a held prefix) keep pace with the transfer
+   instead of running at the end.
 2. Upstream. A chunk that no live peer can serve at the chunk's lowest failure level (below)
    goes to the first endpoint, in priority order, at that level: chunks no peer holds go to the
    mirror, chunks the mirror failed go to huggingface.co. Upstream never takes a chunk a live
@@ -141,6 +144,8 @@ class SchedulerConfig:
     # How long a peer that answered "busy" for a chunk is not asked for it again.
     busy_backoff: float = 1.0
     max_busy: int = 20
+    # Equally rare chunks go in file order by windows of this many chunks, random within one.
+    order_window: int = 32
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_in_flight <= self.max_in_flight:
@@ -159,6 +164,8 @@ class SchedulerConfig:
             raise ValueError("endgame_threshold and max_duplicates must be >= 0")
         if self.attempts_per_source < 1 or self.max_consecutive_failures < 1:
             raise ValueError("attempts_per_source and max_consecutive_failures must be >= 1")
+        if self.order_window < 1:
+            raise ValueError("order_window must be >= 1")
         for budget in (self.max_unverified_bytes, self.max_source_bytes):
             if budget is not None and budget <= 0:
                 raise ValueError("byte budgets must be positive")
@@ -241,9 +248,13 @@ class Scheduler:
         self._remaining = num_chunks - sum(self._done)
         # Chunks neither done nor in flight.
         self._pool = {c for c in range(num_chunks) if not self._done[c]}
-        order = list(range(num_chunks))
-        self._rng.shuffle(order)
-        self._by_rank = order  # random tie-break among equally rare chunks
+        order: list[int] = []
+        w = self.config.order_window
+        for base in range(0, num_chunks, w):
+            window = list(range(base, min(base + w, num_chunks)))
+            self._rng.shuffle(window)
+            order += window
+        self._by_rank = order  # tie-break among equally rare chunks (see rule 1)
         self._upstream_start = self._rng.randrange(num_chunks) if num_chunks else 0
         self._rank = [0] * num_chunks
         for pos, c in enumerate(order):

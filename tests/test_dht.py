@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -15,10 +15,9 @@ from kademlia.node import Node
 from hffs.daemon.announcer import Announcer
 from swarm.dht import DHTNode, DHTProtocol, NodeCrawl, dht_key
 from swarm.providers import ProviderStore
+from tests.dht_nodes import Start, node_starter
 
 pytestmark = pytest.mark.anyio
-
-Start = Callable[..., Awaitable[DHTNode]]
 
 
 @pytest.fixture
@@ -29,18 +28,8 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def start() -> AsyncIterator[Start]:
     """Starts nodes on loopback addresses; stops them while the loop still runs."""
-    made: list[DHTNode] = []
-
-    async def start(ip: str, **kw: object) -> DHTNode:
-        kw.setdefault("timeout", 1.0)
-        node = DHTNode(**kw)  # type: ignore[arg-type]
-        await node.listen(0, ip)
-        made.append(node)
-        return node
-
-    yield start
-    for node in made:
-        node.stop()
+    async with node_starter(1.0) as start:
+        yield start
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import random
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -22,10 +22,9 @@ from swarm.dht import DHTNode, dht_key
 from swarm.dht_guard import RateLimiter
 from swarm.dht_lookup import MIN_TIMEOUT
 from swarm.providers import ProviderStore
+from tests.dht_nodes import Start, node_starter
 
 pytestmark = pytest.mark.anyio
-
-Start = Callable[..., Awaitable[DHTNode]]
 
 
 @pytest.fixture
@@ -35,18 +34,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def start() -> AsyncIterator[Start]:
-    made: list[DHTNode] = []
-
-    async def start(ip: str, **kw: object) -> DHTNode:
-        kw.setdefault("timeout", 2.0)
-        node = DHTNode(**kw)  # type: ignore[arg-type]
-        await node.listen(0, ip)
-        made.append(node)
-        return node
-
-    yield start
-    for node in made:
-        node.stop()
+    async with node_starter(2.0) as start:
+        yield start
 
 
 @pytest.fixture(autouse=True)

@@ -790,3 +790,22 @@ def test_a_peer_that_stalls_costs_no_timeout_when_another_holder_is_fast() -> No
     assert s.done, "never completed"
     assert asked_staller >= 1, "the staller was never asked: the test proves nothing"
     assert now < SchedulerConfig().timeout_initial / 2, now
+
+
+def test_equally_rare_chunks_go_in_file_order_by_windows() -> None:
+    """The whole-file hash only advances over a held prefix: with one peer holding all,
+    every chunk of a window is asked for before any chunk of the next one, and the order
+    inside a window still differs between downloaders."""
+    firsts = set()
+    for seed in range(6):
+        s = make(40, seed, initial_in_flight=1, max_in_flight=1, order_window=8)
+        s.add_peer("p", range(40))
+        order = []
+        for step in range(40):
+            [req] = s.next_requests(float(step))
+            order.append(req.chunk)
+            s.on_success(req, float(step) + 0.5, CHUNK)
+        assert [c // 8 for c in order] == sorted(c // 8 for c in order)
+        assert sorted(order) == list(range(40))
+        firsts.add(order[0])
+    assert len(firsts) > 1

