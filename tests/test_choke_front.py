@@ -89,10 +89,11 @@ async def test_peer_connections_leave_from_the_bound_address(seed: Peer) -> None
     address, not as the loopback source the system picks (every bench daemon alike)."""
     from swarm import hostport
     from swarm.transport_client import MemorySink, PeerPool
+    from swarm.wire import PeerAuth
 
     try:
         hostport.set_source_ip("127.0.0.74")
-        async with PeerPool({}) as pool:
+        async with PeerPool(PeerAuth()) as pool:
             await pool.fetch(seed.addr, seed.full_id, 0, CS, MemorySink(CS))
     finally:
         hostport.set_source_ip(None)

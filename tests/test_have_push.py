@@ -15,6 +15,7 @@ import pytest
 from swarm import have, store
 from swarm.have import follow_haves
 from swarm.store import PartialFile
+from swarm.wire import PeerAuth
 from tests.test_transport import SIZE, Peer
 
 pytestmark = pytest.mark.anyio
@@ -49,7 +50,7 @@ async def _follow_until(peer: Peer, want: set[int], write: object) -> dict[int, 
         grew.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(follow_haves, peer.addr, peer.part_id, 4, {}, on_have)
+        tg.start_soon(follow_haves, peer.addr, peer.part_id, 4, PeerAuth(), on_have)
         with anyio.fail_after(10):
             while not {0, 2} <= set(seen):
                 await grew.wait()
