@@ -423,7 +423,10 @@ class _Round:
                     log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
                     if source.upstream and exc.status in (401, 403):
                         self.refused[source.id] = exc.status
-                    if self.pf.progress(req.chunk) > before:
+                    if not source.upstream and exc.status == 503:
+                        # Busy or choked (swarm/choke.py): no blame, another holder asks.
+                        self._cancel(self.sched.on_busy(req, anyio.current_time()))
+                    elif self.pf.progress(req.chunk) > before:
                         # A cut stream that still delivered bytes is progress, not a fault:
                         # the next request resumes where it stopped.
                         self.sched.on_cancelled(req)

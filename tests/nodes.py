@@ -105,17 +105,22 @@ class Node:
         stop_all([self])
 
     def add_model_file(self, path: str, data: bytes) -> str:
-        """Put a file into the HF cache exactly as huggingface_hub lays it out."""
-        cache = HubCache(self.hub)
-        blob_id = hashlib.sha256(data).hexdigest()
-        blob = cache.blob_path("model", REPO, blob_id)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        cache.link("model", REPO, COMMIT, path, blob_id)
-        cache.write_ref("model", REPO, "main", COMMIT)
-        # as if hffs had fetched it anonymously: public, so the daemon shares it
-        VisibilityStore(self.home).record("model", REPO, "public", [blob_id])
-        return blob_id
+        return put_model_file(self.hub, self.home, path, data)
+
+
+def put_model_file(hub: Path, home: Path, path: str, data: bytes) -> str:
+    """Put a file of REPO@COMMIT into the HF cache `hub` exactly as huggingface_hub lays
+    it out, recorded public for the daemon of `home`; returns its blob id."""
+    cache = HubCache(hub)
+    blob_id = hashlib.sha256(data).hexdigest()
+    blob = cache.blob_path("model", REPO, blob_id)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    cache.link("model", REPO, COMMIT, path, blob_id)
+    cache.write_ref("model", REPO, "main", COMMIT)
+    # as if hffs had fetched it anonymously: public, so the daemon shares it
+    VisibilityStore(home).record("model", REPO, "public", [blob_id])
+    return blob_id
 
 
 def stop_all(nodes: list[Node]) -> None:
