@@ -32,17 +32,22 @@ from hffs.activity import Activity
 from hffs.cache import HubCache
 from hffs.errors import HffsError
 from swarm import portable
+from swarm.budget import ByteBudget
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.download import AccessRefused, DownloadError, DownloadPaused, OnBytes, download_file
 from swarm.files import hash_range, pread_of
 from swarm.goal import Goal
 from swarm.sources import PeerAddr, Source
 from swarm.store import StoreError
+from swarm.transport_client import PeerPool
 
 log = logging.getLogger(__name__)
 
 BLOCK = 256 * 1024  # bytes per read and send: bounds memory per client
 FILES_AT_ONCE = 8  # downloads running at once (huggingface_hub asks for 8 files at a time)
+# Bytes of peer chunks in flight across every download of the host (the schedulers'
+# shared budget): memory stays flat however many files run at once.
+BYTES_IN_FLIGHT = 64 << 20
 
 
 class TransferFailed(HffsError):
@@ -328,6 +333,10 @@ class DownloadManager:
         self._tg: anyio.abc.TaskGroup | None = None
         self._ready = anyio.Event()
         self._limiter = anyio.CapacityLimiter(FILES_AT_ONCE)
+        # One set of persistent connections per peer for every file (not per file), and
+        # one budget of bytes in flight.
+        self.pool = PeerPool(peer_headers)
+        self.budget = ByteBudget(BYTES_IN_FLIGHT)
 
     @property
     def running(self) -> set[str]:
@@ -336,10 +345,13 @@ class DownloadManager:
 
     async def run(self) -> None:
         """Serve downloads until cancelled (which cancels them; partial files stay)."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            self._ready.set()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._ready.set()
+                await anyio.sleep_forever()
+        finally:
+            self.pool.close()
 
     def complete_blob(self, file_id: str, size: int) -> Path | None:
         """Blocking: a complete blob of this id anywhere in the cache."""
@@ -472,6 +484,8 @@ class DownloadManager:
                 on_drop=t.chunks_dropped,
                 goal=t.goal,
                 observer=watch,
+                pool=self.pool,
+                budget=self.budget,
             )
         except DownloadPaused:
             return None
