@@ -244,6 +244,7 @@ class PeerConnection(asyncio.BufferedProtocol):
             if self._fill == BLOCK and self._body_left:
                 self._fill = self._used = 0  # unreachable in practice; keeps room
         if self._close_after and not self._pending and self.transport is not None:
+            self.closed = True  # the peer said so: nothing more is sent on it
             self.transport.close()
 
     def _read_head(self) -> bool:
