@@ -29,7 +29,7 @@ BLOCK = 1 << 20
 async def pull(peer: PeerAddr, file_id: str, size: int, dest: Path, depth: int) -> None:
     fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        async with PeerPool({}) as pool:
+        async with PeerPool() as pool:
             starts = iter(range(0, size, BLOCK))
 
             async def worker() -> None:

@@ -15,7 +15,7 @@ from hffs import config
 from hffs.hub import RemoteFile, RemoteRevision
 from hffs.peers import PeerClient
 from hffs.trust import claim_from_listing, vouch
-from swarm.wire import auth_headers
+from swarm.wire import PeerAuth
 
 MAX_ASKED = 64  # peers asked for a listing when the hub is down
 
@@ -55,7 +55,7 @@ class SavedPeers:
     def __init__(self, cfg: config.Config, peers: PeerClient) -> None:
         self.cfg = cfg
         self.peers = peers
-        self.peer_headers = auth_headers(cfg.swarm_secret)
+        self.peer_auth = PeerAuth(cfg.swarm_secret)
 
     async def holders(self, file_id: str, *, fresh: bool = False) -> list[dict[str, Any]]:
         # Every saved peer is a candidate: the downloader asks each for its bitmap anyway.

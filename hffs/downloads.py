@@ -40,6 +40,7 @@ from swarm.goal import Goal
 from swarm.sources import PeerAddr, Source
 from swarm.store import StoreError
 from swarm.transport_client import PeerPool
+from swarm.wire import PeerAuth
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class DownloadManager:
         partial_dir: Path,
         view: SwarmView,
         client: httpx.AsyncClient,
-        peer_headers: dict[str, str],
+        peer_auth: PeerAuth,
         activity: Activity | None = None,
     ) -> None:
         self.activity = activity or Activity()  # what the status page and metrics show
@@ -326,7 +327,7 @@ class DownloadManager:
         self.partial_dir = partial_dir
         self.view = view
         self.client = client
-        self.peer_headers = peer_headers
+        self.peer_auth = peer_auth  # signs requests to peers (swarm secret)
         self.holders = DaemonHolders(view)
         self._transfers: dict[str, Transfer] = {}
         self.completed: set[str] = set()  # file ids this manager published (for status)
@@ -335,7 +336,7 @@ class DownloadManager:
         self._limiter = anyio.CapacityLimiter(FILES_AT_ONCE)
         # One set of persistent connections per peer for every file (not per file), and
         # one budget of bytes in flight.
-        self.pool = PeerPool(peer_headers)
+        self.pool = PeerPool(peer_auth)
         self.budget = ByteBudget(BYTES_IN_FLIGHT)
 
     @property
@@ -477,7 +478,7 @@ class DownloadManager:
                 upstream=list(job.upstream),
                 client=self.client,
                 holders=self.holders,
-                peer_headers=self.peer_headers,
+                peer_auth=self.peer_auth,
                 on_bytes=on_bytes,
                 on_open=t.opened,
                 on_chunk=t.chunk_verified,

@@ -278,7 +278,7 @@ async def local_host(cfg: config.Config, cache_dir: str | None = None) -> AsyncI
         PeerClient(cfg.swarm_secret) as peers,
     ):
         view = SavedPeers(cfg, peers)
-        manager = DownloadManager(cache, cfg.partial_dir, view, client, view.peer_headers)
+        manager = DownloadManager(cache, cfg.partial_dir, view, client, view.peer_auth)
         async with anyio.create_task_group() as tg:
             tg.start_soon(manager.run)
             yield JobHost(cfg, cache, manager, view)

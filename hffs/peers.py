@@ -15,7 +15,7 @@ from hffs.listing import MAX_LISTING_BYTES, ListingError, parse_listing
 from swarm.bounded import Answer, BoundedReadError, fetch_bounded
 from swarm.hostport import format_hostport
 from swarm.sources import MAX_HAVE_BYTES
-from swarm.wire import auth_headers
+from swarm.wire import PeerAuth
 
 PROBE_TIMEOUT = 2.0
 
@@ -33,9 +33,8 @@ class PeerClient:
 
     def __init__(self, secret: str | None, timeout: float = PROBE_TIMEOUT) -> None:
         self._timeout = timeout  # for the whole exchange, body included
-        self._http = httpx.AsyncClient(
-            timeout=timeout, headers=auth_headers(secret), trust_env=False
-        )
+        # Every request is signed for the peer it goes to (swarm.peer_auth).
+        self._http = httpx.AsyncClient(timeout=timeout, auth=PeerAuth(secret), trust_env=False)
 
     async def __aenter__(self) -> PeerClient:
         return self

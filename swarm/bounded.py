@@ -74,6 +74,7 @@ async def fetch_bounded(
     timeout: float,
     headers: dict[str, str] | None = None,
     method: str = "GET",
+    auth: httpx.Auth | None = None,
 ) -> Answer:
     """Ask ``url`` and read the whole answer within ``limit`` bytes and ``timeout`` seconds.
 
@@ -82,7 +83,9 @@ async def fetch_bounded(
     try:
         with anyio.fail_after(timeout):
             request = client.build_request(method, url, headers={**IDENTITY, **(headers or {})})
-            resp = await client.send(request, stream=True, follow_redirects=False)
+            resp = await client.send(
+                request, stream=True, follow_redirects=False, auth=auth or httpx.USE_CLIENT_DEFAULT
+            )
             try:
                 body = await read_bounded(resp, limit) if method != "HEAD" else b""
             finally:

@@ -34,7 +34,7 @@ MAX_TRACKED = 8192  # addresses whose bucket is remembered (least recently seen 
 Addr = tuple[str, int]
 
 
-def _addr_bytes(host: str, port: int) -> bytes:
+def addr_bytes(host: str, port: int) -> bytes:
     """16-byte IPv6 (IPv4 mapped) and a 2-byte port: one spelling per address."""
     ip = ipaddress.ip_address(host)
     if isinstance(ip, ipaddress.IPv4Address):
@@ -52,7 +52,7 @@ class Tokens:
         self.period = period
 
     def _make(self, host: str, port: int, epoch: int) -> bytes:
-        msg = struct.pack(">q", epoch) + _addr_bytes(host, port)
+        msg = struct.pack(">q", epoch) + addr_bytes(host, port)
         return hmac.new(self._key, msg, hashlib.sha256).digest()[:TOKEN_LEN]
 
     def issue(self, host: str, port: int, now: float) -> bytes:
@@ -126,8 +126,8 @@ def mac_input(
         b"hffs-dht-mac-v2\0"
         + sender_id
         + receiver_id
-        + _addr_bytes(*src)
-        + _addr_bytes(*dst)
+        + addr_bytes(*src)
+        + addr_bytes(*dst)
         + struct.pack(">Q", stamp)
         + body
     )

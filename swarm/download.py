@@ -54,6 +54,7 @@ from swarm.sources import (
 from swarm.store import PartialFile, _write_error
 from swarm.transport_client import FileSink, MemorySink, PeerPool, Ticket
 from swarm.trust import Action, Trust
+from swarm.wire import PeerAuth
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class _Job:
     upstream: list[Source]
     client: httpx.AsyncClient
     pool: PeerPool  # persistent, pipelined connections for peer chunks
-    peer_headers: dict[str, str]
+    peer_auth: PeerAuth  # signs each request to a peer (swarm secret), else a no-op
     report: FileReport
     on_bytes: OnBytes | None
     on_chunk: OnChunk | None
@@ -227,7 +228,7 @@ class _Round:
         self.running_hash = running_hash
         self.pf, self.upstream, self.client, self.pool = job.pf, job.upstream, job.client, job.pool
         self.job = job
-        self.peer_headers, self.report, self.banned = job.peer_headers, job.report, job.trust.banned
+        self.peer_auth, self.report, self.banned = job.peer_auth, job.report, job.trust.banned
         self.on_bytes, self.on_chunk, self.rng = job.on_bytes, job.on_chunk, job.rng
         self.goal = job.goal
         self.observer = job.observer
@@ -266,7 +267,7 @@ class _Round:
         fid = self.pf.file_id
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
-                have = await fetch_have(self.client, peer, fid, self.pf.n_chunks, self.peer_headers)
+                have = await fetch_have(self.client, peer, fid, self.pf.n_chunks, self.peer_auth)
                 known = self.peer_digests.get(pid)
                 # The manifest only when it can say more: a new holder, or one still
                 # downloading that has chunks we hold no digest for (asked after the
@@ -275,7 +276,7 @@ class _Round:
                     self.pf.manifest is None and any(known[i] is None for i in have)
                 ):
                     manifest = await fetch_manifest(
-                        self.client, peer, fid, self.pf.size, self.peer_headers
+                        self.client, peer, fid, self.pf.size, self.peer_auth
                     )
                     self.peer_digests[pid] = manifest.digests
         except (SourceError, TimeoutError) as exc:
@@ -352,9 +353,7 @@ class _Round:
         for pid, have in found.items():
             have = have | self.pushed.get(pid, set())
             if pid not in self.sources:
-                self.sources[pid] = Source(
-                    pid, self.peers[pid].blob_url(self.pf.file_id), False, self.peer_headers
-                )
+                self.sources[pid] = Source(pid, self.peers[pid].blob_url(self.pf.file_id), False)
                 self.sched.add_peer(pid, have)
             else:
                 self.sched.set_have(pid, have)
@@ -388,7 +387,7 @@ class _Round:
                 peer,
                 self.pf.file_id,
                 self.pf.n_chunks,
-                self.peer_headers,
+                self.peer_auth,
                 lambda batch: self._on_have(pid, batch),
             )
         except SourceError as exc:
@@ -655,10 +654,10 @@ class _Round:
         peers = [(self.peers[pid], chunk) for pid, chunk in reports.items() if pid in self.peers]
         if not peers:
             return
-        fid, client, headers = self.pf.file_id, self.client, self.peer_headers
+        fid, client, auth = self.pf.file_id, self.client, self.peer_auth
         async with anyio.create_task_group() as tg:
             for peer, chunk in peers:
-                tg.start_soon(report_bad_chunk, client, peer, fid, chunk, headers)
+                tg.start_soon(report_bad_chunk, client, peer, fid, chunk, auth)
 
     async def _drive(self, sched: Scheduler) -> None:
         """Start what the scheduler asks for until the file is done, stuck or replanned."""
@@ -738,7 +737,7 @@ async def download_file(
     upstream: list[Source],
     client: httpx.AsyncClient,
     holders: Holders | None = None,
-    peer_headers: dict[str, str] | None = None,
+    peer_auth: PeerAuth | None = None,
     on_bytes: OnBytes | None = None,
     on_chunk: OnChunk | None = None,
     on_drop: OnDrop | None = None,
@@ -769,8 +768,8 @@ async def download_file(
         pf,
         upstream,
         client,
-        pool if pool is not None else PeerPool(peer_headers or {}),
-        peer_headers or {},
+        pool if pool is not None else PeerPool(peer_auth),
+        peer_auth if peer_auth is not None else PeerAuth(),
         report,
         on_bytes,
         on_chunk,

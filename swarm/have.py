@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarm.manifest import DIGEST_SIZE
+from swarm.peer_auth import dest_of
 from swarm.sources import PeerAddr, SourceError
 from swarm.store import partial_digests
+from swarm.wire import PeerAuth
 
 FRAME = struct.Struct(">I16s")
 assert FRAME.size == 4 + DIGEST_SIZE
@@ -102,7 +104,7 @@ async def follow_haves(
     peer: PeerAddr,
     file_id: str,
     n_chunks: int,
-    headers: dict[str, str],
+    auth: PeerAuth,
     on_have: Callable[[dict[int, bytes]], None],
 ) -> None:
     """Follow ``peer``'s haves stream of ``file_id``, calling ``on_have`` with each batch
@@ -112,8 +114,9 @@ async def follow_haves(
     except OSError as exc:
         raise SourceError(f"{peer}: cannot connect ({type(exc).__name__})") from exc
     try:
-        lines = [f"GET /v1/blobs/{file_id}/haves HTTP/1.1", f"Host: {peer}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
+        path = f"/v1/blobs/{file_id}/haves"
+        dest = dest_of(writer.get_extra_info("peername")) or (peer.host, peer.port)
+        lines = [f"GET {path} HTTP/1.1", f"Host: {peer}", *auth.head_lines("GET", path, dest)]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         try:
             head = await reader.readuntil(b"\r\n\r\n")

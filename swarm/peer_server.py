@@ -19,7 +19,6 @@ here knows about Hugging Face: the daemon adds its own routes through
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
 import re
@@ -42,6 +41,7 @@ from swarm.chunking import chunk_count, chunk_size_for
 from swarm.files import atomic_write
 from swarm.ids import is_file_id
 from swarm.manifest import Manifest, ManifestError, build_manifest
+from swarm.peer_auth import Verifier, dest_of
 from swarm.selfcheck import OnRotten, SelfCheck, chunk_matches, stat_key
 from swarm.store import partial_digests, read_partial_state
 from swarm.wire import encode_have
@@ -216,25 +216,29 @@ def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | Non
 # -- the app ---------------------------------------------------------------------
 
 
-def secret_matches(authorization: str, secret: bytes) -> bool:
-    """Whether an Authorization header proves membership of the swarm (every listener's
-    one check: the ASGI routes and the sendfile front)."""
-    scheme, _, value = authorization.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), secret)
+def request_target(scope: Scope) -> bytes:
+    """The request target as the client sent it (path and query), which it signed."""
+    target = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    return target + b"?" + query if query else target
 
 
 class _SecretGuard:
-    """Refuse every request without ``Authorization: Bearer <swarm secret>``."""
+    """Refuse every request not signed by a swarm member (``swarm.peer_auth``)."""
 
-    def __init__(self, app: ASGIApp, secret: str) -> None:
+    def __init__(self, app: ASGIApp, verifier: Verifier) -> None:
         self.app = app
-        self._secret = secret.encode()
+        self._verifier = verifier
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not secret_matches(
-            Headers(scope=scope).get("authorization", ""), self._secret
+        if scope["type"] == "http" and not self._verifier.check(
+            Headers(scope=scope).get("authorization"),
+            scope["method"],
+            request_target(scope),
+            dest_of(scope.get("server")),
+            time.time(),
         ):
-            response = PlainTextResponse("swarm secret required\n", status_code=403)
+            response = PlainTextResponse("swarm membership not proven\n", status_code=403)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -557,13 +561,18 @@ def create_peer_app(
 ) -> ASGIApp:
     """The peer app: blob routes plus ``extra_routes``, all behind the swarm secret if set."""
     server = PeerServer(index, partial_root, manifest_dir, limits, stats, on_rotten)
-    return peer_app_for(server, secret=secret, extra_routes=extra_routes)
+    verifier = Verifier(secret) if secret else None
+    return peer_app_for(server, verifier=verifier, extra_routes=extra_routes)
 
 
 def peer_app_for(
-    server: PeerServer, *, secret: str | None = None, extra_routes: Sequence[BaseRoute] = ()
+    server: PeerServer,
+    *,
+    verifier: Verifier | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> ASGIApp:
     """The peer app over an existing ``PeerServer`` (shared with the sendfile front, so
-    both count the same upload slots and pace with the same limiter)."""
+    both count the same upload slots and pace with the same limiter). With a swarm
+    secret, ``verifier`` is the one the front checks with too: one nonce memory."""
     app: ASGIApp = Starlette(routes=[*server.routes(), *extra_routes])
-    return _SecretGuard(app, secret) if secret else app
+    return _SecretGuard(app, verifier) if verifier is not None else app

@@ -115,13 +115,9 @@ async def fetch_range(
     return buf, hasher.digest()
 
 
-async def _get_small(
-    client: httpx.AsyncClient, url: str, limit: int, headers: dict[str, str]
-) -> bytes:
+async def _get_small(client: httpx.AsyncClient, url: str, limit: int, auth: httpx.Auth) -> bytes:
     try:
-        answer = await fetch_bounded(
-            client, url, limit=limit, timeout=SMALL_TIMEOUT, headers=headers
-        )
+        answer = await fetch_bounded(client, url, limit=limit, timeout=SMALL_TIMEOUT, auth=auth)
     except BoundedReadError as exc:
         raise SourceError(f"{url}: {exc}") from exc
     if answer.status != 200:
@@ -130,11 +126,9 @@ async def _get_small(
 
 
 async def fetch_manifest(
-    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, size: int, headers: dict[str, str]
+    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, size: int, auth: httpx.Auth
 ) -> Manifest:
-    body = await _get_small(
-        client, peer.blob_url(file_id) + "/manifest", MAX_MANIFEST_BYTES, headers
-    )
+    body = await _get_small(client, peer.blob_url(file_id) + "/manifest", MAX_MANIFEST_BYTES, auth)
     try:
         return Manifest.from_json(body, file_id=file_id, size=size)
     except ManifestError as exc:
@@ -142,9 +136,9 @@ async def fetch_manifest(
 
 
 async def fetch_have(
-    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, n_chunks: int, headers: dict[str, str]
+    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, n_chunks: int, auth: httpx.Auth
 ) -> set[int]:
-    body = await _get_small(client, peer.blob_url(file_id) + "/have", MAX_HAVE_BYTES, headers)
+    body = await _get_small(client, peer.blob_url(file_id) + "/have", MAX_HAVE_BYTES, auth)
     try:
         flags = decode_have(body, n_chunks)
     except ValueError as exc:
@@ -153,14 +147,14 @@ async def fetch_have(
 
 
 async def report_bad_chunk(
-    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, chunk: int, headers: dict[str, str]
+    client: httpx.AsyncClient, peer: PeerAddr, file_id: str, chunk: int, auth: httpx.Auth
 ) -> bool:
     """Tell a holder its chunk failed verification, so it re-checks its copy (best effort:
     False when it could not be told)."""
     url = f"{peer.blob_url(file_id)}/bad?chunk={int(chunk)}"
     try:
         answer = await fetch_bounded(
-            client, url, limit=4096, timeout=REPORT_TIMEOUT, headers=headers, method="POST"
+            client, url, limit=4096, timeout=REPORT_TIMEOUT, method="POST", auth=auth
         )
     except BoundedReadError:
         return False

@@ -10,7 +10,8 @@ and memory per connection is one block whatever the chunk size.
 Nothing a peer says is trusted: the status must be 206 for exactly the asked range
 with exactly its length, no redirect is followed, a body is never read past the
 length we asked for, and a head is at most ``MAX_HEAD`` bytes. Only the swarm's
-Authorization header is sent (never an upstream token).
+signature is sent (never an upstream token): each pipelined head is signed for the
+address the connection reached (``swarm.peer_auth``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Protocol
 import xxhash
 
 from swarm import portable
+from swarm.peer_auth import dest_of
 from swarm.sources import PeerAddr, SourceError
+from swarm.wire import PeerAuth
 
 BLOCK = 1 << 20  # bytes read before a block is hashed and written (fits in L2)
 MAX_HEAD = 16 * 1024
@@ -105,9 +108,8 @@ class Ticket:
             done(digest, exc)
 
 
-def request_head(host: str, path: str, start: int, end: int, headers: dict[str, str]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", f"Range: bytes={start}-{end - 1}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
+def request_head(host: str, path: str, start: int, end: int, extra: list[str]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", f"Range: bytes={start}-{end - 1}", *extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -153,9 +155,10 @@ def parse_response_head(raw: bytes) -> ResponseHead:
 class PeerConnection(asyncio.BufferedProtocol):
     """One persistent connection to one peer; requests answered in order."""
 
-    def __init__(self, peer: PeerAddr, headers: dict[str, str]) -> None:
+    def __init__(self, peer: PeerAddr, auth: PeerAuth) -> None:
         self.peer = peer
-        self._headers = headers
+        self._auth = auth
+        self._dest: tuple[str, int] | None = None  # the IP and port this connection reached
         self._block = bytearray(BLOCK)
         self._view = memoryview(self._block)
         self._fill = 0  # bytes of the block received
@@ -179,7 +182,9 @@ class PeerConnection(asyncio.BufferedProtocol):
         assert self.transport is not None and not self.closed
         ticket = Ticket(start, end, sink, done, self)
         self._pending.append(ticket)
-        self.transport.write(request_head(str(self.peer), path, start, end, self._headers))
+        dest = self._dest or (self.peer.host, self.peer.port)
+        auth = self._auth.head_lines("GET", path, dest)
+        self.transport.write(request_head(str(self.peer), path, start, end, auth))
         return ticket
 
     def close(self) -> None:
@@ -192,6 +197,7 @@ class PeerConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._dest = dest_of(transport.get_extra_info("peername"))
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -312,8 +318,8 @@ class PeerConnection(asyncio.BufferedProtocol):
 class PeerPool:
     """Persistent, pipelined connections to peers, ``CONNS_PER_PEER`` each at most."""
 
-    def __init__(self, headers: dict[str, str], conns_per_peer: int = CONNS_PER_PEER) -> None:
-        self._headers = headers
+    def __init__(self, auth: PeerAuth | None = None, conns_per_peer: int = CONNS_PER_PEER) -> None:
+        self._auth = auth if auth is not None else PeerAuth()
         self._per_peer = conns_per_peer
         self._conns: dict[PeerAddr, list[PeerConnection]] = {}
         self._connecting: dict[PeerAddr, int] = {}
@@ -323,7 +329,7 @@ class PeerPool:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 _, conn = await loop.create_connection(
-                    lambda: PeerConnection(peer, self._headers), peer.host, peer.port
+                    lambda: PeerConnection(peer, self._auth), peer.host, peer.port
                 )
         except (OSError, TimeoutError) as exc:
             raise SourceError(f"{peer}: cannot connect ({type(exc).__name__})") from exc

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,8 @@ from swarm import portable
 from swarm.have import HaveFeed, encode_frames
 from swarm.ids import is_file_id
 from swarm.manifest import ManifestError
-from swarm.peer_server import BlobPlan, PeerServer, secret_matches
+from swarm.peer_auth import Verifier, dest_of
+from swarm.peer_server import BlobPlan, PeerServer
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class FrontShared:
     """What every connection of one listener shares."""
 
     server: PeerServer
-    secret: bytes | None
+    verifier: Verifier | None  # with a swarm secret: the ASGI guard's own (one nonce memory)
     limits: FrontLimits = FrontLimits()
     feed: HaveFeed = field(default_factory=HaveFeed)  # chunks verified in this process
     connections: dict[str, int] = field(default_factory=dict)  # per client address
@@ -309,8 +311,14 @@ class FrontProtocol(asyncio.Protocol):
         self._transport.write(render_head(status, head, close=close) + body)
 
     def _authorized(self, head: Head) -> bool:
-        secret = self.shared.secret
-        return secret is None or secret_matches(head.headers.get("authorization", ""), secret)
+        verifier = self.shared.verifier
+        if verifier is None:
+            return True
+        transport = self._transport
+        dest = dest_of(transport.get_extra_info("sockname")) if transport is not None else None
+        return verifier.check(
+            head.headers.get("authorization"), head.method, head.target, dest, time.time()
+        )
 
     async def _haves(self, head: Head, file_id: str) -> None:
         """The haves stream (swarm.have): frames until the file is complete here."""
@@ -318,7 +326,7 @@ class FrontProtocol(asyncio.Protocol):
         assert transport is not None
         server = self.shared.server
         if not self._authorized(head):
-            await self._answer(403, "swarm secret required\n", close=True)
+            await self._answer(403, "swarm membership not proven\n", close=True)
             return
         if not is_file_id(file_id):
             await self._answer(400, "bad content id\n", close=True)
@@ -352,7 +360,7 @@ class FrontProtocol(asyncio.Protocol):
             await self._answer(400, "a GET has no body\n", close=True)
             return False
         if not self._authorized(head):
-            await self._answer(403, "swarm secret required\n", close=close)
+            await self._answer(403, "swarm membership not proven\n", close=close)
             return not close
         plan = await shared.server.plan_blob(file_id, head.headers.get("range"), self._host)
         if not isinstance(plan, BlobPlan):

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+from collections.abc import AsyncGenerator, Generator, Sequence
+
+import anyio
+import httpx
+
+from swarm.hostport import is_ip
+from swarm.peer_auth import Signer
 
 
 def encode_have(have: Sequence[bool]) -> bytes:
@@ -25,6 +32,56 @@ def decode_have(raw: bytes, n_chunks: int) -> list[bool]:
     return [bool(raw[i >> 3] & (0x80 >> (i & 7))) for i in range(n_chunks)]
 
 
-def auth_headers(secret: str | None) -> dict[str, str]:
-    """Headers a client sends to peers of a swarm protected by ``secret``."""
-    return {"Authorization": f"Bearer {secret}"} if secret else {}
+class PeerAuth(httpx.Auth):
+    """Signs every request to a peer (``swarm.peer_auth``); does nothing without a secret.
+
+    One object for every client of the peer port: httpx takes it as ``auth=``, the raw
+    socket clients call ``head_lines`` with the address they are connected to."""
+
+    def __init__(self, secret: str | bytes | None = None, signer: Signer | None = None) -> None:
+        self.signer = signer if signer is not None else Signer(secret)
+
+    @property
+    def enabled(self) -> bool:
+        return self.signer.enabled
+
+    def head_lines(self, method: str, target: str, dest: tuple[str, int]) -> list[str]:
+        """``Authorization`` header lines for a request written by hand to ``dest``
+        (the IP and port the connection reached)."""
+        value = self.signer.authorization(method, target.encode("latin-1"), dest)
+        return [] if value is None else [f"Authorization: {value}"]
+
+    def _sign(self, request: httpx.Request, ip: str, port: int) -> None:
+        if ip != request.url.host:
+            # The signature names the IP the request goes to: dial that IP (the Host
+            # header keeps the name).
+            request.url = request.url.copy_with(host=ip)
+        value = self.signer.authorization(request.method, request.url.raw_path, (ip, port))
+        assert value is not None
+        request.headers["Authorization"] = value
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        if self.enabled:
+            host, port = request.url.host, request.url.port or 80
+            if not is_ip(host):
+                try:
+                    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                except OSError as exc:  # as httpx says a name does not resolve
+                    raise httpx.ConnectError(str(exc), request=request) from exc
+                host = str(infos[0][4][0])
+            self._sign(request, host, port)
+        yield request
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        if self.enabled:
+            host, port = request.url.host, request.url.port or 80
+            if not is_ip(host):
+                try:
+                    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                except OSError as exc:
+                    raise httpx.ConnectError(str(exc), request=request) from exc
+                host = str(infos[0][4][0])
+            self._sign(request, host, port)
+        yield request

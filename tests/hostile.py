@@ -284,7 +284,7 @@ def wait_until(check: Callable[[], bool], timeout: float) -> bool:
 
 # -- raw hostile HTTP: bodies that never end, drip, or redirect ----------------------
 
-RawMode = Literal["endless", "drip", "redirect"]
+RawMode = Literal["endless", "drip", "redirect", "silent"]
 RAW_LIMIT_S = 60.0  # a hostile connection gives up after this, whatever happens
 
 
@@ -293,7 +293,8 @@ class RawHostile:
 
     ``endless``: 200 with no length, then ``pattern`` repeated until the client hangs up;
     ``drip``: 200 with a length, then one byte per ``drip_s``; ``redirect``: 302 to
-    ``location``. Counts requests and bytes sent (what the attack cost the client)."""
+    ``location``; ``silent``: reads the request and never answers (the connection stays
+    open). Counts requests and bytes sent (what the attack cost the client)."""
 
     def __init__(
         self,
@@ -365,6 +366,14 @@ class RawHostile:
                 head += part
             with self._lock:
                 self.requests.append(head.split(b"\r\n", 1)[0])
+            if self.mode == "silent":
+                while not self._closing and time.monotonic() < deadline:
+                    try:
+                        if not conn.recv(4096):
+                            return  # the client gave up
+                    except TimeoutError:
+                        continue
+                return
             if self.mode == "redirect":
                 conn.sendall(
                     b"HTTP/1.1 302 Found\r\nLocation: "

@@ -91,7 +91,7 @@ def _holder(root: Path, data: bytes) -> tuple[Path, object]:
         root / "manifests",
         limits=UploadLimits(),
         stats=UploadStats(),
-        secret=None,
+        verifier=None,
         on_rotten=on_rotten,
     )
     return blob, (app, dropped)

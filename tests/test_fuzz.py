@@ -87,7 +87,7 @@ class Store:
             root / "manifests",
             limits=UploadLimits(),
             stats=self.stats,
-            secret=None,
+            verifier=None,
         )
 
     def check(

@@ -47,6 +47,7 @@ from hffs.downloads import (
 from hffs.visibility import VisibilityStore
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.sources import Source
+from swarm.wire import PeerAuth
 from tests.localhub import LocalHub, git_blob_sha1, lfs_pointer, make_random_file
 from tests.nodes import Node, wait_for
 
@@ -472,7 +473,7 @@ def test_jobs_and_readers_share_one_download_per_file_id(tmp_path: Path) -> None
 
         async def main() -> None:
             async with httpx.AsyncClient() as client, anyio.create_task_group() as tg:
-                manager = DownloadManager(cache, partial, QuietSwarm(), client, {})
+                manager = DownloadManager(cache, partial, QuietSwarm(), client, PeerAuth())
                 tg.start_soon(manager.run)
                 blobs: list[Path] = []
 
@@ -653,7 +654,7 @@ def test_a_gated_repo_needs_upstream_to_let_the_caller_resolve(tmp_path: Path) -
     async def main() -> None:
         mock = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
         endpoint = HubEndpoint(
-            FakeDaemon(), ["http://upstream.test"], cache, tmp_path / "p", {}, client=mock
+            FakeDaemon(), ["http://upstream.test"], cache, tmp_path / "p", PeerAuth(), client=mock
         )
 
         async def no_peer_app(scope: Any, receive: Any, send: Any) -> None:

@@ -27,7 +27,7 @@ from swarm.peer_server import (
     span_is_held,
 )
 from swarm.store import PartialFile
-from swarm.wire import auth_headers, decode_have, encode_have
+from swarm.wire import PeerAuth, decode_have, encode_have
 
 pytestmark = pytest.mark.anyio
 SIZE = 2 * MIN_CHUNK_SIZE + 1000  # three chunks, the last one short
@@ -85,7 +85,8 @@ class Swarm:
             secret=secret,
         )
         transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 4567))
-        return httpx.AsyncClient(transport=transport, base_url="http://peer")
+        # An IP base URL: a signed request names the address it goes to (swarm.peer_auth).
+        return httpx.AsyncClient(transport=transport, base_url="http://10.9.9.9:9009")
 
 
 @pytest.fixture
@@ -286,8 +287,8 @@ async def test_the_swarm_secret_guards_every_route(swarm: Swarm) -> None:
     async with swarm.client(secret="s3cret") as c:
         for path in ("/v1/ping", f"/v1/blobs/{swarm.full_id}", f"/v1/blobs/{swarm.full_id}/have"):
             assert (await c.get(path)).status_code == 403
-            assert (await c.get(path, headers=auth_headers("wrong"))).status_code == 403
-            assert (await c.get(path, headers=auth_headers("s3cret"))).status_code == 200
+            assert (await c.get(path, auth=PeerAuth("wrong"))).status_code == 403
+            assert (await c.get(path, auth=PeerAuth("s3cret"))).status_code == 200
 
 
 async def test_too_many_uploads_get_503(swarm: Swarm) -> None:

@@ -23,6 +23,7 @@ from hffs.runfiles import TOKEN_HEADER
 from hffs.visibility import VisibilityStore
 from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
+from swarm.wire import PeerAuth
 from tests.hostile import FakePeer, manifest_of, wait_until
 from tests.localhub import LocalHub
 from tests.nodes import COMMIT, REPO, Node, wait_for
@@ -383,7 +384,9 @@ def test_hf_token_goes_upstream_never_to_a_peer(nodes: Callable[[str], Node]) ->
         assert peer.blob_requests >= 2 and any(s.path == peer.repo_path for s in peer.seen)
         auths = set(peer.authorizations)
         assert all(token not in (a or "") for a in auths), auths
-        assert auths == {"Bearer swarm-only"}  # the swarm secret, and only that
+        # a signature per request (swarm.peer_auth), never the secret itself
+        assert auths and all((a or "").startswith("HFFS-HMAC-SHA256 t=") for a in auths), auths
+        assert all("swarm-only" not in (a or "") for a in auths), auths
         upstream = {a for _, a in hub.auth_log if a is not None}
         assert upstream == {f"Bearer {token}"}, upstream
         # ... but for the anonymous question whether the repo is public (hffs.trust)
@@ -430,10 +433,16 @@ def test_swarm_secret_keeps_outsiders_out(nodes: Callable[[str], Node]) -> None:
     assert status["bytes_up"] == served  # not a byte to the outsiders
     with httpx.Client(timeout=10) as http:
         for path in ("/v1/ping", f"/v1/blobs/{fid}", f"/v1/blobs/{fid}/have"):
-            for headers in ({}, {"Authorization": "Bearer guess"}, {"Authorization": secret}):
+            # the secret itself proves nothing: only a signature made with it does
+            for headers in (
+                {},
+                {"Authorization": "Bearer guess"},
+                {"Authorization": secret},
+                {"Authorization": f"Bearer {secret}"},
+            ):
                 assert http.get(a.url + path, headers=headers).status_code == 403
-            good = http.get(a.url + path, headers={"Authorization": f"Bearer {secret}"})
-            assert good.status_code == 200
+            assert http.get(a.url + path, auth=PeerAuth("guess")).status_code == 403
+            assert http.get(a.url + path, auth=PeerAuth(secret)).status_code == 200
 
     # the option is checked and can be removed again
     c = nodes("127.0.0.6")

@@ -18,12 +18,13 @@ import uvicorn
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.have import follow_haves
 from swarm.manifest import chunk_digest
+from swarm.peer_auth import Verifier
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
 from swarm.sources import PeerAddr, SourceError
 from swarm.store import PartialFile
 from swarm.transport_client import FileSink, MemorySink, PeerPool, parse_response_head
 from swarm.transport_server import FrontLimits, FrontShared, install_front, parse_head
-from swarm.wire import auth_headers
+from swarm.wire import PeerAuth
 
 pytestmark = pytest.mark.anyio
 SIZE = 3 * MIN_CHUNK_SIZE + 12345
@@ -81,12 +82,13 @@ class Peer:
             UploadLimits(max_uploads=32),
             self.stats,
         )
-        app = peer_app_for(self.server, secret=secret)
+        verifier = Verifier(secret) if secret else None
+        app = peer_app_for(self.server, verifier=verifier)
         self.sock = socket.socket()
         self.sock.bind((HOST, 0))
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
-        self.shared = FrontShared(self.server, secret.encode() if secret else None, limits)
+        self.shared = FrontShared(self.server, verifier, limits)
         install_front(config, self.shared)
         self.uvicorn = uvicorn.Server(config)
         self.addr = PeerAddr(HOST, self.port)
@@ -164,7 +166,7 @@ async def test_pipelined_chunks_land_verified_in_memory_and_on_disk(
     target = tmp_path / "out.bin"
     fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        async with PeerPool({}) as pool:
+        async with PeerPool() as pool:
             mem = [MemorySink(e - s) for s, e in spans]
             results: dict[int, bytes] = {}
 
@@ -190,7 +192,7 @@ async def test_pipelined_chunks_land_verified_in_memory_and_on_disk(
 
 async def test_a_partial_file_serves_only_verified_chunks(make_peer) -> None:
     peer = await make_peer()
-    async with PeerPool({}) as pool:
+    async with PeerPool() as pool:
         sink = MemorySink(MIN_CHUNK_SIZE)
         with pytest.raises(SourceError, match="416"):
             await pool.fetch(peer.addr, peer.part_id, MIN_CHUNK_SIZE, 2 * MIN_CHUNK_SIZE, sink)
@@ -225,10 +227,10 @@ async def test_the_secret_guards_the_fast_path_too(make_peer) -> None:
     fid = peer.full_id
     out = await _raw(peer, f"GET /v1/blobs/{fid} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
     assert out.startswith(b"HTTP/1.1 403") and peer.full[:64] not in out
-    async with PeerPool(auth_headers("wrong")) as pool:
+    async with PeerPool(PeerAuth("wrong")) as pool:
         with pytest.raises(SourceError, match="403"):
             await pool.fetch(peer.addr, fid, 0, 10, MemorySink(10))
-    async with PeerPool(auth_headers("s3cret")) as pool:
+    async with PeerPool(PeerAuth("s3cret")) as pool:
         assert await pool.fetch(peer.addr, fid, 0, 10, MemorySink(10)) == chunk_digest(
             peer.full[:10]
         )
@@ -270,7 +272,7 @@ async def test_never_reading_downloads_neither_lock_others_out_nor_keep_their_sl
             while peer.stats.active < 2 * peer.server.slots_per_address:
                 await anyio.sleep(0.05)
         # An honest peer elsewhere still gets its bytes at once.
-        async with PeerPool({}) as pool:
+        async with PeerPool() as pool:
             sink = MemorySink(MIN_CHUNK_SIZE)
             with anyio.fail_after(10):
                 got = await pool.fetch(peer.addr, peer.full_id, 0, MIN_CHUNK_SIZE, sink)
@@ -325,8 +327,8 @@ async def test_a_follower_is_told_each_chunk_as_it_verifies(make_peer) -> None:
 
     async with anyio.create_task_group() as tg:
         with pytest.raises(SourceError, match="403"):
-            await follow_haves(peer.addr, peer.part_id, n, auth_headers("nope"), on_have)
-        tg.start_soon(follow_haves, peer.addr, peer.part_id, n, auth_headers("s3cret"), on_have)
+            await follow_haves(peer.addr, peer.part_id, n, PeerAuth("nope"), on_have)
+        tg.start_soon(follow_haves, peer.addr, peer.part_id, n, PeerAuth("s3cret"), on_have)
         with anyio.fail_after(10):
             while set(seen) != {0, 2}:
                 await grew.wait()
@@ -350,10 +352,10 @@ async def test_a_complete_holder_sends_every_chunk_and_ends(make_peer) -> None:
     peer = await make_peer()
     seen: dict[int, bytes] = {}
     with anyio.fail_after(10):
-        await follow_haves(peer.addr, peer.full_id, 4, {}, seen.update)
+        await follow_haves(peer.addr, peer.full_id, 4, PeerAuth(), seen.update)
     assert seen == {
         i: chunk_digest(peer.full[i * MIN_CHUNK_SIZE : (i + 1) * MIN_CHUNK_SIZE]) for i in range(4)
     }
     # A follower that names more chunks than exist is told of none it cannot place.
     with pytest.raises(SourceError):
-        await follow_haves(peer.addr, peer.full_id, 2, {}, lambda b: None)
+        await follow_haves(peer.addr, peer.full_id, 2, PeerAuth(), lambda b: None)

@@ -19,7 +19,7 @@ import hffs.config
 from hffs.cache import HubCache
 from hffs.cli import app
 from hffs.visibility import VisibilityStore
-from tests.hostile import FakePeer
+from tests.hostile import FakePeer, RawHostile
 from tests.localhub import LocalHub
 from tests.nodes import Node, wait_for
 
@@ -129,6 +129,44 @@ def test_hop_header_and_rate_limit_are_refusals_not_outages(nodes: Callable[[str
 
 
 # -- item 9: where tokens go ---------------------------------------------------------------
+
+
+def test_an_upstream_that_never_answers_is_a_refusal_not_an_outage(
+    nodes: Callable[[str], Node],
+) -> None:
+    """X's upstream accepts connections and never answers. A timeout must not pass for
+    "upstream unreachable": X's cache holds a private file (fetched with a token by HF
+    tools) and a public one, and neither is served while the upstream is there, silent.
+    Only a real outage (nothing listens) lets the cache answer, and then only for what is
+    known public."""
+    hub, commits = hub_with_repos()
+    x = nodes("127.0.0.2")
+    try:
+        hf_tools_fetch(x, hub)
+    finally:
+        hub.stop()
+    VisibilityStore(x.home).record("model", PUBLIC, "public", [sha(OPEN)])
+    private = f"{x.url}/{PRIVATE}/resolve/{commits[PRIVATE]}/w.bin"
+    public = f"{x.url}/{PUBLIC}/resolve/{commits[PUBLIC]}/p.bin"
+    with RawHostile("127.0.0.9", "silent") as silent:
+        assert online(x, silent.url).start().returncode == 0
+        with httpx.Client(trust_env=False, timeout=90) as http:
+            for url, data in ((private, SECRET), (public, OPEN)):
+                r = http.get(url)
+                assert r.status_code >= 400 and data[:16] not in r.content, (url, r.status_code)
+            r = http.get(f"{x.url}/v1/blobs/{sha(SECRET)}", headers={"Range": "bytes=0-99"})
+            assert r.status_code == 404 and SECRET[:16] not in r.content
+        assert silent.requests, "the daemon never asked its upstream"
+        assert x.cli("daemon", "stop").returncode == 0
+    # Now nothing listens there: an outage. The public file is served from the cache,
+    # the private one still is not (its visibility was never learnt: not public).
+    assert x.start().returncode == 0
+    with httpx.Client(trust_env=False, timeout=60) as http:
+        r = http.get(public)
+        assert (r.status_code, r.content) == (200, OPEN)
+        r = http.get(private)
+        assert r.status_code >= 400 and SECRET[:16] not in r.content
+    assert VisibilityStore(x.home).get("model", PRIVATE) != "public"
 
 
 def test_the_token_never_goes_to_the_built_in_mirror(

@@ -24,6 +24,7 @@ from hffs.listing import read_local as read_revision
 from hffs.visibility import VisibilityStore
 from swarm.dht import dht_key
 from swarm.ids import is_file_id
+from swarm.peer_auth import Verifier
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
 from swarm.selfcheck import OnRotten, drop_rotten_copies, stat_key
 from swarm.store import read_partial_state
@@ -188,7 +189,7 @@ def create_app(
     *,
     limits: UploadLimits,
     stats: UploadStats,
-    secret: str | None,
+    verifier: Verifier | None,
     server: PeerServer | None = None,
     on_rotten: OnRotten | None = None,
 ) -> ASGIApp:
@@ -196,7 +197,7 @@ def create_app(
     Content this peer does not share answers as if not held (``CacheIndex.shares``)."""
     if server is None:
         server = PeerServer(index, partial_dir, manifest_dir, limits, stats, on_rotten)
-    return peer_app_for(server, secret=secret, extra_routes=repo_routes(index))
+    return peer_app_for(server, verifier=verifier, extra_routes=repo_routes(index))
 
 
 def drop_rotten_blob(cache: HubCache, file_id: str, path: Path) -> int:

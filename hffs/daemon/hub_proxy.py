@@ -65,6 +65,7 @@ from hffs.downloads import DownloadManager, FileJob, SpanReader, SwarmView, Tran
 from hffs.trust import redirect_guard
 from hffs.visibility import VisibilityStore
 from swarm.peer_server import cancel_on_disconnect
+from swarm.wire import PeerAuth
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class HubEndpoint:
         endpoints: list[str],
         cache: HubCache,
         partial_dir: Path,
-        peer_headers: dict[str, str],
+        peer_auth: PeerAuth,
         client: httpx.AsyncClient | None = None,
         *,
         named: list[str] | None = None,
@@ -151,7 +152,7 @@ class HubEndpoint:
         )
         self.upstream = Upstream(self.endpoints, self.client, named)
         self.access = Access(view, self.upstream, cache, sharing)
-        self.downloads = DownloadManager(cache, partial_dir, view, self.client, peer_headers)
+        self.downloads = DownloadManager(cache, partial_dir, view, self.client, peer_auth)
 
     def _is_us(self, endpoint: str) -> bool:
         """An upstream endpoint that is this daemon (HF_ENDPOINT exported for every

@@ -64,9 +64,10 @@ from hffs.runfiles import (
 from hffs.visibility import VisibilityStore
 from swarm import hostport, portable
 from swarm.dht import DHTNode
+from swarm.peer_auth import Verifier
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats
 from swarm.transport_server import FrontLimits, FrontShared, install_front
-from swarm.wire import auth_headers
+from swarm.wire import PeerAuth
 
 log = logging.getLogger("hffs.daemon")
 
@@ -364,13 +365,15 @@ class Daemon:
             self.uploads,
             on_rotten=self._drop_rotten,
         )
+        # One verifier for the front and the app: a nonce spent on one is spent on both.
+        verifier = Verifier(cfg.swarm_secret) if cfg.swarm_secret else None
         peer_app = create_app(
             self.index,
             cfg.partial_dir,
             cfg.state_dir / "manifests",
             limits=limits,
             stats=self.uploads,
-            secret=cfg.swarm_secret,
+            verifier=verifier,
             server=peer,
         )
         # The HF endpoint (HF_ENDPOINT=http://host:port) shares the port with the peer app.
@@ -379,7 +382,7 @@ class Daemon:
             cfg.upstream_endpoints(),
             self.index.cache,
             cfg.partial_dir,
-            auth_headers(cfg.swarm_secret),
+            PeerAuth(cfg.swarm_secret),
             named=cfg.named_endpoints(),
             sharing=self.sharing,
         )
@@ -390,8 +393,7 @@ class Daemon:
         self._learner.on_public = self.rescan
         peer_server, control_server = _uvicorn(app), _uvicorn(create_control_app(self, token))
         # Blob bodies leave by sendfile through the front; other routes reach the app.
-        secret = cfg.swarm_secret.encode() if cfg.swarm_secret else None
-        install_front(peer_server.config, FrontShared(peer, secret, front_limits()))
+        install_front(peer_server.config, FrontShared(peer, verifier, front_limits()))
         async with self.http, anyio.create_task_group() as tg:
             tg.start_soon(peer_server.serve, [tcp])
             tg.start_soon(control_server.serve, [control])
