@@ -368,6 +368,64 @@ def swarm_download(
     )
 
 
+class _Quiet:
+    """A job listener that only keeps the job's failure, if any."""
+
+    def planned(self, plan: Any) -> None:
+        pass
+
+    def on_bytes(self, path: str, source: str, upstream: bool, n: int) -> None:
+        pass
+
+    def file_done(self, path: str, how: str, by_source: Any) -> None:
+        pass
+
+
+def swarm_jobs(downloaders: Sequence[Node], repo: str, revision: str, timeout: float) -> SwarmRun:
+    """Submit one `model add` job to every downloader's daemon at once over its control
+    API (what the CLI does after start-up) and wait, bounded, for every job to end: the
+    swarm's own time, without starting N Python CLIs on the same cores."""
+    from hffs.daemonctl.client import DaemonClient
+    from hffs.jobs import JobSpec
+
+    started = time.perf_counter()
+    finish: list[float] = [0.0] * len(downloaders)
+    codes = [1] * len(downloaders)
+    logs = [""] * len(downloaders)
+
+    def one(i: int, node: Node) -> None:
+        spec = JobSpec(
+            repo, revision, endpoints=(node.env["HFFS_ENDPOINTS"],), cache_dir=str(node.hub)
+        )
+        try:
+            result = DaemonClient.from_home(node.home, timeout=timeout).run_job(spec, _Quiet())
+            codes[i] = 0
+            logs[i] = f"job reported {result.seconds:.2f} s"
+        except Exception as exc:  # reported, not raised: the others still finish
+            logs[i] = f"{type(exc).__name__}: {exc}"
+        finish[i] = time.perf_counter() - started
+
+    threads = [
+        threading.Thread(target=one, args=(i, d), daemon=True) for i, d in enumerate(downloaders)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return SwarmRun(max(finish), finish, codes, logs, [0] * len(downloaders))
+
+
+def warm_manifest(node: Node, file_id: str, timeout: float = 120.0) -> None:
+    """Have a seed digest its file before the clock starts (what a seed serving a file
+    does once and keeps), as libtorrent's piece hashes are made before its timer."""
+    import httpx
+
+    url = f"http://{node.addr}/v1/blobs/{file_id}/manifest"
+    r = httpx.get(url, timeout=timeout, trust_env=False)
+    if r.status_code != 200:
+        raise RuntimeError(f"{node.addr} has no manifest of {file_id[:12]}: HTTP {r.status_code}")
+
+
 def wait_providers(node: Node, file_id: str, want: int, timeout: float = 60.0) -> None:
     """Until ``node``'s daemon finds at least ``want`` holders of file_id in the DHT."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ def make_repo(size: int) -> dict[str, Path]:
         )
         for i in range(N_WEIGHTS)
     }
-    config = h.OUT_DIR / "data" / "load-config.json"
+    config = h.SCRATCH_ROOT / "data" / "load-config.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text('{"model_type": "bench", "hidden_size": 64}\n')
     return {**files, "config.json": config}
 
@@ -47,6 +49,13 @@ def main() -> None:
     ap.add_argument("--downloaders", type=int, default=8, help="downloaders at once (8)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds (1800)")
     ap.add_argument("--name", default="load", help="name of the results and plot (load)")
+    ap.add_argument(
+        "--via",
+        choices=["job", "cli"],
+        default="job",
+        help="job: submit `model add` to each daemon's control API, as the CLI does once "
+        "started; cli: run N `hffs model add` processes, their start-up included (job)",
+    )
     ap.add_argument("--publish", action="store_true", help="copy the plot to bench/plots/")
     args = ap.parse_args()
     n, rate = args.downloaders, args.seed_rate
@@ -62,16 +71,21 @@ def main() -> None:
         # (config.json is named by its sha256 here, not by a git blob sha1 as from the hub:
         # peers list files with their ids, and both kinds are valid content ids)
         seed.up()
+        for fid in ids.values():
+            h.warm_manifest(seed, fid)
         downloaders = [make(f"127.0.0.{10 + i}").up(bootstrap=[seed]) for i in range(n)]
         for d in downloaders:
             h.wait_providers(d, ids[next(iter(files))], 1)
         print(f"{n} downloaders ready; pulling {size / h.MIB:.0f} MiB each")
-        run = h.swarm_download(
-            downloaders,
-            ["model", "add", REPO, "--revision", h.COMMIT],
-            root / "logs",
-            args.timeout,
-        )
+        if args.via == "job":
+            run = h.swarm_jobs(downloaders, REPO, h.COMMIT, args.timeout)
+        else:
+            run = h.swarm_download(
+                downloaders,
+                ["model", "add", REPO, "--revision", h.COMMIT],
+                root / "logs",
+                args.timeout,
+            )
         correct = 0
         for d, rc in zip(downloaders, run.returncodes, strict=True):
             if rc == 0 and all(
@@ -90,6 +104,8 @@ def main() -> None:
     upper = n * size / rate
     res: dict[str, Any] = {
         "machine": h.machine(),
+        "load_average": os.getloadavg(),
+        "via": args.via,
         "repo_bytes": size,
         "downloaders": n,
         "seed_rate": rate,
@@ -112,6 +128,7 @@ def main() -> None:
     h.write_results(args.name, res)
     print(f"\n{n} downloaders x {size / h.MIB:.0f} MiB, seed limited to {rate / h.MIB:g} MiB/s")
     print(f"  finished correct: {correct} of {n}; exit codes {run.returncodes}")
+    print(f"  via {args.via}; load average {os.getloadavg()[0]:.1f}")
     print(f"  total time {run.seconds:.1f} s; per downloader {res['finish']}")
     print(
         f"  bounds from the seed's limit: {lower:.1f} s if all is shared, "

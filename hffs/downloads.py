@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,10 +35,17 @@ from hffs.errors import HffsError
 from swarm import portable
 from swarm.budget import ByteBudget
 from swarm.chunking import chunk_count, chunk_size_for
-from swarm.download import AccessRefused, DownloadError, DownloadPaused, OnBytes, download_file
+from swarm.download import (
+    AccessRefused,
+    ChunkObserver,
+    DownloadError,
+    DownloadPaused,
+    OnBytes,
+    download_file,
+)
 from swarm.files import hash_range, pread_of
-from swarm.goal import Goal
-from swarm.sources import PeerAddr, Source
+from swarm.goal import Goal, tail_needs_whole
+from swarm.sources import PeerAddr, Source, SourceError, stream_range
 from swarm.store import StoreError
 from swarm.transport_client import PeerPool
 from swarm.wire import PeerAuth
@@ -49,6 +57,10 @@ FILES_AT_ONCE = 8  # downloads running at once (huggingface_hub asks for 8 files
 # Bytes of peer chunks in flight across every download of the host (the schedulers'
 # shared budget): memory stays flat however many files run at once.
 BYTES_IN_FLIGHT = 64 << 20
+MAX_SUSPECT = 1024  # file ids whose peer bytes upstream contradicted, remembered
+
+Span = tuple[int, int, bytes]  # [start, end) and the xxh3-128 of the bytes sent
+Confirm = Callable[[list[Span]], Awaitable[bool]]  # upstream vouches for these bytes
 
 
 class TransferFailed(HffsError):
@@ -114,6 +126,9 @@ class Transfer:
         self.n_chunks = chunk_count(size, self.chunk_size)
         self.have = [False] * self.n_chunks
         self.epoch = [0] * self.n_chunks
+        # the epoch at which each chunk was verified from upstream (-1: from a peer, or
+        # found on disk): bytes upstream gave need no second word from it
+        self.upstream_epoch = [-1] * self.n_chunks
         self.blob: Path | None = None  # set once the whole file is verified and published
         self.error: str | None = None
         self.refused = False  # the error is upstream's 401/403
@@ -147,6 +162,9 @@ class Transfer:
         self.have[index] = True
         self.epoch[index] += 1
         self._notify()
+
+    def from_upstream(self, index: int) -> bool:
+        return self.upstream_epoch[index] == self.epoch[index]
 
     def chunks_dropped(self, indexes: list[int]) -> None:
         """The downloader gave these chunks up (a failed whole-file check, a new
@@ -192,9 +210,11 @@ class SpanReader:
     its chunks verify.
 
     A span that runs to the end of the file holds back its last block until the whole
-    file has passed its hash check; and if a chunk it sent was verified again since
-    (dropped and refetched), what was sent is compared with the final file first. So
-    a client never gets a complete copy that differs from the verified file."""
+    file has passed its hash check, or, with ``confirm``, until upstream vouched for
+    every byte it sent that did not come from upstream (``swarm.goal``); and if a chunk
+    it sent was verified again since (dropped and refetched), what was sent is compared
+    with the final file first. So a client never gets a complete copy that differs from
+    the verified file, or from upstream's."""
 
     def __init__(
         self,
@@ -204,8 +224,12 @@ class SpanReader:
         blob: Path | None = None,
         transfer: Transfer | None = None,
         partial: Path | None = None,
+        confirm: Confirm | None = None,
+        hold: bool = False,
     ) -> None:
         assert (blob is None) != (transfer is None)
+        self._confirm = confirm
+        self._hold = hold  # nothing goes out before the whole file is checked
         self.pos = start
         self.end = end
         self._blob = blob
@@ -213,6 +237,7 @@ class SpanReader:
         self._partial = partial
         self._fd: int | None = None
         self._sent: dict[int, _Sent] = {}
+        self._vouched: dict[int, int] = {}  # chunk -> the epoch upstream vouched for
 
     def _block(self) -> int:
         n = min(BLOCK, self.end - self.pos)
@@ -233,7 +258,10 @@ class SpanReader:
             if t.blob is not None:
                 return
             last = self.pos + self._block() >= self.end
-            if t.have[self.pos // t.chunk_size] and not (last and self.end == t.size):
+            whole_check = self._hold or (last and self.end == t.size and self._confirm is None)
+            if t.have[self.pos // t.chunk_size] and not whole_check:
+                if self._confirm is not None:
+                    await self._vouch_chunk(t)
                 return
             if t.paused:  # not a chunk this reader asked for: cannot happen, never hang
                 raise TransferFailed("this part of the file was not asked for")
@@ -257,8 +285,49 @@ class SpanReader:
             sent = self._sent.setdefault(chunk, _Sent(t.epoch[chunk], self.pos, self.pos))
             sent.hasher.update(data)
             sent.end += n
+            if self.pos + n >= self.end == t.size:  # the last block: upstream's word first
+                await self._vouch(t)
         self.pos += n
         return data
+
+    def _vouched_for(self, t: Transfer, chunk: int, epoch: int) -> bool:
+        """Whether upstream vouches for this chunk's bytes as of ``epoch``: it gave them,
+        or it was asked and agreed."""
+        if t.epoch[chunk] != epoch:
+            return False
+        return t.from_upstream(chunk) or self._vouched.get(chunk) == epoch
+
+    async def _vouch_chunk(self, t: Transfer) -> None:
+        """In a span to the end of a file not yet checked whole, before the first byte of
+        a chunk peers gave goes out: upstream must give the same bytes (a client that
+        resumes after a cut connection keeps what it got, so nothing is sent unvouched)."""
+        chunk = self.pos // t.chunk_size
+        if chunk in self._sent or self._vouched_for(t, chunk, t.epoch[chunk]):
+            return
+        epoch = t.epoch[chunk]
+        lo, hi = self.pos, min(self.end, (chunk + 1) * t.chunk_size)
+        hasher = xxhash.xxh3_128()
+        fd = await self._open()
+        got = await anyio.to_thread.run_sync(hash_range, pread_of(fd), lo, hi, hasher)
+        if got != hi - lo:
+            raise TransferFailed("the file is shorter on disk than expected")
+        assert self._confirm is not None
+        if not await self._confirm([(lo, hi, hasher.digest())]):
+            raise TransferFailed("upstream's bytes differ from what peers gave; retry")
+        self._vouched[chunk] = epoch
+
+    async def _vouch(self, t: Transfer) -> None:
+        """Before the last block of a span to the end of a file not yet checked whole:
+        every byte sent must be vouched for by upstream as sent (a chunk verified again
+        while it was being sent is asked about again)."""
+        assert self._confirm is not None  # else ready() waited for the whole file
+        spans = [
+            (s.start, s.end, s.hasher.digest())
+            for c, s in sorted(self._sent.items())
+            if not self._vouched_for(t, c, s.epoch)
+        ]
+        if spans and not await self._confirm(spans):
+            raise TransferFailed("upstream's bytes differ from what peers gave; retry")
 
     async def _check_sent(self, t: Transfer, blob: Path) -> None:
         """Before the last block: chunks verified again since we sent them must not
@@ -290,6 +359,23 @@ class SpanReader:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+class _SourceTap:
+    """Passes each chunk's fate on to the status page's observer, and notes on the
+    transfer which chunks upstream gave (their bytes need no second word from it)."""
+
+    def __init__(self, t: Transfer, inner: ChunkObserver) -> None:
+        self.t, self.inner = t, inner
+
+    def chunk_verified(self, chunk: int, source: str, upstream: bool) -> None:
+        # on_chunk (the epoch's bump) comes first; were it ever later, the epochs would
+        # differ and the chunk would be asked of upstream again: slower, never unsafe
+        self.t.upstream_epoch[chunk] = self.t.epoch[chunk] if upstream else -1
+        self.inner.chunk_verified(chunk, source, upstream)
+
+    def chunk_failed(self, chunk: int, source: str, upstream: bool) -> None:
+        self.inner.chunk_failed(chunk, source, upstream)
 
 
 def first_leaf(exc: Exception) -> Exception:
@@ -338,6 +424,8 @@ class DownloadManager:
         # one budget of bytes in flight.
         self.pool = PeerPool(peer_auth)
         self.budget = ByteBudget(BYTES_IN_FLIGHT)
+        # files whose peer bytes upstream contradicted (bounded, oldest forgotten)
+        self._suspect: dict[str, None] = {}
 
     @property
     def running(self) -> set[str]:
@@ -377,11 +465,61 @@ class DownloadManager:
             raise TransferFailed("two listings disagree on this file's size")
         transfer.keep = True
         transfer.goal.add(start, end)  # Range: bytes=0-0 fetches one chunk, not the file
+        confirm: Confirm | None = None
+        # Upstream contradicted what peers gave for this file: nothing unchecked goes out
+        # until the whole file passed its check (which finds and distrusts the forger),
+        # once: then the file is whole and every span is served from it.
+        hold = job.file_id in self._suspect
+        if hold:
+            transfer.goal.add(0, transfer.size)
+        elif end >= job.size:  # the span completes a copy: who vouches for it (swarm.goal)
+            t = transfer
+            upstream = bool(job.upstream)
+            if t.goal.whole or tail_needs_whole(start, end, t.size, t.chunk_size, t.have, upstream):
+                t.goal.add(0, t.size)
+            else:
+                confirm = lambda spans: self._confirm(job, spans)  # noqa: E731
         if job not in transfer.jobs:
             transfer.jobs.append(job)
         return SpanReader(
-            start, end, transfer=transfer, partial=self.partial_dir / f"{job.file_id}.part"
+            start,
+            end,
+            transfer=transfer,
+            partial=self.partial_dir / f"{job.file_id}.part",
+            confirm=confirm,
+            hold=hold,
         )
+
+    async def _confirm(self, job: FileJob, spans: list[Span]) -> bool:
+        """Whether upstream (the first endpoint that answers) gives the same bytes for
+        each span; False when one differs, or no endpoint answers."""
+        for source in job.upstream:
+            try:
+                for start, end, digest in spans:
+                    hasher = xxhash.xxh3_128()
+
+                    def sink(block: bytes, source: Source = source, hasher: Any = hasher) -> None:
+                        hasher.update(block)
+                        self.view.report_transfer(0, len(block))
+                        self.activity.bytes_in(source.id, True, len(block))
+
+                    await stream_range(self.client, source, start, end, sink)
+                    if hasher.digest() != digest:
+                        log.warning(
+                            "%s…: bytes %d-%d from peers differ from %s's; not served",
+                            job.file_id[:12],
+                            start,
+                            end,
+                            source.id,
+                        )
+                        self._suspect[job.file_id] = None
+                        while len(self._suspect) > MAX_SUSPECT:
+                            del self._suspect[next(iter(self._suspect))]
+                        return False
+                return True
+            except SourceError as exc:
+                log.info("%s could not vouch for %s…: %s", source.id, job.file_id[:12], exc)
+        return False
 
     async def _transfer(self, job: FileJob) -> Transfer:
         await self._ready.wait()
@@ -484,7 +622,7 @@ class DownloadManager:
                 on_chunk=t.chunk_verified,
                 on_drop=t.chunks_dropped,
                 goal=t.goal,
-                observer=watch,
+                observer=_SourceTap(t, watch),
                 pool=self.pool,
                 budget=self.budget,
             )

@@ -8,9 +8,13 @@ them for HTTP ranges, so upstream is just one more source of chunks.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
+import huggingface_hub
 from huggingface_hub import HfApi, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -22,7 +26,14 @@ from huggingface_hub.errors import (
 
 from hffs.cache import CacheError, check_repo_path, is_commit
 from hffs.errors import HffsError
-from hffs.trust import PRIVATE, may_send_token, visibility_of_listing
+from hffs.trust import (
+    PRIVATE,
+    RedirectRefused,
+    is_cdn,
+    may_send_token,
+    redirect_allowed,
+    visibility_of_listing,
+)
 from swarm.ids import is_file_id
 
 METADATA_TIMEOUT = 20.0
@@ -72,6 +83,42 @@ def file_url(endpoint: str, repo_type: str, repo_id: str, commit: str, path: str
     return hf_hub_url(repo_id, path, repo_type=repo_type, revision=commit, endpoint=endpoint)
 
 
+# -- huggingface_hub's own session follows redirects: guard it as ours (hffs.trust) ------
+
+_guard_lock = threading.Lock()
+_upstreams: set[str] = set()  # every endpoint a HubClient of this process was given
+
+
+def _check_redirect(resp: Any) -> None:
+    """A response hook on huggingface_hub's session: a redirect is followed only where
+    the trust rules allow (same host, or the hub's CDN over https; never inward)."""
+    if not resp.has_redirect_location:
+        return
+    here = resp.url.host.lower()
+    ours = here in {(urlsplit(u).hostname or "").lower() for u in _upstreams}
+    if not ours and not (resp.url.scheme == "https" and is_cdn(here)):
+        return  # a request hffs did not make (huggingface_hub used for something else)
+    target = resp.url.join(resp.headers["location"])
+    if not redirect_allowed(str(resp.url), str(target), sorted(_upstreams)):
+        raise RedirectRefused(f"redirect to {target.host} refused")
+
+
+def _guarded_session() -> Any:
+    client = huggingface_hub.utils._http.default_client_factory()
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "response": [*hooks.get("response", []), _check_redirect]}
+    return client
+
+
+def guard_hub_session(endpoints: list[str]) -> None:
+    """Make huggingface_hub's session (metadata requests) refuse redirects hffs refuses."""
+    with _guard_lock:
+        first = not _upstreams
+        _upstreams.update(endpoints)
+    if first:
+        huggingface_hub.set_client_factory(_guarded_session)
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         return f"HTTP {exc.response.status_code}"
@@ -85,6 +132,7 @@ class HubClient:
         if not endpoints:
             raise HubError("no upstream endpoint is configured")
         self.endpoints = endpoints
+        guard_hub_session(endpoints)
         self.token = token
         # the endpoints the user chose (None: all): only they and the hub get the token
         self.named = list(endpoints if named is None else named)
@@ -164,6 +212,8 @@ class HubClient:
                 not_found.append(f"{endpoint}: revision {revision!r} not found")
             except EntryNotFoundError:
                 not_found.append(f"{endpoint}: not found")
+            except RedirectRefused as exc:  # it answered: somewhere hffs does not go
+                refused.append(f"{endpoint}: {exc}")
             except HfHubHTTPError as exc:
                 status = exc.response.status_code if exc.response is not None else 0
                 if status in (401, 403):

@@ -63,6 +63,19 @@ def visibility_of_listing(anonymous: bool, body: Any) -> Visibility | None:
     return PUBLIC if anonymous else None
 
 
+RELEARN_AFTER = 6 * 3600.0  # seconds a repo known public stays so before it is asked again
+
+
+def visibility_stale(
+    visibility: str | None, learnt_at: float | None, now: float, after: float = RELEARN_AFTER
+) -> bool:
+    """Whether to ask upstream (anonymously) again about a repo's visibility: what is
+    known public is checked again once the answer is ``after`` seconds old, since an
+    owner can make a repo private or gated later; what is known private is not (sharing
+    less is safe, and asking costs)."""
+    return visibility == PUBLIC and (learnt_at is None or now - learnt_at >= after)
+
+
 def is_shared(visibility: str | None, private_swarm: bool) -> bool:
     """Whether content of a repo with this visibility may be announced and served."""
     return private_swarm or visibility == PUBLIC

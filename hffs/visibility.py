@@ -100,6 +100,8 @@ class VisibilityStore:
         if visibility == PUBLIC:
             keep.update(i for i in ids if is_file_id(i))
         if old_vis == visibility and keep == set(old_ids):
+            with contextlib.suppress(OSError):
+                os.utime(path)  # the same answer, newer: when it was learnt (learnt_at)
             return
         body = {"visibility": visibility, "ids": sorted(keep)[:MAX_IDS]}
         self.root.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,13 @@ class VisibilityStore:
             json.dump(body, f)
         os.replace(tmp, path)
         self._stamp = None
+
+    def learnt_at(self, repo_type: str, repo_id: str) -> float | None:
+        """Blocking: when upstream last told this repo's visibility (wall clock)."""
+        try:
+            return self._file(repo_type, repo_id).stat().st_mtime
+        except OSError:
+            return None
 
     # -- what may be shared ----------------------------------------------------------
 

@@ -260,8 +260,10 @@ class DHTProtocol(KademliaProtocol):
         self._seen: OrderedDict[bytes, float] = OrderedDict()  # replay cache, oldest first
         self._tasks: set[asyncio.Task[Any]] = set()
         self.drops: Counter[str] = Counter()
-        # Told of each key that gained a holder here (not a re-announcement).
+        # Told of each key that gained a holder here (not a re-announcement); on_holder
+        # also names it (the proven address and port), so lookups can use it at once.
         self.on_new_holder: Callable[[bytes], None] | None = None
+        self.on_holder: Callable[[bytes, str, int], None] | None = None
         self.handled: Counter[str] = Counter()  # requests answered or refused, by rpc
         self._last_drop_log = -math.inf
         self._unresponsive: OrderedDict[Addr, float] = OrderedDict()
@@ -648,8 +650,11 @@ class DHTProtocol(KademliaProtocol):
         # names neither, and one record per address and key.
         news = not self.providers.holds(key, sender[0])
         added = self.providers.add(key, sender[0], sender[1], time.monotonic())
-        if added and news and self.on_new_holder is not None:
-            self.on_new_holder(key)  # cheap and synchronous (a cache mark), never raises
+        if added and news:  # the hooks are cheap and synchronous, and never raise
+            if self.on_new_holder is not None:
+                self.on_new_holder(key)
+            if self.on_holder is not None:
+                self.on_holder(key, sender[0], sender[1])
         return added
 
     def rpc_get_providers(
@@ -1023,19 +1028,26 @@ class DHTNode(Server):
         self.store = store if store is not None else ProviderStore(ttl=ttl)  # empty is falsy
         self.secret = secret
         self.timeout = timeout
-        # Told of each key that gained a new holder on this node (hffs: refresh lookups).
+        # Told of each key that gained a new holder on this node (hffs: refresh lookups),
+        # and with on_holder of who it is.
         self.on_new_holder: Callable[[bytes], None] | None = None
+        self.on_holder: Callable[[bytes, str, int], None] | None = None
 
     def _create_protocol(self) -> DHTProtocol:
         proto = DHTProtocol(
             self.node, self.store, self.ksize, secret=self.secret, timeout=self.timeout
         )
         proto.on_new_holder = self._new_holder
+        proto.on_holder = self._holder
         return proto
 
     def _new_holder(self, key: bytes) -> None:
         if self.on_new_holder is not None:
             self.on_new_holder(key)
+
+    def _holder(self, key: bytes, host: str, port: int) -> None:
+        if self.on_holder is not None:
+            self.on_holder(key, host, port)
 
     @property
     def node_id(self) -> str:

@@ -485,7 +485,11 @@ class _Round:
         try:
             if exc is not None:
                 log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
-                self._cancel(self.sched.on_failure(req, anyio.current_time()))
+                if exc.status == 503:
+                    # Busy or choked (swarm/choke.py): no blame, another holder asks.
+                    self._cancel(self.sched.on_busy(req, anyio.current_time()))
+                else:
+                    self._cancel(self.sched.on_failure(req, anyio.current_time()))
                 self.wake.set()  # the loop decides whether the file is stuck
             else:
                 assert digest is not None
@@ -547,7 +551,10 @@ class _Round:
                     log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
                     if source.upstream and exc.status in (401, 403):
                         self.refused[source.id] = exc.status
-                    if self.pf.progress(req.chunk) > before:
+                    if not source.upstream and exc.status == 503:
+                        # Busy or choked (swarm/choke.py): no blame, another holder asks.
+                        self._cancel(self.sched.on_busy(req, anyio.current_time()))
+                    elif self.pf.progress(req.chunk) > before:
                         # A cut stream that still delivered bytes is progress, not a fault:
                         # the next request resumes where it stopped.
                         self.sched.on_cancelled(req)

@@ -11,9 +11,11 @@ The digest rides with the index so a follower can check the chunk on arrival
 without asking for the manifest again (as in a manifest from a holder still
 downloading, it is a transport check only; the whole-file hash decides).
 
-Holders learn of new chunks from ``HaveFeed.publish`` (a download in the same process)
-and, for a download in another process, by reading the partial file's state, which
-only this machine's disk sees (never a network poll).
+Holders learn of new chunks the moment they are recorded: ``HaveFeed`` hooks
+``swarm.store.chunk_hooks`` (a download in this process), so a follower hears of a
+chunk as soon as it verifies. For a download in another process (the CLI without a
+daemon), the partial file's state is read again every ``LOCAL_CHECK_SECONDS``,
+which only this machine's disk sees (never a network poll).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarm import hostport, store
 from swarm.manifest import DIGEST_SIZE
 from swarm.peer_auth import dest_of
 from swarm.sources import PeerAddr, SourceError
@@ -33,7 +37,7 @@ from swarm.wire import PeerAuth
 
 FRAME = struct.Struct(">I16s")
 assert FRAME.size == 4 + DIGEST_SIZE
-LOCAL_CHECK_SECONDS = 0.1  # how often another process's state file is read, per file
+LOCAL_CHECK_SECONDS = 1.0  # how often the state file is read again (another process)
 MAX_FOLLOW_HEAD = 16 * 1024
 
 
@@ -48,18 +52,48 @@ class _Topic:
 
 
 class HaveFeed:
-    """Verified chunks per file, published in process and read by the haves stream."""
+    """Verified chunks per (partial root, file), pushed by the store's hook as they are
+    recorded and read by the haves streams. Hooked only while someone follows."""
 
     def __init__(self) -> None:
-        self._topics: dict[str, _Topic] = {}
+        self._topics: dict[tuple[str, str], _Topic] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
 
-    def publish(self, file_id: str, index: int, digest: bytes) -> None:
-        topic = self._topics.get(file_id)
+    def publish(self, root: Path, file_id: str, index: int, digest: bytes) -> None:
+        """A chunk of ``root``'s partial ``file_id`` is held (``swarm.store`` hook)."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            # A download writing from a worker thread: hand over to the loop.
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody follows
+                loop.call_soon_threadsafe(self._publish, str(root), file_id, index, digest)
+            return
+        self._publish(str(root), file_id, index, digest)
+
+    def _publish(self, root: str, file_id: str, index: int, digest: bytes) -> None:
+        topic = self._topics.get((root, file_id))
         if topic is None:
             return  # nobody follows this file
         topic.known[index] = digest
         for event in topic.waiters:
             event.set()
+
+    def _subscribe(self, key: tuple[str, str]) -> _Topic:
+        if not self._topics:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+            store.chunk_hooks.append(self.publish)
+        return self._topics.setdefault(key, _Topic())
+
+    def _unsubscribe(self, key: tuple[str, str], event: asyncio.Event) -> None:
+        topic = self._topics.get(key)
+        if topic is not None:
+            topic.waiters.discard(event)
+            if not topic.waiters:
+                del self._topics[key]
+        if not self._topics:
+            with contextlib.suppress(ValueError):
+                store.chunk_hooks.remove(self.publish)
 
     async def follow(
         self,
@@ -71,30 +105,34 @@ class HaveFeed:
     ) -> None:
         """Send frames for every chunk verified until all ``n_chunks`` are, the partial
         file is gone (published or dropped: the follower asks again), or ``alive()`` fails."""
-        topic = self._topics.setdefault(file_id, _Topic())
+        key = (str(partial_root), file_id)
+        topic = self._subscribe(key)
         event = asyncio.Event()
         topic.waiters.add(event)
         sent: set[int] = set()
+        reread = True  # the state file: what was held before we hooked, or another writer's
         try:
             while alive() and len(sent) < n_chunks:
                 event.clear()
-                try:
-                    digests = partial_digests(partial_root, file_id)
-                except OSError:
-                    return
-                new = {i: d for i, d in enumerate(digests) if d is not None and i not in sent}
+                new: dict[int, bytes] = {}
+                if reread:
+                    try:
+                        digests = partial_digests(partial_root, file_id)
+                    except OSError:
+                        return
+                    new = {i: d for i, d in enumerate(digests) if d is not None and i not in sent}
                 new.update((i, d) for i, d in topic.known.items() if i not in sent)
                 new = {i: d for i, d in new.items() if 0 <= i < n_chunks}
                 if new:
                     send(encode_frames(new))
                     sent.update(new)
+                reread = True
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(LOCAL_CHECK_SECONDS):
                         await event.wait()
+                        reread = False  # pushed: the state file has nothing newer to say
         finally:
-            topic.waiters.discard(event)
-            if not topic.waiters:
-                self._topics.pop(file_id, None)
+            self._unsubscribe(key, event)
 
 
 # -- the follower's side ------------------------------------------------------------
@@ -110,7 +148,9 @@ async def follow_haves(
     """Follow ``peer``'s haves stream of ``file_id``, calling ``on_have`` with each batch
     of (chunk -> digest), until the stream ends. SourceError when it cannot be followed."""
     try:
-        reader, writer = await asyncio.open_connection(peer.host, peer.port, limit=1 << 16)
+        reader, writer = await asyncio.open_connection(
+            peer.host, peer.port, limit=1 << 16, local_addr=hostport.source_addr(peer.host)
+        )
     except OSError as exc:
         raise SourceError(f"{peer}: cannot connect ({type(exc).__name__})") from exc
     try:

@@ -101,3 +101,31 @@ def parse_hostport(value: object, default_port: int) -> HostPort:
     else:
         host = text  # a name, an IPv4 address, or a bare IPv6 address (no port)
     return HostPort(parse_host(host), parse_port(port))
+
+
+# -- where peer connections leave from -------------------------------------------------
+
+_source_ip: str | None = None
+
+
+def set_source_ip(ip: str | None) -> None:
+    """The address this process's peer connections leave from: the one its daemon is
+    bound to (``--host``), so a peer sees the address the DHT names, and fairness per
+    address (swarm/choke.py) and per-address caps count machines, not one shared
+    loopback source. None (or an unspecified address): the system chooses."""
+    global _source_ip
+    _source_ip = None if ip is None or ipaddress.ip_address(ip).is_unspecified else ip
+
+
+def source_addr(dest: str) -> tuple[str, int] | None:
+    """``local_addr`` for a connection to ``dest``: the bound address, unless it cannot
+    reach ``dest`` (a loopback source towards a non-loopback peer) or the families differ."""
+    if _source_ip is None:
+        return None
+    try:
+        src, dst = ipaddress.ip_address(_source_ip), ipaddress.ip_address(dest)
+    except ValueError:  # a name: the resolver picks the family; leave it to the system
+        return None
+    if src.version != dst.version or (src.is_loopback and not dst.is_loopback):
+        return None
+    return _source_ip, 0

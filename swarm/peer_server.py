@@ -171,6 +171,15 @@ class BlobPlan:
     end: int
     status: int
     headers: dict[str, str]
+    size: int = 0  # the whole file's
+
+    @property
+    def chunk(self) -> int | None:
+        """The one chunk this span is exactly, if it is one (what downloaders ask)."""
+        cs = chunk_size_for(self.size)
+        if self.start % cs or self.end != min(self.start + cs, self.size):
+            return None
+        return self.start // cs
 
 
 # -- what we hold ----------------------------------------------------------------
@@ -447,7 +456,8 @@ class PeerServer:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{held.size}"
         self.stats.active += 1
         self._slots_by_host[host] = self._slots_by_host.get(host, 0) + 1
-        return BlobPlan(held.path, start, end, 206 if span is not None else 200, headers)
+        status = 206 if span is not None else 200
+        return BlobPlan(held.path, start, end, status, headers, held.size)
 
     async def blob(self, request: Request) -> Response:
         host = request.client.host if request.client else "?"

@@ -49,6 +49,12 @@ source has failed it ``attempts_per_source`` times. Such a chunk is listed in
 :attr:`Scheduler.failed_chunks`, and once nothing is in flight :attr:`Scheduler.state` is
 ``STUCK``: the caller reports a clear error (or adds sources) instead of looping.
 
+Busy. A peer that answers "busy" (choked: swarm/choke.py) is not blamed: the chunk returns
+to the pool, and that peer is not asked for it again for ``busy_backoff`` seconds, so the
+chunk goes to another holder that has it (or back to the same one later). Only
+``max_busy`` such answers per chunk and peer: then it counts as a failure, so a peer that
+is always "busy" cannot keep a chunk from the other sources (upstream included).
+
 Sources leave the file's download three ways: the caller removes a peer (it may come back),
 ``max_consecutive_failures`` failures in a row bench a source (never the last live
 endpoint: with nowhere else to go, benching would only turn a flaky mirror into a
@@ -137,6 +143,9 @@ class SchedulerConfig:
     # Byte budgets of requests in flight (None: unbounded); see "Byte budget" above.
     max_unverified_bytes: int | None = None
     max_source_bytes: int | None = None
+    # How long a peer that answered "busy" for a chunk is not asked for it again.
+    busy_backoff: float = 1.0
+    max_busy: int = 20
     # Equally rare chunks go in file order by windows of this many chunks, random within one.
     order_window: int = 32
 
@@ -149,6 +158,8 @@ class SchedulerConfig:
             raise ValueError("need 0 < timeout_floor <= timeout_max")
         if self.timeout_initial <= 0 or self.timeout_factor <= 0 or self.target_latency <= 0:
             raise ValueError("timeouts and target_latency must be positive")
+        if self.busy_backoff < 0 or self.max_busy < 1:
+            raise ValueError("need busy_backoff >= 0 and max_busy >= 1")
         if not 0 < self.throughput_alpha <= 1:
             raise ValueError("need 0 < throughput_alpha <= 1")
         if self.endgame_threshold < 0 or self.max_duplicates < 0:
@@ -208,6 +219,8 @@ class _Source:
     throughput: float | None = None
     last_delivery: float = -math.inf
     unsampled_bytes: int = 0  # bytes delivered at the same instant as the previous sample
+    busy: dict[int, float] = field(default_factory=dict)  # chunk -> not asked before then
+    busy_answers: dict[int, int] = field(default_factory=dict)  # chunk -> "busy" answers
 
 
 class Scheduler:
@@ -353,6 +366,7 @@ class Scheduler:
         rarity, rank = self._rarity, self._rank
         for src in self._free_peers():
             have = src.have
+            busy = self._busy(src, now)
             scan = have if len(have) <= len(pool) else pool
             keys = [
                 rarity[c] * n + rank[c]
@@ -360,6 +374,7 @@ class Scheduler:
                 if c in pool
                 and c in have
                 and (c not in fails or self._peer_may_serve(src, c, levels))
+                and c not in busy
             ]
             for key in heapq.nsmallest(self._room(src), keys):
                 out.append(self._issue(src, self._by_rank[key % n], now))
@@ -449,6 +464,22 @@ class Scheduler:
         if not self._tracked(req):
             return []  # already expired, cancelled or dropped with its source
         return self._fail(req, timeout=False)
+
+    def on_busy(self, req: Request, now: float) -> list[Request]:
+        """``req``'s peer answered busy (choked): no blame; the chunk returns to the pool
+        and that peer is not asked for it for ``busy_backoff`` seconds. The
+        ``max_busy``-th such answer for one chunk counts as a failure (returns requests
+        to cancel, as ``on_failure``)."""
+        if not self._tracked(req):
+            return []
+        src = self._sources[req.source]
+        answers = src.busy_answers[req.chunk] = src.busy_answers.get(req.chunk, 0) + 1
+        if answers >= self.config.max_busy or src.kind is not SourceKind.PEER:
+            del src.busy_answers[req.chunk]
+            return self._fail(req, timeout=False)
+        self._release(req)
+        src.busy[req.chunk] = now + self.config.busy_backoff
+        return []
 
     def on_cancelled(self, req: Request) -> None:
         """The caller dropped ``req`` for its own reasons; the chunk returns to the pool and the
@@ -560,6 +591,12 @@ class Scheduler:
             room = min(room, fit if self._peer_requests else max(1, fit))
         return max(0, room)
 
+    def _busy(self, src: _Source, now: float) -> dict[int, float]:
+        """``src``'s chunks it answered busy for, still backed off (expired ones dropped)."""
+        if src.busy:
+            src.busy = {c: t for c, t in src.busy.items() if t > now}
+        return src.busy
+
     def _free_peers(self) -> list[_Source]:
         """Live peers with a free slot, fastest first (unmeasured ones last)."""
         free = [
@@ -628,10 +665,12 @@ class Scheduler:
     def _duplicate(self, now: float, out: list[Request]) -> None:
         cfg = self.config
         for src in self._free_peers():
+            busy = self._busy(src, now)
             cands = [
                 c
                 for c, copies in self._in_flight.items()
                 if c in src.have
+                and c not in busy
                 and len(copies) <= cfg.max_duplicates
                 and src.id not in self._fails.get(c, ())
                 and all(r.source != src.id for r in copies)

@@ -24,7 +24,7 @@ import errno
 import os
 import shutil
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import xxhash
@@ -41,6 +41,13 @@ _PROGRESS = struct.Struct("<I")
 # Per chunk: a "have" flag, the chunk's digest, and how many leading bytes of a chunk
 # still being streamed in are on disk (so a killed download resumes mid-chunk).
 _RECORD = 1 + DIGEST_SIZE + _PROGRESS.size
+
+# Told (root, file id, chunk, digest) each time a chunk becomes held in this process,
+# after its record is written: the haves stream pushes it to followers at once
+# (swarm/have.py) instead of reading the state file on a timer. Hooks are cheap,
+# synchronous and never raise.
+ChunkHook = Callable[[Path, str, int, bytes], None]
+chunk_hooks: list[ChunkHook] = []
 
 
 class StoreError(Exception):
@@ -273,6 +280,9 @@ class PartialFile:
             _pwrite_all(self._state_fd, record, _HEADER.size + index * _RECORD)
         except OSError as exc:
             raise _write_error(self._path(".state"), exc) from exc
+        if digest is not None:
+            for hook in chunk_hooks:
+                hook(self.root, self.file_id, index, digest)
 
     def read_into(self, view: memoryview, offset: int) -> int:
         """Fill ``view`` from ``offset`` of the file (fewer bytes only at its end)."""

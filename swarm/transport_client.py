@@ -27,7 +27,7 @@ from typing import Protocol
 
 import xxhash
 
-from swarm import portable
+from swarm import hostport, portable
 from swarm.peer_auth import dest_of
 from swarm.sources import PeerAddr, SourceError
 from swarm.wire import PeerAuth
@@ -284,7 +284,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         msg = f"{self.peer} answered HTTP {head.status}"
         if head.status == 206:
             msg = f"{self.peer} answered another range"
-        req._settle(None, SourceError(msg))
+        req._settle(None, SourceError(msg, head.status))
         self._skip, self._body_left = 1, head.length
         self._current = None
         if head.length == 0:
@@ -329,7 +329,10 @@ class PeerPool:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 _, conn = await loop.create_connection(
-                    lambda: PeerConnection(peer, self._auth), peer.host, peer.port
+                    lambda: PeerConnection(peer, self._auth),
+                    peer.host,
+                    peer.port,
+                    local_addr=hostport.source_addr(peer.host),
                 )
         except (OSError, TimeoutError) as exc:
             raise SourceError(f"{peer}: cannot connect ({type(exc).__name__})") from exc

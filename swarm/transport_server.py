@@ -19,6 +19,10 @@ front resists a hostile client (issue 9 item 7):
   frees its upload slot;
 - each client address holds at most ``per_address`` connections and
   ``PeerServer.slots_per_address`` uploads, so one address cannot take every slot.
+
+Which request's body leaves when, and which is choked (503 with ``X-HFFS-Choked``), is
+decided by swarm/choke.py (send slots, super-seeding, round robin by address); the
+``UploadGate`` here carries its decisions out.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarm import portable
+from swarm.choke import ChokeConfig, Decision, UploadChoker
 from swarm.have import HaveFeed, encode_frames
 from swarm.ids import is_file_id
 from swarm.manifest import ManifestError
@@ -52,6 +57,51 @@ class FrontLimits:
     idle_timeout: float = 75.0  # no request on a persistent connection
     stall_timeout: float = 20.0  # a body step that made no progress for this long
     per_address: int = 24  # open connections per client address
+    slot_wait: float = 5.0  # longest wait for a send slot before answering "busy"
+    snub_after: float = 2.0  # a body step without progress this long gives its slot back
+
+
+class UploadGate:
+    """The I/O edge of swarm/choke.py: requests wait here for a send slot."""
+
+    def __init__(self, config: ChokeConfig | None = None) -> None:
+        self.rule = UploadChoker(config)
+        self._waiters: dict[int, asyncio.Future[Decision]] = {}
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _apply(self, decisions: dict[int, Decision]) -> None:
+        for ticket, decision in decisions.items():
+            fut = self._waiters.pop(ticket, None)
+            if fut is not None and not fut.done():
+                fut.set_result(decision)
+
+    async def enter(self, host: str, file_id: str, chunk: int | None, wait: float) -> int | None:
+        """A send slot's ticket, or None when choked (or no slot came within ``wait``)."""
+        ticket, decisions = self.rule.arrive(host, file_id, chunk, self._now())
+        own = decisions.pop(ticket, Decision.WAIT)
+        self._apply(decisions)
+        if own is not Decision.WAIT:
+            return ticket if own is Decision.SEND else None
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket] = fut
+        try:
+            async with asyncio.timeout(wait):
+                own = await fut
+        except TimeoutError:
+            own = Decision.CHOKE
+        finally:
+            if own is not Decision.SEND:  # timed out or cancelled: give back what we got
+                self._waiters.pop(ticket, None)
+                self.leave(ticket, 0)
+        return ticket if own is Decision.SEND else None
+
+    def leave(self, ticket: int, nbytes: int) -> None:
+        self._apply(self.rule.finish(ticket, nbytes, self._now()))
+
+    def snub(self, ticket: int) -> None:
+        self._apply(self.rule.snub(ticket, self._now()))
 
 
 @dataclass
@@ -63,6 +113,7 @@ class FrontShared:
     limits: FrontLimits = FrontLimits()
     feed: HaveFeed = field(default_factory=HaveFeed)  # chunks verified in this process
     connections: dict[str, int] = field(default_factory=dict)  # per client address
+    gate: UploadGate = field(default_factory=UploadGate)  # send slots (swarm/choke.py)
 
 
 class _Closed(Exception):
@@ -163,6 +214,7 @@ class FrontProtocol(asyncio.Protocol):
         self._host = str(peer[0]) if peer else "?"
         conns = self.shared.connections
         if conns.get(self._host, 0) >= self.shared.limits.per_address:
+            log.debug("connection from %s refused: %d open", self._host, conns[self._host])
             transport.abort()  # refused before reading a byte: costs us one accept
             return
         conns[self._host] = conns.get(self._host, 0) + 1
@@ -368,14 +420,35 @@ class FrontProtocol(asyncio.Protocol):
             await self._answer(status, detail + "\n", extra, close=close)
             return not close
         try:
-            return await self._send_blob(plan, head.method == "HEAD", close)
+            if head.method == "HEAD":
+                return await self._send_blob(plan, True, close, None)
+            gate = shared.gate
+            ticket = await gate.enter(self._host, file_id, plan.chunk, shared.limits.slot_wait)
+            if ticket is None:  # choked: another holder (or a later ask) serves it
+                await self._answer(
+                    503,
+                    "choked; ask another holder\n",
+                    {"Retry-After": "1", "X-HFFS-Choked": "1"},
+                    close=close,
+                )
+                return not close
+            sent = [0]
+            try:
+                return await self._send_blob(plan, False, close, (ticket, sent))
+            finally:
+                gate.leave(ticket, sent[0])
         finally:
             shared.server.release_slot(self._host)
 
-    async def _send_blob(self, plan: BlobPlan, head_only: bool, close: bool) -> bool:
+    async def _send_blob(
+        self, plan: BlobPlan, head_only: bool, close: bool, slot: tuple[int, list[int]] | None
+    ) -> bool:
+        """Send the plan's head and body; ``slot`` is the gate's ticket and the count of
+        bytes sent, kept up to date for it."""
         transport = self._transport
         assert transport is not None
         server, limits = self.shared.server, self.shared.limits
+        loop = asyncio.get_running_loop()
         try:
             f = open(plan.path, "rb")  # noqa: SIM115  (closed below; sendfile needs the object)
         except OSError:
@@ -391,6 +464,10 @@ class FrontProtocol(asyncio.Protocol):
                 n = min(step, end - pos)
                 if server.limiter is not None:
                     await server.limiter.consume(n)
+                # A step that does not move for snub_after gives the send slot back.
+                snub = None
+                if slot is not None:
+                    snub = loop.call_later(limits.snub_after, self.shared.gate.snub, slot[0])
                 try:
                     async with asyncio.timeout(limits.stall_timeout):
                         sent = await portable.transport_sendfile(transport, f, pos, n)
@@ -398,10 +475,15 @@ class FrontProtocol(asyncio.Protocol):
                     log.info("upload to %s stalled; connection closed", self._host)
                     transport.abort()
                     raise _Closed from None
+                finally:
+                    if snub is not None:
+                        snub.cancel()
                 if sent <= 0:  # the file shrank under us: the client sees a short body
                     transport.abort()
                     raise _Closed
                 server.stats.add(self._host, sent)
+                if slot is not None:
+                    slot[1][0] += sent
                 pos += sent
         return not close
 

@@ -7,7 +7,6 @@ nothing listens, so nothing here can reach the internet.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -103,25 +102,53 @@ class Node:
 
     def kill(self) -> None:
         """Teardown: stop through the CLI, and make sure no process is left."""
-        pid = read_pid(self.home)
-        if is_running(self.home):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.cli("daemon", "stop", timeout=20)
-        if pid is not None and pid_alive(pid):
-            portable.kill(pid)
+        stop_all([self])
 
     def add_model_file(self, path: str, data: bytes) -> str:
-        """Put a file into the HF cache exactly as huggingface_hub lays it out."""
-        cache = HubCache(self.hub)
-        blob_id = hashlib.sha256(data).hexdigest()
-        blob = cache.blob_path("model", REPO, blob_id)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        cache.link("model", REPO, COMMIT, path, blob_id)
-        cache.write_ref("model", REPO, "main", COMMIT)
-        # as if hffs had fetched it anonymously: public, so the daemon shares it
-        VisibilityStore(self.home).record("model", REPO, "public", [blob_id])
-        return blob_id
+        return put_model_file(self.hub, self.home, path, data)
+
+
+def put_model_file(hub: Path, home: Path, path: str, data: bytes) -> str:
+    """Put a file of REPO@COMMIT into the HF cache `hub` exactly as huggingface_hub lays
+    it out, recorded public for the daemon of `home`; returns its blob id."""
+    cache = HubCache(hub)
+    blob_id = hashlib.sha256(data).hexdigest()
+    blob = cache.blob_path("model", REPO, blob_id)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    cache.link("model", REPO, COMMIT, path, blob_id)
+    cache.write_ref("model", REPO, "main", COMMIT)
+    # as if hffs had fetched it anonymously: public, so the daemon shares it
+    VisibilityStore(home).record("model", REPO, "public", [blob_id])
+    return blob_id
+
+
+def stop_all(nodes: list[Node]) -> None:
+    """Stop every node's daemon through the CLI, all at once (a stop waits for the
+    daemon's graceful shutdown: one after another, a 4-node test's teardown took 10-19 s
+    on a loaded machine), then make sure no process is left."""
+    pids = [read_pid(n.home) for n in nodes]
+    stops = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hffs.cli", "daemon", "stop"],
+            env=n.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in nodes
+        if is_running(n.home)
+    ]
+    deadline = time.monotonic() + 20
+    for p in stops:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    for pid in pids:
+        if pid is not None and pid_alive(pid):
+            portable.kill(pid)
 
 
 @pytest.fixture
@@ -134,5 +161,4 @@ def nodes(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
         return node
 
     yield make
-    for node in made:
-        node.kill()
+    stop_all(made)

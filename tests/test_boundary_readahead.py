@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from swarm.chunking import MIN_CHUNK_SIZE, chunk_count, chunk_size_for
 from swarm.download import DownloadError, download_file
-from swarm.goal import Goal, span_chunks
+from swarm.goal import Goal, span_chunks, tail_needs_whole
 from swarm.scheduler import Scheduler
 from swarm.sources import Source
 from swarm.store import read_partial_state
-from tests.hostile import corrupt_bytes_published
+from tests.hostile import FakePeer, corrupt_bytes_published, manifest_of
 from tests.localhub import LocalHub
 from tests.nodes import REPO, Node, wait_for
 from tests.test_swarm import FILE, use_hub
@@ -33,9 +33,7 @@ def test_span_chunks_cover_the_span_and_no_more(a: int, b: int, size: int) -> No
     start, end = min(a, b) % size, min(max(a, b), size)
     cs = chunk_size_for(size)
     got = span_chunks(start, end, size, cs)
-    if end >= size:
-        assert got == range(chunk_count(size, cs))  # the last block needs the whole file
-    elif end > start:
+    if end > start:
         assert got.start * cs <= start < got.start * cs + cs
         assert (got.stop - 1) * cs < end <= got.stop * cs
     else:
@@ -55,8 +53,34 @@ def test_goal_grows_and_the_scheduler_reopens_what_it_deferred() -> None:
     goal.add(5 * CHUNK, 5 * CHUNK + 1)
     sched.reopen(i for i in goal.wanted())
     assert sorted(r.chunk for r in sched.next_requests(0.0)) == [5]
-    goal.add(3 * CHUNK, size)  # to the end: the whole file
-    assert goal.whole
+    goal.add(3 * CHUNK, size)  # to the end: those chunks (swarm.goal.tail_needs_whole)
+    assert goal.wanted() == [0, *range(3, 10)] and not goal.whole
+
+
+@given(
+    st.integers(1, 1 << 34),
+    st.integers(0, 1 << 34),
+    st.lists(st.booleans(), max_size=64),
+    st.booleans(),
+)
+def test_a_tail_costs_upstream_no_more_than_it_asked(
+    size: int, a: int, held: list[bool], upstream: bool
+) -> None:
+    """Whichever way a span to the end is vouched for, what it makes us fetch beyond the
+    span is no more than the span: the whole file only when little is missing."""
+    start, cs = a % size, chunk_size_for(size)
+    n = chunk_count(size, cs)
+    have = (held + [False] * n)[:n]
+    whole = tail_needs_whole(start, size, size, cs, have, upstream)
+    inside = span_chunks(start, size, size, cs)
+    missing = sum(min(cs, size - i * cs) for i in range(n) if i not in inside and not have[i])
+    if not upstream:
+        assert whole  # nobody else to vouch for it
+    elif whole:
+        assert missing <= size - start
+    else:
+        assert missing > size - start
+    assert not tail_needs_whole(start, size - 1, size, cs, have, upstream)  # not a tail
 
 
 def settled(read: Callable[[], object], rounds: int = 40) -> object:
@@ -107,6 +131,75 @@ def test_range_0_0_fetches_one_chunk_not_the_file(nodes: Callable[[str], Node]) 
         wait_for(blob.is_file, 30, "the whole file published")
         assert hub.bytes_served == len(data)  # the two chunks were not fetched twice
         assert corrupt_bytes_published(c.hub) == 0
+
+
+def test_a_range_to_the_end_fetches_the_tail_not_the_file(nodes: Callable[[str], Node]) -> None:
+    """``bytes=-1`` and ``bytes=N-`` of a big file: the daemon fetches the chunks asked
+    for (upstream vouches for them: they are its own bytes), not the whole file."""
+    data = os.urandom(24 * CHUNK + 5)
+    fid = hashlib.sha256(data).hexdigest()
+    with LocalHub() as hub:
+        hub.add_repo(REPO, {FILE: data})
+        c = nodes("127.0.0.2")
+        use_hub(c, hub)
+        assert c.start().returncode == 0
+        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
+        hub.reset_stats()
+        with httpx.Client(trust_env=False, timeout=60) as http:
+            r = http.get(url, headers={"range": "bytes=-1"})
+            assert r.status_code == 206 and r.content == data[-1:]
+            r = http.get(url, headers={"range": f"bytes={len(data) - 10}-"})
+            assert r.status_code == 206 and r.content == data[-10:]
+        partial = c.home / "partial"
+
+        def held() -> tuple[int, ...]:
+            state = read_partial_state(partial, fid)
+            return () if state is None else tuple(i for i, f in enumerate(state[1]) if f)
+
+        # the last chunk (5 bytes) and the one before it; not the 24 MiB file (the last
+        # chunk's 5 bytes may be asked twice: found on disk, its source is not known)
+        chunks, served = settled(lambda: (held(), hub.bytes_served))  # type: ignore[misc]
+        assert chunks == (23, 24) and CHUNK + 5 <= served <= CHUNK + 10, served
+        blob = c.hub / f"models--{REPO.replace('/', '--')}" / "blobs" / fid
+        assert not blob.exists()
+
+
+def test_a_peers_forged_tail_is_not_served(nodes: Callable[[str], Node]) -> None:
+    """A peer holds the file with its tail changed and a manifest to match: a request for
+    the tail gets the peer's chunks, but upstream's bytes are compared before the last
+    block, so the forged bytes never reach the client; asked again, it gets the real ones."""
+    data = os.urandom(8 * CHUNK + 5)
+    fid = hashlib.sha256(data).hexdigest()
+    forged = data[:-100] + bytes(b ^ 0xFF for b in data[-100:])
+    peer = FakePeer("127.0.0.4", fid, forged, manifest=manifest_of(fid, forged))
+    with LocalHub() as hub, peer:
+        hub.add_repo(REPO, {FILE: data})
+        c = nodes("127.0.0.2")
+        use_hub(c, hub)
+        assert c.start().returncode == 0
+        assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
+        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
+        with httpx.Client(trust_env=False, timeout=60) as http:
+            status, body = get_what_arrives(http, url, "bytes=-100")
+            assert peer.blob_requests > 0  # the forged chunks were fetched...
+            if status == 206:  # ...never served: upstream's bytes, and the copy not completed
+                assert body == data[-100:][: len(body)] and len(body) < 100
+            else:
+                assert status == 502 and forged[-5:] not in body and forged[-100:-95] not in body
+            status, body = get_what_arrives(http, url, "bytes=-100")
+            assert (status, body) == (206, data[-100:])  # asked again: upstream's bytes
+
+
+def get_what_arrives(http: httpx.Client, url: str, span: str) -> tuple[int, bytes]:
+    """Status and whatever body arrived, also when the daemon cuts it short."""
+    body = b""
+    with http.stream("GET", url, headers={"range": span}) as r:
+        try:
+            for block in r.iter_raw():
+                body += block
+        except httpx.RemoteProtocolError:
+            pass
+    return r.status_code, body
 
 
 def test_a_failed_download_of_a_claimed_size_leaves_nothing(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ that find each other over mDNS with no flag at all and share a file."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -16,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hffs.cache import HubCache
 from hffs.daemon.lan import lan_enabled
-from hffs.visibility import VisibilityStore
 from swarm.lan import TAG_PROPERTY, LanDiscovery, parse_peer, swarm_tag
-from tests.nodes import COMMIT, REPO
+from tests.nodes import COMMIT, REPO, put_model_file
 
 # -- the rules -------------------------------------------------------------------------
 
@@ -137,16 +134,7 @@ class Machine:
         return int(m[1]) if m else -1
 
     def add_model_file(self, path: str, data: bytes) -> str:
-        cache = HubCache(self.hub)
-        blob_id = hashlib.sha256(data).hexdigest()
-        blob = cache.blob_path("model", REPO, blob_id)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        cache.link("model", REPO, COMMIT, path, blob_id)
-        cache.write_ref("model", REPO, "main", COMMIT)
-        # as if hffs had fetched it anonymously: public, so the daemon shares it
-        VisibilityStore(self.home).record("model", REPO, "public", [blob_id])
-        return blob_id
+        return put_model_file(self.hub, self.home, path, data)
 
     def log(self) -> str:
         path = self.home / "daemon.log"

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import anyio
 
-from hffs.daemon.lookups import EMPTY_TTL, LOOKUP_TTL, MIN_GAP, Lookups, lookup_due, lookup_key
+from hffs.daemon.lookups import (
+    EMPTY_TTL,
+    LOOKUP_TTL,
+    MAX_ADDED,
+    MIN_GAP,
+    Lookups,
+    lookup_due,
+    lookup_key,
+)
 from swarm.dht import DHTNode
 
 
@@ -91,3 +99,59 @@ def test_a_dht_node_tells_of_new_holders_not_of_re_announcements() -> None:
 
     anyio.run(main, backend="asyncio")
     assert heard == [key]
+
+
+def test_an_announced_holder_joins_the_cached_answer_at_once() -> None:
+    """Downloaders of one file announce as they start; each must find the others then,
+    not one crawl (MIN_GAP or more) later. Bounded, whatever the flood."""
+    now = [0.0]
+    calls: list[float] = []
+
+    async def crawl(query: tuple[str, ...]) -> list[dict[str, object]]:
+        calls.append(now[0])
+        return [{"host": "127.0.0.2", "port": 1}]
+
+    async def main() -> list[list[dict[str, object]]]:
+        lookups = Lookups(crawl, clock=lambda: now[0])
+        key = lookup_key(("file", "a"))
+        lookups.new_holder(key, ("127.0.0.9", 9))  # nobody asked yet: nothing cached
+        first = await lookups.get(("file", "a"))
+        now[0] = 1.0
+        lookups.new_holder(key, ("127.0.0.3", 3))
+        lookups.new_holder(key, ("127.0.0.3", 3))  # the same holder twice: listed once
+        second = await lookups.get(("file", "a"))
+        for i in range(10_000):
+            lookups.new_holder(key, (f"10.0.{i // 250}.{i % 250}", 1))
+        third = await lookups.get(("file", "a"))
+        return [first, second, third]
+
+    first, second, third = anyio.run(main)
+    assert calls == [0.0]  # no crawl: the announcement itself named the holder
+    assert [(f["host"], f["port"]) for f in first] == [("127.0.0.2", 1)]
+    assert [(f["host"], f["port"]) for f in second] == [("127.0.0.2", 1), ("127.0.0.3", 3)]
+    assert len(third) == MAX_ADDED
+
+
+def test_a_dht_node_names_the_new_holder() -> None:
+    key = lookup_key(("file", "d" * 64))
+    heard: list[tuple[bytes, str, int]] = []
+
+    async def main() -> int:
+        a, b = DHTNode(timeout=2.0), DHTNode(timeout=2.0)
+        a.on_holder = lambda k, host, port: heard.append((k, host, port))
+        await a.listen(0, "127.0.0.1")
+        await b.listen(0, "127.0.0.1")
+        try:
+            addr = a.address
+            assert addr is not None
+            await b.bootstrap([addr])
+            await b.provide(key)
+            await b.provide(key)
+            assert b.address is not None
+            return b.address[1]
+        finally:
+            a.stop()
+            b.stop()
+
+    port = anyio.run(main, backend="asyncio")
+    assert heard == [(key, "127.0.0.1", port)]

@@ -28,6 +28,7 @@ from swarm.peer_server import (
 )
 from swarm.store import PartialFile
 from swarm.wire import PeerAuth, decode_have, encode_have
+from tests.blob_index import DictIndex
 
 pytestmark = pytest.mark.anyio
 SIZE = 2 * MIN_CHUNK_SIZE + 1000  # three chunks, the last one short
@@ -36,17 +37,6 @@ SIZE = 2 * MIN_CHUNK_SIZE + 1000  # three chunks, the last one short
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class DictIndex:
-    def __init__(self, files: dict[str, Path]) -> None:
-        self.files = files
-
-    def shares(self, file_id: str) -> bool:
-        return True
-
-    def complete_path(self, file_id: str) -> Path | None:
-        return self.files.get(file_id)
 
 
 def _data(seed: int) -> bytes:

@@ -25,6 +25,7 @@ from swarm.store import PartialFile
 from swarm.transport_client import FileSink, MemorySink, PeerPool, parse_response_head
 from swarm.transport_server import FrontLimits, FrontShared, install_front, parse_head
 from swarm.wire import PeerAuth
+from tests.blob_index import DictIndex
 
 pytestmark = pytest.mark.anyio
 SIZE = 3 * MIN_CHUNK_SIZE + 12345
@@ -34,17 +35,6 @@ HOST = "127.0.0.61"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-class DictIndex:
-    def __init__(self, files: dict[str, Path]) -> None:
-        self.files = files
-
-    def shares(self, file_id: str) -> bool:
-        return True
-
-    def complete_path(self, file_id: str) -> Path | None:
-        return self.files.get(file_id)
 
 
 def _data(seed: int, size: int = SIZE) -> bytes:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
+
+import anyio
+import httpx
 
 from hffs.cache import HubCache
 from hffs.config import ZERO_COMMIT
 from hffs.daemon.app import CacheIndex, scan_inventory
+from hffs.daemon.sharing import VisibilityLearner
+from hffs.daemon.upstream import Upstream
+from hffs.trust import RELEARN_AFTER
 from hffs.visibility import VisibilityStore
+from tests.localhub import LocalHub
 
 COMMIT = "a" * 40
 
@@ -49,3 +58,42 @@ def test_only_ids_a_public_listing_names_are_shared(tmp_path: Path) -> None:
     VisibilityStore(tmp_path / "home").record("model", "org/unknown", "public", [unknown])
     store._read_at = -1e18  # as after a second
     assert store.id_shared(unknown)
+
+
+def test_a_public_repo_made_private_later_stops_being_shared(tmp_path: Path) -> None:
+    """The learner asks upstream again about what it knows public once the answer is old:
+    after the owner made the repo private, its files are no longer shared."""
+    data = b"weights once public"
+    with LocalHub() as hub:
+        hub.add_repo("org/was-public", {"w.bin": data})
+        cache = HubCache(tmp_path / "hub")
+        fid = put(cache, "org/was-public", COMMIT, "w.bin", data)
+        store = VisibilityStore(tmp_path / "home")
+
+        async def on_change() -> None:
+            pass
+
+        async def go() -> int:
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+                learner = VisibilityLearner(cache, store, Upstream([hub.url], client), on_change)
+                learner._asked.clear()  # each round as if RETRY_AFTER had passed
+                return await learner.round()
+
+        anyio.run(go)
+        assert store.get("model", "org/was-public") == "public"
+        store.record("model", "org/was-public", "public", [fid])
+        index = CacheIndex(cache, store)
+        index.inventory = scan_inventory(cache, tmp_path / "partial", store)
+        assert index.shares(fid)
+
+        hub.add_repo("org/was-public", {"w.bin": data}, private=True)  # the owner's change
+        anyio.run(go)  # the answer is fresh: not asked again
+        assert store.get("model", "org/was-public") == "public"
+        record = store.root / "models--org--was-public.json"
+        old = time.time() - RELEARN_AFTER - 1
+        os.utime(record, (old, old))  # as if the answer were older than RELEARN_AFTER
+        assert anyio.run(go) == 1  # asked again; a change: run() has the daemon rescan
+        assert store.get("model", "org/was-public") == "private"
+        assert not store.id_shared(fid)
+        index.inventory = scan_inventory(cache, tmp_path / "partial", store)
+        assert not index.shares(fid) and index.complete_path(fid) is None

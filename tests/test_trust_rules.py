@@ -13,6 +13,7 @@ from hffs.daemon.hub_api import hub_error
 from hffs.daemon.hub_headers import BadRange, Span, span_for
 from hffs.hub import RemoteFile
 from hffs.trust import (
+    RELEARN_AFTER,
     Claim,
     Vouched,
     is_shared,
@@ -22,6 +23,7 @@ from hffs.trust import (
     upstream_verdict,
     visibility_from_info,
     visibility_of_listing,
+    visibility_stale,
     vouch,
 )
 
@@ -128,6 +130,15 @@ def test_visibility_and_sharing() -> None:
     assert visibility_of_listing(False, {"private": True}) == "private"
     assert is_shared("public", False) and not is_shared(None, False)
     assert not is_shared("private", False) and is_shared(None, True)
+
+
+def test_what_is_known_public_is_asked_again_once_old() -> None:
+    now = 1_000_000.0
+    assert visibility_stale("public", None, now)
+    assert visibility_stale("public", now - RELEARN_AFTER, now)
+    assert not visibility_stale("public", now - RELEARN_AFTER + 1, now)
+    for vis in ("private", None):  # unknown is asked anyway; private stays unshared
+        assert not visibility_stale(vis, now - 10 * RELEARN_AFTER, now)
 
 
 def test_tokens_go_to_the_hub_and_named_endpoints_only(monkeypatch: object) -> None:

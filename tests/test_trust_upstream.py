@@ -247,6 +247,25 @@ def test_upstream_redirects_into_the_local_network_are_not_followed(
         assert service.seen == []  # not one request reached the internal service
 
 
+def test_the_cli_follows_no_upstream_redirect_the_trust_rules_refuse(
+    nodes: Callable[[str], Node],
+) -> None:
+    """The CLI's own metadata requests (huggingface_hub's session, no daemon running):
+    an upstream that redirects them into another loopback host is refused, finally."""
+    internal = b"INTERNAL-ONLY " * 10
+    with FakePeer("127.0.0.6", "0" * 64, internal) as service:
+        target = f"http://127.0.0.6:{service.port}/v1/blobs/{'0' * 64}"
+        with LocalHub() as hub:
+            hub.add_repo("org/redirected", {"p.bin": OPEN})
+            hub.app.add_middleware(Redirector, target=target)
+            y = online(nodes("127.0.0.2"), hub.url)
+            r = y.cli("model", "add", "org/redirected", timeout=60)
+            assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+            assert "refused" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert not (y.hub / "models--org--redirected").exists()
+        assert service.seen == []  # not one request reached the internal service
+
+
 # -- item 12: malformed requests are 4xx ------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ LOOKUP_TTL = 60.0
 EMPTY_TTL = 5.0
 MIN_GAP = 5.0
 MAX_KEYS = 4096
+MAX_ADDED = 64  # holders added to one cached answer by announcements, at most
 
 Query = tuple[str, ...]
 Found = list[dict[str, Any]]
@@ -79,13 +80,25 @@ class Lookups:
             self._by_key = {k: q for k, q in self._by_key.items() if q in self._cache}
         return found
 
-    def new_holder(self, key: bytes) -> None:
+    def new_holder(self, key: bytes, holder: tuple[str, int] | None = None) -> None:
         """A holder this node had no record of announced ``key`` here: the next ask for
         it looks again, though never sooner than MIN_GAP after the last lookup (so a
-        flood of announcements costs at most one crawl per MIN_GAP)."""
+        flood of announcements costs at most one crawl per MIN_GAP). A named ``holder``
+        (the address the DHT proved) joins the cached answer at once: downloaders of one
+        file find each other as they start, not a crawl later (at most MAX_ADDED)."""
         query = self._by_key.get(key)
-        if query is not None:
-            self._news.add(query)
+        if query is None:
+            return
+        self._news.add(query)
+        hit = self._cache.get(query)
+        if holder is None or hit is None:
+            return
+        host, port = holder
+        found = hit[1]
+        if len(found) < MAX_ADDED and not any(
+            f.get("host") == host and f.get("port") == port for f in found
+        ):
+            self._cache[query] = (hit[0], [*found, {"host": host, "port": port, "source": "dht"}])
 
 
 LOOKUP_TIMEOUT = 15.0  # one DHT lookup

@@ -190,8 +190,13 @@ class Daemon:
         self.finder = Finder(node, self.book, self.http, on_lookup=self.activity.dht_lookup)
         self.lookups = Lookups(self.finder.find_providers)
         node.on_new_holder = self.lookups.new_holder  # announcements refresh cached lookups
+        node.on_holder = self._announced  # ... and name the new holder at once
         self._stop = anyio.Event()
         self._hub: HubEndpoint | None = None
+
+    def _announced(self, key: bytes, host: str, port: int) -> None:
+        if not self.is_self(host, port):
+            self.lookups.new_holder(key, (host, port))
 
     def is_self(self, host: str, port: int) -> bool:
         if port != self.port:
@@ -448,6 +453,7 @@ async def _run_locked(settings: DaemonSettings, config: Config) -> None:
         raise DaemonStartError(f"cannot resolve --host {settings.host}")
     tcp = bind_tcp(ip, settings.port)
     port = tcp.getsockname()[1]
+    hostport.set_source_ip(ip)  # peer connections leave from the address peers know
     secret = config.swarm_secret.encode() if config.swarm_secret else None
     node = DHTNode(secret=secret)
     try:

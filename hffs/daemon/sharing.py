@@ -3,6 +3,8 @@
 What HF tools downloaded before hffs ran (or with a token) is of unknown visibility and
 is not shared (``hffs.trust``). When an upstream endpoint answers, one anonymous repo-info
 request per repo settles it; the answer is kept in the hffs home (``hffs.visibility``).
+What is known public is asked about again once the answer is old
+(``hffs.trust.visibility_stale``): a repo made private or gated since stops being shared.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from hffs.cache import HubCache
 from hffs.config import ZERO_COMMIT
 from hffs.daemon.hub_api import HOPS_HEADER, listing_from_info
 from hffs.daemon.upstream import Upstream
-from hffs.trust import PRIVATE, PUBLIC, Visibility, visibility_from_info
+from hffs.trust import PRIVATE, PUBLIC, Visibility, visibility_from_info, visibility_stale
 from hffs.visibility import VisibilityStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class VisibilityLearner:
         self.cache = cache
         self.store = store
         self.upstream = upstream
-        self.on_public = on_public
+        self.on_public = on_public  # what is shared changed (either way): rescan
         self._asked: dict[tuple[str, str, str | None], float] = {}
         self._wake = anyio.Event()
 
@@ -93,14 +95,16 @@ class VisibilityLearner:
         return True
 
     def _todo(self) -> list[tuple[str, str, str | None]]:
-        """Blocking: (type, repo, None) for repos of unknown visibility, (type, repo,
-        commit) for cached revisions of repos not known private with unshared files."""
+        """Blocking: (type, repo, None) for repos of unknown visibility or known public
+        long ago, (type, repo, commit) for cached revisions of repos not known private
+        with unshared files."""
         out: list[tuple[str, str, str | None]] = []
+        now = time.time()
         for repo_type, repo_id in self.cache.iter_repos():
             vis = self.store.get(repo_type, repo_id)
             if vis == PRIVATE:
                 continue
-            if vis is None:
+            if vis is None or visibility_stale(vis, self.store.learnt_at(repo_type, repo_id), now):
                 out.append((repo_type, repo_id, None))
             for commit in self.cache.commits(repo_type, repo_id):
                 if commit == ZERO_COMMIT:
@@ -111,7 +115,8 @@ class VisibilityLearner:
         return out
 
     async def round(self) -> int:
-        """Ask about up to BATCH repos and revisions; how many revisions became shared."""
+        """Ask about up to BATCH repos and revisions; how many repos or revisions changed
+        what is shared (revisions learnt public, public repos now private)."""
         if self.store.private_swarm or not self.upstream.endpoints:
             return 0
         now = time.monotonic()
@@ -124,7 +129,9 @@ class VisibilityLearner:
         for repo_type, repo_id, commit in todo:
             self._asked[(repo_type, repo_id, commit)] = now
             if commit is None:
-                await self.ask(repo_type, repo_id)
+                was = self.store.get(repo_type, repo_id)
+                vis = await self.ask(repo_type, repo_id)
+                learned += was == PUBLIC and vis == PRIVATE  # no longer shared: rescan
             elif self.store.get(repo_type, repo_id) != PRIVATE:
                 learned += await self.learn_revision(repo_type, repo_id, commit)
         return learned

@@ -1,0 +1,127 @@
+"""Pushed haves (swarm.have): a holder tells its followers of each chunk the moment the
+store records it, from the in-process hook, not from reading its state on a timer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from swarm import have, store
+from swarm.have import follow_haves
+from swarm.store import PartialFile
+from swarm.wire import PeerAuth
+from tests.test_transport import SIZE, Peer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def peer(tmp_path: Path) -> AsyncIterator[Peer]:
+    from swarm.transport_server import FrontLimits
+
+    p = Peer(tmp_path / "p", limits=FrontLimits())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(p.uvicorn.serve, [p.sock])
+        with anyio.fail_after(10):
+            while not p.uvicorn.started:
+                await anyio.sleep(0.01)
+        yield p
+        p.uvicorn.should_exit = True
+
+
+async def _follow_until(peer: Peer, want: set[int], write: object) -> dict[int, bytes]:
+    seen: dict[int, bytes] = {}
+    grew = anyio.Event()
+
+    def on_have(batch: dict[int, bytes]) -> None:
+        nonlocal grew
+        seen.update(batch)
+        grew.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follow_haves, peer.addr, peer.part_id, 4, PeerAuth(), on_have)
+        with anyio.fail_after(10):
+            while not {0, 2} <= set(seen):
+                await grew.wait()
+                grew = anyio.Event()
+        await write()  # type: ignore[operator]
+        with anyio.fail_after(10):
+            while not want <= set(seen):
+                await grew.wait()
+                grew = anyio.Event()
+        tg.cancel_scope.cancel()
+    return seen
+
+
+async def test_chunks_recorded_in_this_process_are_pushed_at_once(peer, monkeypatch) -> None:
+    # The state file is never read again during the test: only the hook can tell.
+    monkeypatch.setattr(have, "LOCAL_CHECK_SECONDS", 3600.0)
+
+    async def write() -> None:
+        # One chunk on the event loop, one from a worker thread (as a thread-run download).
+        with PartialFile(peer.partial_root, peer.part_id, SIZE) as pf:
+            start, end = pf.span(1)
+            assert pf.write_chunk(1, peer.part[start:end])
+
+            def in_thread() -> None:
+                s, e = pf.span(3)
+                assert threading.current_thread() is not threading.main_thread()
+                assert pf.write_chunk(3, peer.part[s:e])
+
+            await anyio.to_thread.run_sync(in_thread)
+
+    seen = await _follow_until(peer, {0, 1, 2, 3}, write)
+    assert set(seen) == {0, 1, 2, 3}
+    # Nobody follows any more: the hook is gone, so downloads pay nothing for it.
+    with anyio.fail_after(10):
+        while store.chunk_hooks:
+            await anyio.sleep(0.02)
+
+
+async def test_a_hook_for_another_partial_root_is_not_a_have(peer, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(have, "LOCAL_CHECK_SECONDS", 3600.0)
+    other_root = tmp_path / "elsewhere"
+
+    async def write() -> None:
+        # The same file held under another root (another server in this process) is not
+        # what this holder serves: telling followers would send them to a 416.
+        with PartialFile(other_root, peer.part_id, SIZE) as pf:
+            start, end = pf.span(1)
+            assert pf.write_chunk(1, peer.part[start:end])
+        with PartialFile(peer.partial_root, peer.part_id, SIZE) as pf:
+            start, end = pf.span(3)
+            assert pf.write_chunk(3, peer.part[start:end])
+
+    seen = await _follow_until(peer, {3}, write)
+    assert 1 not in seen
+
+
+async def test_another_process_s_chunks_are_read_from_the_state(peer, monkeypatch) -> None:
+    monkeypatch.setattr(have, "LOCAL_CHECK_SECONDS", 0.05)
+    code = (
+        "import sys; from swarm.store import PartialFile;"
+        "from tests.test_transport import SIZE, _data;"
+        "data = _data(2);"
+        "pf = PartialFile(__import__('pathlib').Path(sys.argv[1]), sys.argv[2], SIZE);"
+        "s, e = pf.span(1); assert pf.write_chunk(1, data[s:e]); pf.close()"
+    )
+
+    async def write() -> None:
+        root = str(Path(__file__).resolve().parents[1])
+        argv = [sys.executable, "-c", code, str(peer.partial_root), peer.part_id]
+        r = await anyio.run_process(argv, cwd=root, check=False, stderr=subprocess.STDOUT)
+        assert r.returncode == 0, r.stdout
+
+    seen = await _follow_until(peer, {1}, write)
+    assert {0, 1, 2} <= set(seen)
