@@ -261,11 +261,13 @@ def may_send_token(endpoint: str, named: Iterable[str]) -> bool:
 Verdict = Literal["answer", "unreachable"]
 
 
-def upstream_verdict(status: int) -> Verdict:
+def upstream_verdict(status: int, final: bool = False) -> Verdict:
     """Whether an upstream HTTP status is its answer (relayed, final) or an outage (the
     swarm may answer instead). A client can provoke 429 (quota) and 508 (hop header), so
-    they are answers: otherwise a client could switch the access check off at will."""
-    if status >= 500 and status != 508:
+    they are answers: otherwise a client could switch the access check off at will.
+    ``final``: the status stands for something the upstream did after connecting (it
+    timed out, or redirected where hffs does not go): an answer too, whatever the code."""
+    if status >= 500 and status != 508 and not final:
         return "unreachable"
     return "answer"
 

@@ -61,6 +61,16 @@ async def read_bounded(resp: httpx.Response, limit: int) -> bytes:
             if len(buf) + len(block) > limit:
                 raise TooLarge(f"answer over {limit} bytes")
             buf += block
+    except httpx.StreamConsumed:  # read whole already (an in-memory response): no new memory
+        try:
+            body = resp.content
+        except httpx.ResponseNotRead:
+            raise BoundedReadError("answer streamed elsewhere") from None
+        if len(body) > limit:
+            raise TooLarge(f"answer over {limit} bytes") from None
+        return body
+    except httpx.TimeoutException as exc:  # a body that stalls is too slow, as a whole
+        raise TooSlow(f"{type(exc).__name__}: {exc}") from None
     except httpx.HTTPError as exc:
         raise BoundedReadError(f"{type(exc).__name__}: {exc}") from None
     return bytes(buf)

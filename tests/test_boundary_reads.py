@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hffs.daemon.upstream import MAX_API_BYTES, Answer, Upstream
 from swarm.bounded import BoundedReadError, TooLarge, TooSlow, fetch_bounded
 from swarm.hostport import (
     HostPort,
@@ -17,7 +18,7 @@ from swarm.hostport import (
     parse_hostport,
     parse_port,
 )
-from tests.hostile import RawHostile
+from tests.hostile import RawHostile, RawMode
 
 CAP = 256 * 1024
 
@@ -47,6 +48,27 @@ def test_a_drip_stops_at_the_deadline() -> None:
         # Dripping never resets the deadline: far fewer bytes came than a per-read
         # timeout would have let through over the server's whole patience.
         assert server.bytes_sent < 200
+
+
+@pytest.mark.parametrize("mode", ["drip", "silent", "endless"])
+def test_the_hf_endpoints_upstream_reads_are_bounded_too(mode: RawMode) -> None:
+    """hffs/daemon/upstream.py reads upstream API answers through the same bounded reader:
+    a dripping or silent upstream is a timeout after the deadline (a refusal, 504, never
+    "unreachable"), an endless one stops at the cap (no answer), memory bounded either way."""
+    with RawHostile("127.0.0.1", mode) as server:
+
+        async def go() -> Answer | None:
+            async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
+                upstream = Upstream([server.url], client, deadline=2.0)
+                return await upstream.ask("GET", "/api/models/org/m", {})
+
+        ans = anyio.run(go)
+        server.stop()
+        if mode == "endless":
+            assert ans is None and server.bytes_sent < MAX_API_BYTES + (16 << 20)
+        else:
+            assert ans is not None and ans.status == 504 and b"[" not in ans.body
+            assert server.bytes_sent < 100
 
 
 def test_a_redirect_is_never_followed() -> None:

@@ -158,6 +158,8 @@ def test_upstream_verdicts() -> None:
     assert upstream_verdict(200) == upstream_verdict(404) == "answer"
     assert upstream_verdict(429) == upstream_verdict(508) == "answer"  # a client can cause them
     assert upstream_verdict(500) == upstream_verdict(503) == "unreachable"
+    # a timeout after connecting (504) or a refused redirect (502) stands for an answer
+    assert upstream_verdict(504, final=True) == upstream_verdict(502, final=True) == "answer"
 
 
 def test_redirects() -> None:

@@ -156,6 +156,9 @@ def test_an_upstream_that_never_answers_is_a_refusal_not_an_outage(
                 assert r.status_code >= 400 and data[:16] not in r.content, (url, r.status_code)
             r = http.get(f"{x.url}/v1/blobs/{sha(SECRET)}", headers={"Range": "bytes=0-99"})
             assert r.status_code == 404 and SECRET[:16] not in r.content
+            # the API proxy too: upstream's silence is relayed, the cache does not answer
+            r = http.get(f"{x.url}/api/models/{PUBLIC}/revision/{commits[PUBLIC]}")
+            assert r.status_code == 504 and sha(OPEN).encode() not in r.content, r.status_code
         assert silent.requests, "the daemon never asked its upstream"
         assert x.cli("daemon", "stop").returncode == 0
     # Now nothing listens there: an outage. The public file is served from the cache,

@@ -22,12 +22,14 @@ from starlette.responses import Response
 
 from hffs.daemon.hub_api import RELAY_HEADERS, rewrite_link, strip_xet
 from hffs.trust import RedirectRefused, may_send_token, upstream_verdict
+from swarm.bounded import IDENTITY, BoundedReadError, TooLarge, TooSlow, read_bounded
 
 log = logging.getLogger(__name__)
 
 DOWN_FOR = 15.0  # an endpoint we could not connect to is skipped this long (a blocked hub
 # would otherwise cost every request its connect timeout)
 MAX_API_BYTES = 64 << 20
+API_DEADLINE = 30.0  # seconds for one whole API exchange: a dripping answer is cut
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Answer:
     status: int
     headers: httpx.Headers
     body: bytes
+    final: bool = False  # made here for a timeout or refused redirect: an answer all the same
 
 
 class TTLCache:
@@ -75,17 +78,22 @@ def timed_out(
     """An upstream that answered nothing usable (too slow, a refused redirect): an answer
     all the same, never a reason to override the access check with the swarm."""
     headers = httpx.Headers({"content-type": "application/json", "x-error-message": message})
-    return Answer(endpoint, status, headers, json.dumps({"error": message}).encode())
+    return Answer(endpoint, status, headers, json.dumps({"error": message}).encode(), final=True)
 
 
 class Upstream:
     """The upstream endpoints, in order, asked with the caller's credentials where allowed."""
 
     def __init__(
-        self, endpoints: list[str], client: httpx.AsyncClient, named: list[str] | None = None
+        self,
+        endpoints: list[str],
+        client: httpx.AsyncClient,
+        named: list[str] | None = None,
+        deadline: float = API_DEADLINE,
     ) -> None:
         self.endpoints = endpoints
         self.client = client
+        self.deadline = deadline
         # endpoints the user configured: they (and the hub) may get a caller's token
         self.named = list(endpoints if named is None else named)
         self._down_until: dict[str, float] = {}
@@ -99,18 +107,23 @@ class Upstream:
     async def _send(
         self, endpoint: str, method: str, path_qs: str, headers: dict[str, str], body: bytes
     ) -> Answer | None:
-        headers = self.headers_for(endpoint, headers)
+        # identity: a compressed body's size is not bounded by what arrives (swarm.bounded)
+        headers = {**self.headers_for(endpoint, headers), **IDENTITY}
         try:
-            async with self.client.stream(
-                method, endpoint + path_qs, headers=headers, content=body or None
-            ) as resp:
-                data = bytearray()
-                async for block in resp.aiter_bytes():
-                    data += block
-                    if len(data) > MAX_API_BYTES:
-                        log.warning("%s%s: answer too large", endpoint, path_qs[:100])
-                        return None
-                return Answer(endpoint, resp.status_code, resp.headers, bytes(data))
+            with anyio.fail_after(self.deadline):  # the whole exchange, body included
+                async with self.client.stream(
+                    method, endpoint + path_qs, headers=headers, content=body or None
+                ) as resp:
+                    data = await read_bounded(resp, MAX_API_BYTES)
+                    return Answer(endpoint, resp.status_code, resp.headers, data)
+        except TooLarge:
+            log.warning("%s%s: answer too large", endpoint, path_qs[:100])
+            return None
+        except (TimeoutError, TooSlow):
+            return timed_out(endpoint)  # it is there, just slow: not a reason to bypass it
+        except BoundedReadError as exc:  # cut mid-body, or a compressed body
+            log.debug("%s%s: %s", endpoint, path_qs[:100], exc)
+            return None
         except (httpx.ConnectError, httpx.ConnectTimeout, OSError) as exc:
             log.info(
                 "upstream %s unreachable (%s); skipping it for %.0f s", endpoint, exc, DOWN_FOR
@@ -135,7 +148,7 @@ class Upstream:
             if self._down_until.get(endpoint, 0.0) > time.monotonic():
                 continue
             ans = await self._send(endpoint, method, path_qs, headers, body)
-            if ans is None or upstream_verdict(ans.status) == "unreachable":
+            if ans is None or upstream_verdict(ans.status, ans.final) == "unreachable":
                 continue
             if ans.status < 400:
                 return ans
