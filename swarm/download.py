@@ -175,8 +175,8 @@ class _RunningHash:
                     self._cond.wait(WAIT_SECONDS)  # bounded: the flag is read again
 
     async def run(self) -> None:
-        """Hash each chunk once it and all before it are held, until ``stop()``."""
-        self._stopping = False
+        """Hash each chunk once it and all before it are held, until ``stop()`` (which
+        may come first: the round can end before this task starts)."""
         await anyio.to_thread.run_sync(self._work, True)
 
     async def finish(self) -> None:
