@@ -33,6 +33,7 @@ from hffs.activity import Activity
 from hffs.cache import HubCache
 from hffs.errors import HffsError
 from swarm import portable
+from swarm.budget import ByteBudget
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.download import (
     AccessRefused,
@@ -46,12 +47,16 @@ from swarm.files import hash_range, pread_of
 from swarm.goal import Goal, tail_needs_whole
 from swarm.sources import PeerAddr, Source, SourceError, stream_range
 from swarm.store import StoreError
+from swarm.transport_client import PeerPool
 from swarm.wire import PeerAuth
 
 log = logging.getLogger(__name__)
 
 BLOCK = 256 * 1024  # bytes per read and send: bounds memory per client
 FILES_AT_ONCE = 8  # downloads running at once (huggingface_hub asks for 8 files at a time)
+# Bytes of peer chunks in flight across every download of the host (the schedulers'
+# shared budget): memory stays flat however many files run at once.
+BYTES_IN_FLIGHT = 64 << 20
 MAX_SUSPECT = 1024  # file ids whose peer bytes upstream contradicted, remembered
 
 Span = tuple[int, int, bytes]  # [start, end) and the xxh3-128 of the bytes sent
@@ -415,6 +420,10 @@ class DownloadManager:
         self._tg: anyio.abc.TaskGroup | None = None
         self._ready = anyio.Event()
         self._limiter = anyio.CapacityLimiter(FILES_AT_ONCE)
+        # One set of persistent connections per peer for every file (not per file), and
+        # one budget of bytes in flight.
+        self.pool = PeerPool(peer_auth)
+        self.budget = ByteBudget(BYTES_IN_FLIGHT)
         # files whose peer bytes upstream contradicted (bounded, oldest forgotten)
         self._suspect: dict[str, None] = {}
 
@@ -425,10 +434,13 @@ class DownloadManager:
 
     async def run(self) -> None:
         """Serve downloads until cancelled (which cancels them; partial files stay)."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            self._ready.set()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._ready.set()
+                await anyio.sleep_forever()
+        finally:
+            self.pool.close()
 
     def complete_blob(self, file_id: str, size: int) -> Path | None:
         """Blocking: a complete blob of this id anywhere in the cache."""
@@ -611,6 +623,8 @@ class DownloadManager:
                 on_drop=t.chunks_dropped,
                 goal=t.goal,
                 observer=_SourceTap(t, watch),
+                pool=self.pool,
+                budget=self.budget,
             )
         except DownloadPaused:
             return None

@@ -1,8 +1,10 @@
 """One file's download: the scheduler's decisions carried out over HTTP.
 
 The scheduler (plain code) decides which source gets which chunk; this module
-does the I/O: it asks holders for their have-bitmaps and manifests, runs one task
-per request inside a task group, verifies and writes each chunk as it lands,
+does the I/O: it asks holders for their have-bitmaps and manifests, pipelines peer
+requests on persistent connections (settled by callbacks, the next one started at
+once: no task per chunk; upstream requests run as tasks), verifies and writes each
+chunk as it lands,
 cancels requests the scheduler gave up on (timeouts, endgame losers), and
 publishes the file only after its whole-file hash matched its id.
 
@@ -27,6 +29,7 @@ import anyio
 import anyio.abc
 import httpx
 
+from swarm.budget import ByteBudget
 from swarm.goal import Goal
 from swarm.have import follow_haves
 from swarm.ids import content_hasher
@@ -49,7 +52,7 @@ from swarm.sources import (
     stream_range,
 )
 from swarm.store import PartialFile, _write_error
-from swarm.transport_client import FileSink, MemorySink, PeerPool
+from swarm.transport_client import FileSink, MemorySink, PeerPool, Ticket
 from swarm.trust import Action, Trust
 from swarm.wire import PeerAuth
 
@@ -59,7 +62,7 @@ REFRESH_SECONDS = 2.0  # how often the holder list is asked for (Holders may ans
 HAVE_REFRESH_SECONDS = 0.5  # how often holders still downloading are asked what they have
 TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnoticed
 MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
-MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight per file (the scheduler's budget)
+MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight (a file's own budget, when not shared)
 PROBE_TIMEOUT = 5.0
 HASH_BLOCK = 1 << 20  # the running hash reads this much at a time (fits in L2)
 WAIT_SECONDS = 0.2  # the hash thread looks at its stop flag at least this often
@@ -172,8 +175,8 @@ class _RunningHash:
                     self._cond.wait(WAIT_SECONDS)  # bounded: the flag is read again
 
     async def run(self) -> None:
-        """Hash each chunk once it and all before it are held, until ``stop()``."""
-        self._stopping = False
+        """Hash each chunk once it and all before it are held, until ``stop()`` (which
+        may come first: the round can end before this task starts)."""
         await anyio.to_thread.run_sync(self._work, True)
 
     async def finish(self) -> None:
@@ -208,6 +211,7 @@ class _Job:
     trust: Trust = field(default_factory=Trust)  # holders distrusted for this file
     goal: Goal | None = None  # the chunks asked for; None: the whole file
     observer: ChunkObserver | None = None
+    budget: ByteBudget = field(default_factory=lambda: ByteBudget(MEMORY_BUDGET))
 
     def drop(self, chunks: Iterable[int]) -> None:
         held = [i for i in chunks if self.pf.has(i)]
@@ -246,7 +250,10 @@ class _Round:
         self.pushed: dict[str, set[int]] = {}
         self.tg: anyio.abc.TaskGroup | None = None
         self.sched: Scheduler | None = None
-        self.running: dict[Request, anyio.CancelScope] = {}
+        self.running: dict[Request, anyio.CancelScope] = {}  # requests run as tasks
+        # Requests pipelined on the hot path, with where their bytes go.
+        self.tickets: dict[Request, tuple[Ticket, FileSink | MemorySink]] = {}
+        self.failure: Exception | None = None  # raised by a settled request (a full disk)
         self.wake = anyio.Event()
         self.restart = False
         self.manifest_suspect = False
@@ -408,6 +415,127 @@ class _Round:
 
     # -- requests ------------------------------------------------------------
 
+    # Peer chunks on an open connection take the hot path: ``_submit`` pipelines the
+    # request at once and ``_landed`` (called by the connection as the last block is
+    # read) settles it and starts the next ones, so a pipeline stays full without a task,
+    # an event or a loop turn per chunk. Upstream, and a peer's first requests (while its
+    # connection opens), run as one task each (``_fetch``).
+
+    def _pump(self) -> None:
+        """Start what the scheduler asks for now."""
+        assert self.sched is not None
+        now = anyio.current_time()
+        self._cancel(self.sched.expire(now))
+        for req in self.sched.next_requests(now, spare_bytes=self.job.budget.spare):
+            if req.kind is SourceKind.PEER:
+                self.job.budget.take(self.pf.chunk_size)
+                if self._submit(req):
+                    continue
+            scope = anyio.CancelScope(deadline=req.deadline)
+            self.running[req] = scope
+            assert self.tg is not None
+            self.tg.start_soon(self._fetch, req, scope)
+
+    def _sink(self, chunk: int) -> FileSink | MemorySink:
+        """A peer's chunk lands block by block: in place in the file when no other writer
+        has the chunk (it counts as held only once its digest matched), else in memory.
+
+        Bytes written in place before verification are only ever in a chunk not marked
+        held: nothing serves, hashes or publishes them until ``mark_written``."""
+        pf = self.pf
+        start, end = pf.span(chunk)
+        in_place = chunk not in self.disk_sinks and chunk not in self.upstream_writing
+        if in_place and not pf.has(chunk):
+            sink = self.disk_sinks[chunk] = FileSink(pf.fileno(), start)
+            return sink
+        return MemorySink(end - start)
+
+    def _unsink(self, chunk: int, sink: FileSink | MemorySink) -> None:
+        if isinstance(sink, FileSink) and self.disk_sinks.get(chunk) is sink:
+            del self.disk_sinks[chunk]
+
+    def _submit(self, req: Request) -> bool:
+        peer = self.peers[req.source]
+        conn = self.pool.ready(peer)
+        if conn is None:
+            return False
+        pf, chunk = self.pf, req.chunk
+        start, end = pf.span(chunk)
+        sink = self._sink(chunk)
+
+        def done(digest: bytes | None, exc: SourceError | None) -> None:
+            self._landed(req, sink, digest, exc)
+
+        self.tickets[req] = (self.pool.send(conn, pf.file_id, start, end, sink, done), sink)
+        return True
+
+    def _landed(
+        self,
+        req: Request,
+        sink: FileSink | MemorySink,
+        digest: bytes | None,
+        exc: SourceError | None,
+    ) -> None:
+        """A pipelined peer request ended (on the event loop, inside a read): settle it,
+        then start what that freed. Never raises: a failure ends the round instead."""
+        assert self.sched is not None
+        self.tickets.pop(req, None)
+        self.job.budget.give(self.pf.chunk_size)
+        self._unsink(req.chunk, sink)
+        try:
+            if exc is not None:
+                log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
+                if exc.status == 503:
+                    # Busy or choked (swarm/choke.py): no blame, another holder asks.
+                    self._cancel(self.sched.on_busy(req, anyio.current_time()))
+                else:
+                    self._cancel(self.sched.on_failure(req, anyio.current_time()))
+                self.wake.set()  # the loop decides whether the file is stuck
+            else:
+                assert digest is not None
+                ok, nbytes = self._check_peer(req, sink, digest)
+                self._settled(req, ok, nbytes)
+            if self.sched.done or self.restart:
+                self.wake.set()
+            else:
+                self._pump()
+        except Exception as failure:  # a full disk: the round raises it
+            self.failure = failure
+            self.wake.set()
+
+    def _cancel(self, requests: list[Request]) -> None:
+        for req in requests:
+            scope = self.running.get(req)
+            if scope is not None:
+                scope.cancel()
+            held = self.tickets.pop(req, None)
+            if held is not None:
+                ticket, sink = held
+                self.pool.abandon(ticket)
+                self.job.budget.give(self.pf.chunk_size)
+                self._unsink(req.chunk, sink)
+
+    def _abandon_all(self) -> None:
+        self._cancel(list(self.tickets))
+
+    def _settled(self, req: Request, ok: bool, nbytes: int) -> None:
+        """What every finished request tells the scheduler and the caller."""
+        assert self.sched is not None
+        if not ok:
+            self._bad(req)
+            return
+        if not nbytes:  # an endgame twin got here first
+            self.sched.on_cancelled(req)
+            return
+        upstream = req.kind is SourceKind.UPSTREAM
+        self.report.bytes_by_source[req.source] += nbytes
+        if self.on_chunk:
+            self.on_chunk(req.chunk)
+        if self.observer:
+            self.observer.chunk_verified(req.chunk, req.source, upstream)
+        self.running_hash.more()
+        self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
+
     async def _fetch(self, req: Request, scope: anyio.CancelScope) -> None:
         assert self.sched is not None
         source = self.sources[req.source]
@@ -418,7 +546,7 @@ class _Round:
                     if source.upstream:
                         ok, nbytes = await self._stream_upstream(req, source)
                     else:
-                        ok, nbytes = await self._fetch_peer(req, source)
+                        ok, nbytes = await self._fetch_peer(req)
                 except SourceError as exc:
                     log.debug("chunk %d from %s: %s", req.chunk, req.source, exc)
                     if source.upstream and exc.status in (401, 403):
@@ -433,42 +561,31 @@ class _Round:
                     else:
                         self._cancel(self.sched.on_failure(req, anyio.current_time()))
                     return
-                if not ok:
-                    self._bad(req)
-                    return
-                if not nbytes:  # an endgame twin got here first
-                    self.sched.on_cancelled(req)
-                    return
-                self.report.bytes_by_source[req.source] += nbytes
-                if self.on_chunk:
-                    self.on_chunk(req.chunk)
-                if self.observer:
-                    self.observer.chunk_verified(req.chunk, req.source, source.upstream)
-                self.running_hash.more()
-                self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
+                self._settled(req, ok, nbytes)
         finally:
             self.running.pop(req, None)
+            if req.kind is SourceKind.PEER:
+                self.job.budget.give(self.pf.chunk_size)
             self.wake.set()
 
-    async def _fetch_peer(self, req: Request, source: Source) -> tuple[bool, int]:
-        """A peer's chunk lands block by block: in place in the file when no other writer
-        has the chunk (it counts as held only once its digest matched), else in memory.
-
-        Bytes written in place before verification are only ever in a chunk not marked
-        held: nothing serves, hashes or publishes them until ``mark_written``."""
+    async def _fetch_peer(self, req: Request) -> tuple[bool, int]:
+        """A peer's chunk while its connection opens (then the hot path takes over)."""
         pf, chunk = self.pf, req.chunk
         start, end = pf.span(chunk)
-        sink: FileSink | MemorySink
-        in_place = chunk not in self.disk_sinks and chunk not in self.upstream_writing
-        if in_place and not pf.has(chunk):
-            sink = self.disk_sinks[chunk] = FileSink(pf.fileno(), start)
-        else:
-            sink = MemorySink(end - start)
+        sink = self._sink(chunk)
         try:
             digest = await self.pool.fetch(self.peers[req.source], pf.file_id, start, end, sink)
         finally:
-            if isinstance(sink, FileSink) and self.disk_sinks.get(chunk) is sink:
-                del self.disk_sinks[chunk]
+            self._unsink(chunk, sink)
+        return self._check_peer(req, sink, digest)
+
+    def _check_peer(
+        self, req: Request, sink: FileSink | MemorySink, digest: bytes
+    ) -> tuple[bool, int]:
+        """Whether a peer's chunk is good, and how many bytes it added (0: another copy
+        got here first); marks it held."""
+        pf, chunk = self.pf, req.chunk
+        start, end = pf.span(chunk)
         if isinstance(sink, FileSink) and sink.error is not None:
             raise _write_error(pf.root / f"{pf.file_id}.part", sink.error)
         if self.on_bytes:
@@ -527,12 +644,6 @@ class _Round:
             return False, 0
         return True, end - start - done
 
-    def _cancel(self, requests: list[Request]) -> None:
-        for req in requests:
-            scope = self.running.get(req)
-            if scope is not None:
-                scope.cancel()
-
     def _bad(self, req: Request) -> None:
         assert self.sched is not None
         log.warning("chunk %d from %s failed verification", req.chunk, req.source)
@@ -565,12 +676,10 @@ class _Round:
             if goal is not None and goal.version != goal_seen:
                 goal_seen = goal.version  # a request asked for more of the file
                 sched.reopen(i for i in goal.wanted() if not pf.has(i))
+            if self.failure is not None:
+                raise self.failure
+            self._pump()
             now = anyio.current_time()
-            self._cancel(sched.expire(now))
-            for req in sched.next_requests(now):
-                scope = anyio.CancelScope(deadline=req.deadline)
-                self.running[req] = scope
-                self.tg.start_soon(self._fetch, req, scope)
             if sched.state is State.STUCK:
                 # Holders may still appear (or gain chunks): give discovery a chance.
                 stuck_since = now if stuck_since is None else stuck_since
@@ -608,6 +717,7 @@ class _Round:
             try:
                 await self._drive(sched)
             finally:
+                self._abandon_all()  # requests still pipelined: their bytes go nowhere
                 self.running_hash.stop()  # its thread ends between two chunks
                 tg.cancel_scope.cancel()
         await self._report_bad()
@@ -643,6 +753,7 @@ async def download_file(
     goal: Goal | None = None,
     observer: ChunkObserver | None = None,
     pool: PeerPool | None = None,
+    budget: ByteBudget | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
@@ -651,7 +762,9 @@ async def download_file(
     fetches only the chunks it asks for (more as it grows) and raises DownloadPaused
     once they are all held short of the whole file. ``on_chunk`` and ``on_drop`` tell
     a verified chunk landed and held chunks were given up; ``on_open`` what the
-    partial file held (re-checked) when it was opened."""
+    partial file held (re-checked) when it was opened. ``pool`` and ``budget``, when
+    given, are shared with the caller's other downloads (one connection pool and one
+    budget of peer bytes in flight per daemon, however many files)."""
     started = anyio.current_time()
     report = FileReport(file_id, size)
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
@@ -672,6 +785,8 @@ async def download_file(
         goal=goal,
         observer=observer,
     )
+    if budget is not None:
+        job.budget = budget
     trust = job.trust
     try:
         for attempt in range(MAX_ROUNDS):

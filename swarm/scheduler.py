@@ -38,7 +38,9 @@ in memory until verified; upstream streams to disk and is not counted), and
 ``max_source_bytes`` bounds the bytes in flight per source of any kind. Every request
 :meth:`Scheduler.next_requests` returns fits both, so the caller starts all of them; only
 when nothing is in flight (of the file, or of that source) may one request exceed a budget,
-so a chunk larger than the budget still moves.
+so a chunk larger than the budget still moves. A third budget, shared by every file of a
+daemon (``swarm.budget``), comes with each call (``next_requests(spare_bytes=...)``) and
+bounds the peer requests that call adds, on the same terms.
 
 Failure levels. Each (chunk, source) pair counts failures (errors and timeouts). A chunk goes
 to the sources that failed it least, peers before upstream at equal counts, so it moves to the
@@ -267,6 +269,7 @@ class Scheduler:
         self._upstreams: list[_Source] = []  # priority order
         self._seq = 0
         self._peer_requests = 0  # peer requests in flight: unverified bytes held
+        self._spare: int | None = None  # the shared budget's room, during one next_requests
 
     # ---- sources -------------------------------------------------------------------------
 
@@ -339,13 +342,21 @@ class Scheduler:
 
     # ---- scheduling ----------------------------------------------------------------------
 
-    def next_requests(self, now: float) -> list[Request]:
+    def next_requests(self, now: float, *, spare_bytes: int | None = None) -> list[Request]:
         """The next assignments to start now. Expires overdue requests first; a caller that
         does not enforce ``Request.deadline`` itself should call :meth:`expire` just before
-        to learn which transfers to abort."""
+        to learn which transfers to abort. ``spare_bytes`` is what a wider budget (shared by
+        every file of a daemon) still allows of peer requests now; None: no such budget."""
         self.expire(now)
         if not self._remaining:
             return []
+        self._spare = spare_bytes
+        try:
+            return self._assign(now)
+        finally:
+            self._spare = None
+
+    def _assign(self, now: float) -> list[Request]:
         out: list[Request] = []
         levels: dict[int, int | None] = {}  # valid for this call: failures change on events only
 
@@ -575,6 +586,9 @@ class Scheduler:
         if cfg.max_unverified_bytes is not None and src.kind is SourceKind.PEER:
             fit = (cfg.max_unverified_bytes - self._peer_requests * size) // size
             room = min(room, fit if self._peer_requests else max(1, fit))
+        if self._spare is not None and src.kind is SourceKind.PEER:
+            fit = self._spare // size
+            room = min(room, fit if self._peer_requests else max(1, fit))
         return max(0, room)
 
     def _busy(self, src: _Source, now: float) -> dict[int, float]:
@@ -689,6 +703,8 @@ class Scheduler:
         self._seq += 1
         src.in_flight[req] = None
         self._peer_requests += src.kind is SourceKind.PEER
+        if self._spare is not None and src.kind is SourceKind.PEER:
+            self._spare -= self.chunk_size
         self._in_flight.setdefault(c, []).append(req)
         self._pool.discard(c)
         return req

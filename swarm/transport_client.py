@@ -21,6 +21,7 @@ import contextlib
 import re
 import socket
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -84,14 +85,27 @@ class FileSink:
             self.stopped = True
 
 
-@dataclass
-class _Request:
+# Told once how a request ended: its xxh3-128 digest, or the error. Called from the
+# protocol (on the event loop, inside the read that completed it); must not raise.
+Done = Callable[[bytes | None, SourceError | None], None]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request on one connection; ``PeerPool.abandon`` drops it."""
+
     start: int
     end: int
     sink: Sink | None  # None once the caller gave up: the body is read and dropped
-    future: asyncio.Future[bytes]
+    done: Done | None
+    conn: PeerConnection
     hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
     got: int = 0
+
+    def _settle(self, digest: bytes | None, exc: SourceError | None) -> None:
+        done, self.done = self.done, None
+        if done is not None:
+            done(digest, exc)
 
 
 def request_head(host: str, path: str, start: int, end: int, extra: list[str]) -> bytes:
@@ -149,8 +163,8 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._view = memoryview(self._block)
         self._fill = 0  # bytes of the block received
         self._used = 0  # of those, bytes already handled
-        self._pending: deque[_Request] = deque()
-        self._current: _Request | None = None  # the request whose body is being read
+        self._pending: deque[Ticket] = deque()
+        self._current: Ticket | None = None  # the request whose body is being read
         self._skip = 0  # body bytes of a refusal still to drop
         self._body_left = 0  # body bytes of the current answer not yet received
         self._close_after = False
@@ -163,24 +177,15 @@ class PeerConnection(asyncio.BufferedProtocol):
     def load(self) -> int:
         return len(self._pending)
 
-    def request(self, path: str, start: int, end: int, sink: Sink) -> asyncio.Future[bytes]:
-        """Ask for ``[start, end)`` of ``path``; the future gives the xxh3-128 digest."""
+    def request(self, path: str, start: int, end: int, sink: Sink, done: Done) -> Ticket:
+        """Ask for ``[start, end)`` of ``path``; ``done`` hears the xxh3-128 digest."""
         assert self.transport is not None and not self.closed
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request(start, end, sink, fut))
+        ticket = Ticket(start, end, sink, done, self)
+        self._pending.append(ticket)
         dest = self._dest or (self.peer.host, self.peer.port)
         auth = self._auth.head_lines("GET", path, dest)
         self.transport.write(request_head(str(self.peer), path, start, end, auth))
-        return fut
-
-    def abandon(self, fut: asyncio.Future[bytes]) -> None:
-        """The caller gave up: its bytes are no longer written anywhere."""
-        # Its answer is still read (and dropped): closing would fail the requests
-        # pipelined behind it, which count against a good peer.
-        for req in self._pending:
-            if req.future is fut:
-                req.sink = None
-                return
+        return ticket
 
     def close(self) -> None:
         if self.transport is not None:
@@ -245,6 +250,7 @@ class PeerConnection(asyncio.BufferedProtocol):
             if self._fill == BLOCK and self._body_left:
                 self._fill = self._used = 0  # unreachable in practice; keeps room
         if self._close_after and not self._pending and self.transport is not None:
+            self.closed = True  # the peer said so: nothing more is sent on it
             self.transport.close()
 
     def _read_head(self) -> bool:
@@ -275,11 +281,10 @@ class PeerConnection(asyncio.BufferedProtocol):
         if head.length > MAX_ERROR_BODY or (300 <= head.status < 400):
             raise SourceError(f"{self.peer}: HTTP {head.status}")
         self._pending.popleft()
-        if not req.future.done():
-            msg = f"{self.peer} answered HTTP {head.status}"
-            if head.status == 206:
-                msg = f"{self.peer} answered another range"
-            req.future.set_exception(SourceError(msg, head.status))
+        msg = f"{self.peer} answered HTTP {head.status}"
+        if head.status == 206:
+            msg = f"{self.peer} answered another range"
+        req._settle(None, SourceError(msg, head.status))
         self._skip, self._body_left = 1, head.length
         self._current = None
         if head.length == 0:
@@ -300,16 +305,14 @@ class PeerConnection(asyncio.BufferedProtocol):
             return
         req = self._pending.popleft()
         self._current = None
-        if not req.future.done() and req.sink is not None:
-            req.future.set_result(req.hasher.digest())
+        if req.sink is not None:
+            req._settle(req.hasher.digest(), None)
 
     def _fail(self, exc: SourceError) -> None:
         self.closed = True
-        while self._pending:
-            req = self._pending.popleft()
-            if not req.future.done():
-                req.future.set_exception(exc)
         self._current = None
+        while self._pending:
+            self._pending.popleft()._settle(None, exc)
 
 
 class PeerPool:
@@ -357,14 +360,51 @@ class PeerPool:
             raise SourceError(f"{peer}: cannot connect")
         return idle
 
+    def ready(self, peer: PeerAddr) -> PeerConnection | None:
+        """The open connection to pipeline the next request on, at once; None when the
+        peer should get one (more) first, which ``fetch`` opens."""
+        conns = [c for c in self._conns.get(peer, ()) if not c.closed]
+        conn = min(conns, key=lambda c: c.load, default=None)
+        more = len(conns) + self._connecting.get(peer, 0) < self._per_peer
+        if conn is None or (conn.load and more):
+            return None
+        return conn
+
+    @staticmethod
+    def send(
+        conn: PeerConnection, file_id: str, start: int, end: int, sink: Sink, done: Done
+    ) -> Ticket:
+        """Pipeline ``[start, end)`` of ``file_id`` on ``conn`` (from ``ready``); ``done``
+        hears how it ended, unless abandoned first."""
+        return conn.request(f"/v1/blobs/{file_id}", start, end, sink, done)
+
+    @staticmethod
+    def abandon(ticket: Ticket) -> None:
+        """The caller gave up: its bytes are written nowhere and ``done`` is not called."""
+        # Its answer is still read (and dropped): closing would fail the requests
+        # pipelined behind it, which count against a good peer.
+        ticket.sink = None
+        ticket.done = None
+
     async def fetch(self, peer: PeerAddr, file_id: str, start: int, end: int, sink: Sink) -> bytes:
         """Bytes ``[start, end)`` of ``file_id`` from ``peer`` into ``sink``; their digest."""
         conn = await self._connection(peer)
-        fut = conn.request(f"/v1/blobs/{file_id}", start, end, sink)
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def done(digest: bytes | None, exc: SourceError | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                assert digest is not None
+                fut.set_result(digest)
+
+        ticket = conn.request(f"/v1/blobs/{file_id}", start, end, sink, done)
         try:
             return await fut
         except asyncio.CancelledError:
-            conn.abandon(fut)
+            self.abandon(ticket)
             raise
 
     def close(self) -> None:

@@ -809,3 +809,30 @@ def test_equally_rare_chunks_go_in_file_order_by_windows() -> None:
         assert sorted(order) == list(range(40))
         firsts.add(order[0])
     assert len(firsts) > 1
+
+
+def test_a_shared_budget_bounds_what_each_call_adds() -> None:
+    """Files of one daemon share one byte budget: a call adds peer requests only up to
+    what is spare now, and a file with nothing in flight may still start one chunk."""
+    from swarm.budget import ByteBudget
+
+    budget = ByteBudget(5 * CHUNK)
+    files = [make(32, seed, initial_in_flight=8) for seed in range(3)]
+    for s in files:
+        s.add_peer("p", range(32))
+        s.add_upstream("mirror")  # upstream streams to disk: not in the peer budget
+    started = []
+    for s in files:
+        reqs = s.next_requests(0.0, spare_bytes=budget.spare)
+        assert all(r.kind is SourceKind.PEER for r in reqs)
+        budget.take(len(reqs) * CHUNK)
+        started.append(reqs)
+    assert [len(r) for r in started] == [5, 1, 1]  # the last two: one each, never none
+    assert budget.spare == 0
+    assert files[0].next_requests(0.1, spare_bytes=budget.spare) == []
+    for r in started[0][:4]:
+        files[0].on_success(r, 0.2, CHUNK)
+        budget.give(CHUNK)
+    assert budget.spare == 2 * CHUNK  # 7 were taken (two over, one per file), 4 given back
+    assert len(files[0].next_requests(0.3, spare_bytes=budget.spare)) == 2
+    assert files[1].next_requests(0.3, spare_bytes=0) == []  # it has one in flight
