@@ -80,6 +80,9 @@ class FileWatch:
         self._activity.chunks_failed[kind(upstream)] += 1
         self._activity.error(f"chunk {chunk} of {self._file.label} from {source} failed its check")
 
+    def manifest_vouched(self, hosts: int) -> None:
+        pass  # not shown
+
 
 @dataclass
 class PeerActivity:

@@ -32,6 +32,7 @@ import xxhash
 from hffs.activity import Activity
 from hffs.cache import HubCache
 from hffs.errors import HffsError
+from hffs.trust import may_stream_unchecked
 from swarm import portable
 from swarm.budget import ByteBudget
 from swarm.chunking import chunk_count, chunk_size_for
@@ -110,6 +111,9 @@ class FileJob:
     size: int
     upstream: tuple[Source, ...]
     ref: str | None = None  # a ref upstream resolved to ``commit``: recorded in the cache
+    # the id came from upstream's listing, so upstream can vouch for the bytes (when the
+    # hub is down the names come from peers, and only the whole-file check can)
+    hub_listed: bool = True
 
 
 class Transfer:
@@ -129,6 +133,9 @@ class Transfer:
         # the epoch at which each chunk was verified from upstream (-1: from a peer, or
         # found on disk): bytes upstream gave need no second word from it
         self.upstream_epoch = [-1] * self.n_chunks
+        # addresses that sent the manifest peer chunks are checked against (None: not
+        # known until the download first asked its holders)
+        self.vouching_hosts: int | None = None
         self.blob: Path | None = None  # set once the whole file is verified and published
         self.error: str | None = None
         self.refused = False  # the error is upstream's 401/403
@@ -153,6 +160,10 @@ class Transfer:
     def changed(self) -> anyio.Event:
         """Set at the next change; take it before checking the state it guards."""
         return self._changed
+
+    def changed_now(self) -> None:
+        """Wake readers: something they wait on other than a chunk changed."""
+        self._notify()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -226,9 +237,15 @@ class SpanReader:
         partial: Path | None = None,
         confirm: Confirm | None = None,
         hold: bool = False,
+        may_stream: Callable[[int], bool] | None = None,
+        tail_confirm: bool = False,
     ) -> None:
         assert (blob is None) != (transfer is None)
         self._confirm = confirm
+        # chunk -> whether its bytes may go out before the whole-file check or upstream's
+        # word (hffs.trust.may_stream_unchecked); None: every chunk may
+        self._may_stream = may_stream
+        self._tail_confirm = tail_confirm  # a span to the end, vouched for by upstream
         self._hold = hold  # nothing goes out before the whole file is checked
         self.pos = start
         self.end = end
@@ -258,11 +275,19 @@ class SpanReader:
             if t.blob is not None:
                 return
             last = self.pos + self._block() >= self.end
-            whole_check = self._hold or (last and self.end == t.size and self._confirm is None)
-            if t.have[self.pos // t.chunk_size] and not whole_check:
-                if self._confirm is not None:
+            whole_check = self._hold or (last and self.end == t.size and not self._tail_confirm)
+            chunk = self.pos // t.chunk_size
+            if t.have[chunk] and not whole_check:
+                if self._tail_confirm:
                     await self._vouch_chunk(t)
-                return
+                    return
+                if self._may_stream is None or self._may_stream(chunk):
+                    return
+                if self._confirm is not None and t.vouching_hosts is not None:
+                    await self._vouch_chunk(t)  # a span inside the file: upstream's word
+                    return
+                # else the holders' word (on its way), or the whole-file check (the span
+                # is the whole file: its goal)
             if t.paused:  # not a chunk this reader asked for: cannot happen, never hang
                 raise TransferFailed("this part of the file was not asked for")
             await changed.wait()
@@ -285,7 +310,7 @@ class SpanReader:
             sent = self._sent.setdefault(chunk, _Sent(t.epoch[chunk], self.pos, self.pos))
             sent.hasher.update(data)
             sent.end += n
-            if self.pos + n >= self.end == t.size:  # the last block: upstream's word first
+            if self._tail_confirm and self.pos + n >= self.end == t.size:  # upstream's word first
                 await self._vouch(t)
         self.pos += n
         return data
@@ -320,7 +345,7 @@ class SpanReader:
         """Before the last block of a span to the end of a file not yet checked whole:
         every byte sent must be vouched for by upstream as sent (a chunk verified again
         while it was being sent is asked about again)."""
-        assert self._confirm is not None  # else ready() waited for the whole file
+        assert self._confirm is not None and self._tail_confirm  # else ready() waited
         spans = [
             (s.start, s.end, s.hasher.digest())
             for c, s in sorted(self._sent.items())
@@ -376,6 +401,11 @@ class _SourceTap:
 
     def chunk_failed(self, chunk: int, source: str, upstream: bool) -> None:
         self.inner.chunk_failed(chunk, source, upstream)
+
+    def manifest_vouched(self, hosts: int) -> None:
+        self.t.vouching_hosts = hosts
+        self.t.changed_now()
+        self.inner.manifest_vouched(hosts)
 
 
 def first_leaf(exc: Exception) -> Exception:
@@ -465,7 +495,17 @@ class DownloadManager:
             raise TransferFailed("two listings disagree on this file's size")
         transfer.keep = True
         transfer.goal.add(start, end)  # Range: bytes=0-0 fetches one chunk, not the file
-        confirm: Confirm | None = None
+        t = transfer
+        upstream = job.hub_listed and bool(job.upstream)
+        private = self.peer_auth.enabled
+
+        def may_stream(chunk: int) -> bool:
+            hosts = t.vouching_hosts or 0
+            return may_stream_unchecked(t.from_upstream(chunk), hosts, upstream, private)
+
+        # Upstream's word on a span's bytes, for chunks that may not go out unchecked.
+        confirm = (lambda spans: self._confirm(job, spans)) if upstream else None
+        tail_confirm = False
         # Upstream contradicted what peers gave for this file: nothing unchecked goes out
         # until the whole file passed its check (which finds and distrusts the forger),
         # once: then the file is whole and every span is served from it.
@@ -473,12 +513,11 @@ class DownloadManager:
         if hold:
             transfer.goal.add(0, transfer.size)
         elif end >= job.size:  # the span completes a copy: who vouches for it (swarm.goal)
-            t = transfer
-            upstream = bool(job.upstream)
             if t.goal.whole or tail_needs_whole(start, end, t.size, t.chunk_size, t.have, upstream):
                 t.goal.add(0, t.size)
+                confirm = None  # the whole-file check vouches
             else:
-                confirm = lambda spans: self._confirm(job, spans)  # noqa: E731
+                tail_confirm = True
         if job not in transfer.jobs:
             transfer.jobs.append(job)
         return SpanReader(
@@ -488,6 +527,8 @@ class DownloadManager:
             partial=self.partial_dir / f"{job.file_id}.part",
             confirm=confirm,
             hold=hold,
+            may_stream=may_stream,
+            tail_confirm=tail_confirm,
         )
 
     async def _confirm(self, job: FileJob, spans: list[Span]) -> bool:

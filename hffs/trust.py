@@ -244,6 +244,18 @@ def vouch(revision: str, claims: Sequence[Claim], private_swarm: bool) -> Vouche
 # -- tokens ------------------------------------------------------------------------------
 
 
+def may_stream_unchecked(
+    from_upstream: bool, vouching_hosts: int, has_upstream: bool, private_swarm: bool
+) -> bool:
+    """Whether an HF client may get a chunk's bytes before the whole file passed its
+    hash check (or upstream vouched for them). A peer chunk is checked only against a
+    peer's manifest, and a client that resumes after a cut keeps what it got (no HF
+    tool re-hashes a download): so only a manifest QUORUM addresses agree on, a private
+    swarm's, or, with no upstream to ask, the peers' (the listing was vouched for by
+    peers too) lets peer bytes stream unchecked. Upstream's own bytes always may."""
+    return from_upstream or private_swarm or not has_upstream or vouching_hosts >= QUORUM
+
+
 def is_hub(url: str) -> bool:
     """huggingface.co itself over https (its subdomains are its CDNs)."""
     parts = urlsplit(url)

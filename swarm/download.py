@@ -103,6 +103,9 @@ class ChunkObserver(Protocol):
 
     def chunk_verified(self, chunk: int, source: str, upstream: bool) -> None: ...
     def chunk_failed(self, chunk: int, source: str, upstream: bool) -> None: ...
+    def manifest_vouched(self, hosts: int) -> None:
+        """How many distinct peer addresses sent exactly the manifest peer chunks are
+        checked against (0: none yet, or the manifest is one no live peer sent)."""
 
 
 @dataclass
@@ -296,6 +299,9 @@ class _Round:
             for peer in peers:
                 tg.start_soon(self._probe, peer, found)
         self._trust_a_manifest()
+        if self.observer:
+            hosts = {self.peers[p].host for p in self.vouchers() if p in self.peers}
+            self.observer.manifest_vouched(len(hosts))
         return {pid: have for pid, have in found.items() if self._agrees(pid)}
 
     def _trust_a_manifest(self) -> None:
@@ -336,6 +342,8 @@ class _Round:
     async def _discover(self) -> dict[str, set[int]]:
         """Ask for holders, probe each (new or known) for its bitmap, keep those we trust."""
         if self.holders is None:
+            if self.observer:
+                self.observer.manifest_vouched(0)  # no peer this round
             return {}
         fresh = self.sched is not None and self._no_live_peer()
         try:

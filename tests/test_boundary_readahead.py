@@ -222,3 +222,57 @@ def test_a_failed_download_of_a_claimed_size_leaves_nothing(tmp_path: Path) -> N
     anyio.run(go)
     assert list((tmp_path / "partial").iterdir()) == []
     assert not (tmp_path / "blob").exists()
+
+
+def test_a_lone_peers_forged_bytes_never_stream_to_a_client(nodes: Callable[[str], Node]) -> None:
+    """One peer holds the file with its first chunk changed and a manifest to match; the
+    hub is up. A plain GET streams as chunks verify, but a chunk checked only against a
+    manifest ONE address vouches for waits for the whole-file check: the forged bytes never
+    reach the client (a client that resumed after a cut would keep them for good)."""
+    data = os.urandom(8 * CHUNK + 5)
+    fid = hashlib.sha256(data).hexdigest()
+    forged = bytes(b ^ 0xFF for b in data[:CHUNK]) + data[CHUNK:]
+    peer = FakePeer("127.0.0.4", fid, forged, manifest=manifest_of(fid, forged))
+    with LocalHub() as hub, peer:
+        hub.add_repo(REPO, {FILE: data})
+        c = nodes("127.0.0.2")
+        use_hub(c, hub)
+        assert c.start().returncode == 0
+        assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
+        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
+        with httpx.Client(trust_env=False, timeout=60) as http:
+            status, body = get_what_arrives(http, url, "bytes=0-")
+            assert peer.blob_requests > 0  # the forged chunks were fetched...
+            assert body == data[: len(body)], "a forged byte reached the client"  # ...not sent
+            if status != 206 or len(body) < len(data):  # cut short: the retry is whole
+                status, body = get_what_arrives(http, url, f"bytes={len(body)}-")
+                assert status == 206 and body == data[len(data) - len(body) :]
+
+
+def test_a_lone_peers_forged_chunk_inside_a_range_is_not_served(
+    nodes: Callable[[str], Node],
+) -> None:
+    """As above, for a range inside the file (parallel-range clients assemble files from
+    these): the lone peer's chunk is compared with upstream's bytes before it goes out."""
+    data = os.urandom(8 * CHUNK + 5)
+    fid = hashlib.sha256(data).hexdigest()
+    forged = data[: 2 * CHUNK] + bytes(b ^ 0xFF for b in data[2 * CHUNK : 3 * CHUNK])
+    forged += data[3 * CHUNK :]
+    peer = FakePeer("127.0.0.4", fid, forged, manifest=manifest_of(fid, forged))
+    with LocalHub() as hub, peer:
+        hub.add_repo(REPO, {FILE: data})
+        c = nodes("127.0.0.2")
+        use_hub(c, hub)
+        assert c.start().returncode == 0
+        assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
+        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
+        lo, hi = 2 * CHUNK + 10, 2 * CHUNK + 99
+        with httpx.Client(trust_env=False, timeout=60) as http:
+            status, body = get_what_arrives(http, url, f"bytes={lo}-{hi}")
+            assert peer.blob_requests > 0  # the forged chunk was fetched...
+            if status == 206:  # ...never served
+                assert body == data[lo : lo + len(body)], "a forged byte reached the client"
+            else:
+                assert status == 502 and forged[lo : lo + 16] not in body
+            status, body = get_what_arrives(http, url, f"bytes={lo}-{hi}")
+            assert (status, body) == (206, data[lo : hi + 1])  # asked again: the real bytes

@@ -18,6 +18,7 @@ from hffs.trust import (
     Vouched,
     is_shared,
     may_send_token,
+    may_stream_unchecked,
     pick_commit,
     redirect_allowed,
     upstream_verdict,
@@ -199,3 +200,15 @@ def test_a_huge_range_and_a_non_latin1_name_are_4xx_not_500() -> None:
     resp = hub_error(404, None, "no peer holds 模型/données.bin")
     resp.raw_headers  # noqa: B018  (encodes the headers: raised UnicodeEncodeError before)
     assert "模型" in json.loads(bytes(resp.body))["error"]
+
+
+@given(st.booleans(), st.integers(0, 10), st.booleans(), st.booleans())
+def test_peer_bytes_stream_unchecked_only_when_peers_may_vouch(
+    from_upstream: bool, hosts: int, has_upstream: bool, private: bool
+) -> None:
+    """A chunk checked against ONE address's manifest waits for the whole-file check (or
+    upstream's word) while upstream can vouch; upstream's bytes, a quorum's manifest, a
+    private swarm, or a revision only peers listed stream at once."""
+    ok = may_stream_unchecked(from_upstream, hosts, has_upstream, private)
+    assert ok == (from_upstream or private or not has_upstream or hosts >= 2)
+    assert not may_stream_unchecked(False, 1, True, False)  # the lone-forger case

@@ -264,6 +264,7 @@ class HubEndpoint:
             f.size,
             self.access.sources(found, auth, repo_type, repo_id, path, hops),
             ref=rev if found.endpoint is not None and not is_commit(rev) else None,
+            hub_listed=found.endpoint is not None,
         )
         try:
             reader = await self.downloads.reader(job, span.start, span.end)
