@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -169,8 +170,28 @@ def test_a_peers_forged_tail_is_not_served(nodes: Callable[[str], Node]) -> None
     the tail gets the peer's chunks, but upstream's bytes are compared before the last
     block, so the forged bytes never reach the client; asked again, it gets the real ones."""
     data = os.urandom(8 * CHUNK + 5)
-    fid = hashlib.sha256(data).hexdigest()
     forged = data[:-100] + bytes(b ^ 0xFF for b in data[-100:])
+    with (
+        lone_forger(nodes, data, forged) as (url, peer),
+        httpx.Client(trust_env=False, timeout=60) as http,
+    ):
+        status, body = get_what_arrives(http, url, "bytes=-100")
+        assert peer.blob_requests > 0  # the forged chunks were fetched...
+        if status == 206:  # ...never served: upstream's bytes, and the copy not completed
+            assert body == data[-100:][: len(body)] and len(body) < 100
+        else:
+            assert status == 502 and forged[-5:] not in body and forged[-100:-95] not in body
+        status, body = get_what_arrives(http, url, "bytes=-100")
+        assert (status, body) == (206, data[-100:])  # asked again: upstream's bytes
+
+
+@contextlib.contextmanager
+def lone_forger(
+    nodes: Callable[[str], Node], data: bytes, forged: bytes
+) -> Iterator[tuple[str, FakePeer]]:
+    """The hub holds `data`; the one peer holds `forged` under data's id, with a manifest
+    that matches its forgery; a daemon that asks both. Yields its resolve URL and the peer."""
+    fid = hashlib.sha256(data).hexdigest()
     peer = FakePeer("127.0.0.4", fid, forged, manifest=manifest_of(fid, forged))
     with LocalHub() as hub, peer:
         hub.add_repo(REPO, {FILE: data})
@@ -178,16 +199,7 @@ def test_a_peers_forged_tail_is_not_served(nodes: Callable[[str], Node]) -> None
         use_hub(c, hub)
         assert c.start().returncode == 0
         assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
-        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
-        with httpx.Client(trust_env=False, timeout=60) as http:
-            status, body = get_what_arrives(http, url, "bytes=-100")
-            assert peer.blob_requests > 0  # the forged chunks were fetched...
-            if status == 206:  # ...never served: upstream's bytes, and the copy not completed
-                assert body == data[-100:][: len(body)] and len(body) < 100
-            else:
-                assert status == 502 and forged[-5:] not in body and forged[-100:-95] not in body
-            status, body = get_what_arrives(http, url, "bytes=-100")
-            assert (status, body) == (206, data[-100:])  # asked again: upstream's bytes
+        yield f"{c.url}/{REPO}/resolve/main/{FILE}", peer
 
 
 def get_what_arrives(http: httpx.Client, url: str, span: str) -> tuple[int, bytes]:
@@ -230,23 +242,17 @@ def test_a_lone_peers_forged_bytes_never_stream_to_a_client(nodes: Callable[[str
     manifest ONE address vouches for waits for the whole-file check: the forged bytes never
     reach the client (a client that resumed after a cut would keep them for good)."""
     data = os.urandom(8 * CHUNK + 5)
-    fid = hashlib.sha256(data).hexdigest()
     forged = bytes(b ^ 0xFF for b in data[:CHUNK]) + data[CHUNK:]
-    peer = FakePeer("127.0.0.4", fid, forged, manifest=manifest_of(fid, forged))
-    with LocalHub() as hub, peer:
-        hub.add_repo(REPO, {FILE: data})
-        c = nodes("127.0.0.2")
-        use_hub(c, hub)
-        assert c.start().returncode == 0
-        assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
-        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
-        with httpx.Client(trust_env=False, timeout=60) as http:
-            status, body = get_what_arrives(http, url, "bytes=0-")
-            assert peer.blob_requests > 0  # the forged chunks were fetched...
-            assert body == data[: len(body)], "a forged byte reached the client"  # ...not sent
-            if status != 206 or len(body) < len(data):  # cut short: the retry is whole
-                status, body = get_what_arrives(http, url, f"bytes={len(body)}-")
-                assert status == 206 and body == data[len(data) - len(body) :]
+    with (
+        lone_forger(nodes, data, forged) as (url, peer),
+        httpx.Client(trust_env=False, timeout=60) as http,
+    ):
+        status, body = get_what_arrives(http, url, "bytes=0-")
+        assert peer.blob_requests > 0  # the forged chunks were fetched...
+        assert body == data[: len(body)], "a forged byte reached the client"  # ...not sent
+        if status != 206 or len(body) < len(data):  # cut short: the retry is whole
+            status, body = get_what_arrives(http, url, f"bytes={len(body)}-")
+            assert status == 206 and body == data[len(data) - len(body) :]
 
 
 def test_a_lone_peers_forged_chunk_inside_a_range_is_not_served(
@@ -255,17 +261,9 @@ def test_a_lone_peers_forged_chunk_inside_a_range_is_not_served(
     """As above, for a range inside the file (parallel-range clients assemble files from
     these): the lone peer's chunk is compared with upstream's bytes before it goes out."""
     data = os.urandom(8 * CHUNK + 5)
-    fid = hashlib.sha256(data).hexdigest()
     forged = data[: 2 * CHUNK] + bytes(b ^ 0xFF for b in data[2 * CHUNK : 3 * CHUNK])
     forged += data[3 * CHUNK :]
-    peer = FakePeer("127.0.0.4", fid, forged, manifest=manifest_of(fid, forged))
-    with LocalHub() as hub, peer:
-        hub.add_repo(REPO, {FILE: data})
-        c = nodes("127.0.0.2")
-        use_hub(c, hub)
-        assert c.start().returncode == 0
-        assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
-        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
+    with lone_forger(nodes, data, forged) as (url, peer):
         lo, hi = 2 * CHUNK + 10, 2 * CHUNK + 99
         with httpx.Client(trust_env=False, timeout=60) as http:
             status, body = get_what_arrives(http, url, f"bytes={lo}-{hi}")
