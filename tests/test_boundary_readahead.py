@@ -101,12 +101,7 @@ def settled(read: Callable[[], object], rounds: int = 40) -> object:
 def test_range_0_0_fetches_one_chunk_not_the_file(nodes: Callable[[str], Node]) -> None:
     data = os.urandom(24 * CHUNK + 5)
     fid = hashlib.sha256(data).hexdigest()
-    with LocalHub() as hub:
-        hub.add_repo(REPO, {FILE: data})
-        c = nodes("127.0.0.2")
-        use_hub(c, hub)
-        assert c.start().returncode == 0
-        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
+    with hub_daemon(nodes, data) as (c, hub, url):
         hub.reset_stats()
         with httpx.Client(trust_env=False, timeout=60) as http:
             r = http.get(url, headers={"range": "bytes=0-0"})
@@ -139,12 +134,7 @@ def test_a_range_to_the_end_fetches_the_tail_not_the_file(nodes: Callable[[str],
     for (upstream vouches for them: they are its own bytes), not the whole file."""
     data = os.urandom(24 * CHUNK + 5)
     fid = hashlib.sha256(data).hexdigest()
-    with LocalHub() as hub:
-        hub.add_repo(REPO, {FILE: data})
-        c = nodes("127.0.0.2")
-        use_hub(c, hub)
-        assert c.start().returncode == 0
-        url = f"{c.url}/{REPO}/resolve/main/{FILE}"
+    with hub_daemon(nodes, data) as (c, hub, url):
         hub.reset_stats()
         with httpx.Client(trust_env=False, timeout=60) as http:
             r = http.get(url, headers={"range": "bytes=-1"})
@@ -193,13 +183,21 @@ def lone_forger(
     that matches its forgery; a daemon that asks both. Yields its resolve URL and the peer."""
     fid = hashlib.sha256(data).hexdigest()
     peer = FakePeer("127.0.0.4", fid, forged, manifest=manifest_of(fid, forged))
-    with LocalHub() as hub, peer:
+    with peer, hub_daemon(nodes, data) as (c, _, url):
+        assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
+        yield url, peer
+
+
+@contextlib.contextmanager
+def hub_daemon(nodes: Callable[[str], Node], data: bytes) -> Iterator[tuple[Node, LocalHub, str]]:
+    """A hub holding `data` as FILE of REPO, and a daemon using it: (daemon, hub, the
+    file's resolve URL on the daemon)."""
+    with LocalHub() as hub:
         hub.add_repo(REPO, {FILE: data})
         c = nodes("127.0.0.2")
         use_hub(c, hub)
         assert c.start().returncode == 0
-        assert c.cli("peer", "add", peer.host, "--port", str(peer.port)).returncode == 0
-        yield f"{c.url}/{REPO}/resolve/main/{FILE}", peer
+        yield c, hub, f"{c.url}/{REPO}/resolve/main/{FILE}"
 
 
 def get_what_arrives(http: httpx.Client, url: str, span: str) -> tuple[int, bytes]:

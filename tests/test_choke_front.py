@@ -31,10 +31,7 @@ async def seed(tmp_path: Path) -> AsyncIterator[Peer]:
     p = Peer(tmp_path / "p", limits=FrontLimits(snub_after=0.5, slot_wait=10.0))
     p.shared.gate = UploadGate(ChokeConfig(slots=1, spread_window=60.0))
     async with anyio.create_task_group() as tg:
-        tg.start_soon(p.uvicorn.serve, [p.sock])
-        with anyio.fail_after(10):
-            while not p.uvicorn.started:
-                await anyio.sleep(0.01)
+        await p.serve_in(tg)
         yield p
         p.uvicorn.should_exit = True
 

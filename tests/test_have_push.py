@@ -32,10 +32,7 @@ async def peer(tmp_path: Path) -> AsyncIterator[Peer]:
 
     p = Peer(tmp_path / "p", limits=FrontLimits())
     async with anyio.create_task_group() as tg:
-        tg.start_soon(p.uvicorn.serve, [p.sock])
-        with anyio.fail_after(10):
-            while not p.uvicorn.started:
-                await anyio.sleep(0.01)
+        await p.serve_in(tg)
         yield p
         p.uvicorn.should_exit = True
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 import uvicorn
+from anyio.abc import TaskGroup
 
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.have import follow_haves
@@ -83,6 +84,13 @@ class Peer:
         self.uvicorn = uvicorn.Server(config)
         self.addr = PeerAddr(HOST, self.port)
 
+    async def serve_in(self, tg: TaskGroup) -> None:
+        """Serve in ``tg``; returns once the server listens."""
+        tg.start_soon(self.uvicorn.serve, [self.sock])
+        with anyio.fail_after(10):
+            while not self.uvicorn.started:
+                await anyio.sleep(0.01)
+
 
 @pytest.fixture
 async def make_peer(tmp_path: Path) -> AsyncIterator:
@@ -91,10 +99,7 @@ async def make_peer(tmp_path: Path) -> AsyncIterator:
     async def make(secret: str | None = None, limits: FrontLimits = FrontLimits()) -> Peer:
         peer = Peer(tmp_path / f"p{len(started)}", secret=secret, limits=limits)
         started.append(peer)
-        tg.start_soon(peer.uvicorn.serve, [peer.sock])
-        with anyio.fail_after(10):
-            while not peer.uvicorn.started:
-                await anyio.sleep(0.01)
+        await peer.serve_in(tg)
         return peer
 
     async with anyio.create_task_group() as tg:
