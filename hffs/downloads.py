@@ -161,10 +161,6 @@ class Transfer:
         """Set at the next change; take it before checking the state it guards."""
         return self._changed
 
-    def changed_now(self) -> None:
-        """Wake readers: something they wait on other than a chunk changed."""
-        self._notify()
-
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
@@ -173,6 +169,11 @@ class Transfer:
         self.have[index] = True
         self.epoch[index] += 1
         self._notify()
+
+    def manifest_vouched(self, hosts: int) -> None:
+        if hosts != self.vouching_hosts:  # told after every probe: wake readers on news only
+            self.vouching_hosts = hosts
+            self._notify()
 
     def from_upstream(self, index: int) -> bool:
         return self.upstream_epoch[index] == self.epoch[index]
@@ -403,8 +404,7 @@ class _SourceTap:
         self.inner.chunk_failed(chunk, source, upstream)
 
     def manifest_vouched(self, hosts: int) -> None:
-        self.t.vouching_hosts = hosts
-        self.t.changed_now()
+        self.t.manifest_vouched(hosts)
         self.inner.manifest_vouched(hosts)
 
 
