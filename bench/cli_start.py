@@ -7,7 +7,16 @@ reference: the interpreter alone), `hffs --version`, `hffs daemon status`,
 daemon (into a fresh --cache-dir each time, so every run really downloads). Prints
 the median CPU s (user + system) and wall per command, and each minus the reference.
 
-    .venv/bin/python bench/cli_start.py [--rounds 9] [--size 1M]
+``--compare PATH`` also runs each hffs command with another install's ``hffs`` script
+(e.g. a clone of an older commit with its own venv), interleaved in the same rounds,
+against the same daemons (the control API is the same).
+
+Python compiles a module without a .pyc from source on each run: with
+PYTHONDONTWRITEBYTECODE set (as in some CI and dev shells) hffs's own modules are
+compiled at every start, which a pip-installed hffs never does. The line printed first
+says which case was measured.
+
+    .venv/bin/python bench/cli_start.py [--rounds 9] [--size 1M] [--compare PATH]
 """
 
 from __future__ import annotations
@@ -24,19 +33,30 @@ REPO = "org/cli-start"
 NAME = "model.safetensors"
 
 
-def hffs_argv(*args: str) -> list[str]:
+def hffs_argv(*args: str, script: Path | None = None) -> list[str]:
     """The installed `hffs` script when there is one (what a user runs), else -m."""
-    script = Path(sys.executable).parent / "hffs"
+    script = script or Path(sys.executable).parent / "hffs"
     if script.is_file():
         return [str(script), *args]
     return [sys.executable, "-m", "hffs", *args]
+
+
+HFFS_COMMANDS = {
+    "hffs --version": ("--version",),
+    "hffs daemon status": ("daemon", "status"),
+    "hffs model ls": ("model", "ls"),
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=9, help="runs per command (default 9)")
     ap.add_argument("--size", type=h.parse_size, default="1M", help="file size (default 1M)")
+    ap.add_argument("--compare", type=Path, help="another install's hffs script, run alike")
     args = ap.parse_args()
+    scripts: dict[str, Path | None] = {"": None}
+    if args.compare:
+        scripts[" (compared)"] = args.compare
     src = h.cached_random_file(args.size)
     loads = [os.getloadavg()[0]]
     runs: dict[str, list[h.CliRun]] = {}
@@ -46,16 +66,15 @@ def main() -> None:
         seed.up()
         d = make("127.0.0.3", peers=[seed])
         d.up(bootstrap=[seed])
-        commands: dict[str, list[str]] = {
-            "python -c pass": [sys.executable, "-c", "pass"],
-            "hffs --version": hffs_argv("--version"),
-            "hffs daemon status": hffs_argv("daemon", "status"),
-            "hffs model ls": hffs_argv("model", "ls"),
-        }
         for i in range(args.rounds):
-            fresh = Path(tmp) / f"cache-{i}"
-            add = hffs_argv("model", "add", REPO, "--revision", h.COMMIT, "--cache-dir", str(fresh))
-            for name, argv in [*commands.items(), ("hffs model add (daemon)", add)]:
+            commands: dict[str, list[str]] = {"python -c pass": [sys.executable, "-c", "pass"]}
+            for label, script in scripts.items():
+                for name, cmd in HFFS_COMMANDS.items():
+                    commands[name + label] = hffs_argv(*cmd, script=script)
+                fresh = Path(tmp) / f"cache-{i}{label.strip(' ()')}"
+                add = ("model", "add", REPO, "--revision", h.COMMIT, "--cache-dir", str(fresh))
+                commands["hffs model add (daemon)" + label] = hffs_argv(*add, script=script)
+            for name, argv in commands.items():
                 run = h.run_timed(argv, d.env, timeout=120)
                 if not run.ok:
                     raise SystemExit(f"{name} failed:\n{run.tail()}")
@@ -63,15 +82,20 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
     ref_cpu = statistics.median(r.cpu_seconds for r in runs["python -c pass"])
     ref_wall = statistics.median(r.seconds for r in runs["python -c pass"])
+    bytecode = "off" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
     print(f"{args.rounds} rounds, interleaved; load average {min(loads):.1f}-{max(loads):.1f}")
-    print(f"{'command':<26} {'CPU s':>7} {'- ref':>7} {'wall s':>7} {'- ref':>7}")
+    print(f".pyc writing {bytecode} (PYTHONDONTWRITEBYTECODE)")
+    print(f"{'command':<37} {'CPU s':>7} {'- ref':>7} {'wall s':>7} {'- ref':>7}")
     results = {}
     for name, rs in runs.items():
         cpu = statistics.median(r.cpu_seconds for r in rs)
         wall = statistics.median(r.seconds for r in rs)
-        print(f"{name:<26} {cpu:7.3f} {cpu - ref_cpu:7.3f} {wall:7.3f} {wall - ref_wall:7.3f}")
+        print(f"{name:<37} {cpu:7.3f} {cpu - ref_cpu:7.3f} {wall:7.3f} {wall - ref_wall:7.3f}")
         results[name] = {"cpu_median": cpu, "wall_median": wall}
-    h.write_results("cli_start", {"rounds": args.rounds, "loads": loads, "commands": results})
+    h.write_results(
+        "cli_start",
+        {"rounds": args.rounds, "loads": loads, "bytecode": bytecode, "commands": results},
+    )
 
 
 if __name__ == "__main__":

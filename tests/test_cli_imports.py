@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from tests.localhub import LocalHub, make_random_file
 from tests.nodes import REPO, Node, put_model_file
@@ -51,8 +52,6 @@ CLIENT_HEAVY = {
     "pydantic",  # typer 0.29 coerces options through it (pinned below 0.29)
     "anyio",
     "asyncio",
-    "psutil",  # swarm.portable: only its Windows branches
-    "filelock",
     "uvicorn",
     "starlette",
     "kademlia",
@@ -61,6 +60,8 @@ CLIENT_HEAVY = {
     "hffs.downloads",
     "swarm.download",
 }
+if not portable.enabled():  # swarm.portable's Windows branches use them (forced in CI too)
+    CLIENT_HEAVY |= {"psutil", "filelock"}
 # Nothing of rich or HTTP at all for the import itself and for --version
 BARE_HEAVY = CLIENT_HEAVY | {"rich", "http.client", "hffs.jobs", "hffs.daemonctl.client"}
 
