@@ -1,11 +1,11 @@
 """What starting the `hffs` CLI costs: CPU s and wall of the common commands.
 
-A seed daemon (127.0.0.2) holds one small file; a downloader daemon (127.0.0.3) has
-it as a saved peer. Round after round, interleaved, runs: `python -c pass` (the
-reference: the interpreter alone), `hffs --version`, `hffs daemon status`,
-`hffs model ls` and `hffs model add` of the small file through the downloader's
-daemon (into a fresh --cache-dir each time, so every run really downloads). Prints
-the median CPU s (user + system) and wall per command, and each minus the reference.
+A seed daemon (127.0.0.2) holds small files, one per `model add` run; a downloader
+daemon (127.0.0.3) has it as a saved peer. Round after round, interleaved, runs:
+`python -c pass` (the reference: the interpreter alone), `hffs --version`,
+`hffs daemon status`, `hffs model ls` and `hffs model add` of one of those files through
+the downloader's daemon (a file of its own each time, so every run really downloads).
+Prints the median CPU s (user + system) and wall per command, and each minus the reference.
 
 ``--compare PATH`` also runs each hffs command with another install's ``hffs`` script
 (e.g. a clone of an older commit with its own venv), interleaved in the same rounds,
@@ -30,7 +30,6 @@ from pathlib import Path
 import harness as h
 
 REPO = "org/cli-start"
-NAME = "model.safetensors"
 
 
 def hffs_argv(*args: str, script: Path | None = None) -> list[str]:
@@ -57,29 +56,34 @@ def main() -> None:
     scripts: dict[str, Path | None] = {"": None}
     if args.compare:
         scripts[" (compared)"] = args.compare
-    src = h.cached_random_file(args.size)
+    files = args.rounds * len(scripts)  # one of its own per model add: each one downloads
     loads = [os.getloadavg()[0]]
     runs: dict[str, list[h.CliRun]] = {}
     with h.scratch("cli_start") as tmp, h.nodes(Path(tmp)) as make:
         seed = make("127.0.0.2")
-        seed.add_file(REPO, NAME, src)
+        for k in range(files):
+            seed.add_file(REPO, f"w{k}.bin", h.cached_random_file(args.size, seed=k))
         seed.up()
         d = make("127.0.0.3", peers=[seed])
         d.up(bootstrap=[seed])
-        for i in range(args.rounds):
+        k = 0
+        for _ in range(args.rounds):
             commands: dict[str, list[str]] = {"python -c pass": [sys.executable, "-c", "pass"]}
             for label, script in scripts.items():
                 for name, cmd in HFFS_COMMANDS.items():
                     commands[name + label] = hffs_argv(*cmd, script=script)
-                fresh = Path(tmp) / f"cache-{i}{label.strip(' ()')}"
-                add = ("model", "add", REPO, "--revision", h.COMMIT, "--cache-dir", str(fresh))
+                cache = str(Path(tmp) / "cli-cache")
+                add = ("model", "add", REPO, f"w{k}.bin", "--revision", h.COMMIT)
+                add += ("--cache-dir", cache)
                 commands["hffs model add (daemon)" + label] = hffs_argv(*add, script=script)
+                k += 1
             for name, argv in commands.items():
                 run = h.run_timed(argv, d.env, timeout=120)
                 if not run.ok:
                     raise SystemExit(f"{name} failed:\n{run.tail()}")
                 runs.setdefault(name, []).append(run)
             loads.append(os.getloadavg()[0])
+        moved = d.status()["bytes_down_peers"]
     ref_cpu = statistics.median(r.cpu_seconds for r in runs["python -c pass"])
     ref_wall = statistics.median(r.seconds for r in runs["python -c pass"])
     bytecode = "off" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
@@ -92,6 +96,7 @@ def main() -> None:
         wall = statistics.median(r.seconds for r in rs)
         print(f"{name:<37} {cpu:7.3f} {cpu - ref_cpu:7.3f} {wall:7.3f} {wall - ref_wall:7.3f}")
         results[name] = {"cpu_median": cpu, "wall_median": wall}
+    print(f"the daemon downloaded {moved / args.size:.1f} x {args.size} B from the seed")
     h.write_results(
         "cli_start",
         {"rounds": args.rounds, "loads": loads, "bytecode": bytecode, "commands": results},
