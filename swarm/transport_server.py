@@ -72,7 +72,7 @@ class UploadGate:
         self._waiters: dict[int, asyncio.Future[Decision]] = {}
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return time.monotonic()  # the event loop's clock, without looking the loop up
 
     def _apply(self, decisions: dict[int, Decision]) -> None:
         for ticket, decision in decisions.items():
@@ -163,27 +163,22 @@ def with_connection_close(raw: bytes) -> bytes:
     return raw[:line_end] + b"Connection: close\r\n" + raw[line_end:]
 
 
-def _status_line(status: int) -> bytes:
-    reason = {
-        200: "OK",
-        206: "Partial Content",
-        400: "Bad Request",
-        403: "Forbidden",
-        404: "Not Found",
-        416: "Range Not Satisfiable",
-        503: "Service Unavailable",
-    }.get(status, "Error")
-    return f"HTTP/1.1 {status} {reason}\r\n".encode()
+_REASONS = {
+    200: "OK",
+    206: "Partial Content",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    416: "Range Not Satisfiable",
+    503: "Service Unavailable",
+}
 
 
 def render_head(status: int, headers: dict[str, str], *, close: bool) -> bytes:
-    lines = [_status_line(status)]
-    for name, value in headers.items():
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    if close:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    last = "Connection: close\r\n\r\n" if close else "\r\n"
+    reason = _REASONS.get(status, "Error")
+    return f"HTTP/1.1 {status} {reason}\r\n{fields}{last}".encode("latin-1")
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -212,6 +207,9 @@ class FrontProtocol(asyncio.Protocol):
         self._file: tuple[io.FileIO, Path, FileIdent | None] | None = None
         self._direct: portable.DirectSend | None = None  # made at the first body
         self._direct_tried = False
+        self._deadline: float | None = None  # for the next head (loop time), if waiting
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._timed_out = False
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -281,7 +279,7 @@ class FrontProtocol(asyncio.Protocol):
     # -- reading heads ------------------------------------------------------------
 
     async def _wait_data(self) -> None:
-        if self._eof:
+        if self._eof or self._timed_out:
             raise _Closed
         self._more.clear()
         if self._paused and self._transport is not None:
@@ -290,28 +288,50 @@ class FrontProtocol(asyncio.Protocol):
         await self._more.wait()
 
     async def _read_head(self) -> bytes:
-        end = self._buf.find(b"\r\n\r\n")
-        if end >= 0 and end + 4 <= MAX_HEAD:  # pipelined: here already, no timers
-            raw = bytes(self._buf[: end + 4])
-            del self._buf[: end + 4]
-            return raw
+        """The next request head: the idle deadline runs while nothing has come, the
+        header deadline from its first bytes on (``_wait_until``)."""
         limits = self.shared.limits
-        try:
-            async with asyncio.timeout(limits.idle_timeout):
-                while not self._buf:
-                    await self._wait_data()
-            async with asyncio.timeout(limits.header_timeout):
-                while (end := self._buf.find(b"\r\n\r\n")) < 0:
-                    if len(self._buf) > MAX_HEAD:
-                        raise _Closed
-                    await self._wait_data()
-        except TimeoutError:
-            raise _Closed from None
+        if not self._buf:
+            self._wait_until(limits.idle_timeout)
+            while not self._buf:
+                await self._wait_data()
+        if (end := self._buf.find(b"\r\n\r\n")) < 0:
+            self._wait_until(limits.header_timeout)
+            while (end := self._buf.find(b"\r\n\r\n")) < 0:
+                if len(self._buf) > MAX_HEAD:
+                    raise _Closed
+                await self._wait_data()
+        self._deadline = None
         if end + 4 > MAX_HEAD:
             raise _Closed
         raw = bytes(self._buf[: end + 4])
         del self._buf[: end + 4]
         return raw
+
+    def _wait_until(self, timeout: float) -> None:
+        """Close the connection if no head came ``timeout`` seconds from now.
+
+        One timer per connection, moved only when a deadline comes sooner than it: a
+        timer per request (asyncio.timeout) costs more than reading the request."""
+        loop = asyncio.get_running_loop()
+        self._deadline = deadline = loop.time() + timeout
+        dog = self._watchdog
+        if dog is None or dog.when() > deadline:
+            if dog is not None:
+                dog.cancel()
+            self._watchdog = loop.call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        deadline = self._deadline
+        if deadline is None:  # not waiting for a head: armed again when a wait begins
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._watchdog = loop.call_at(deadline, self._watch)
+            return
+        self._timed_out = True
+        self._more.set()
 
     # -- serving ------------------------------------------------------------------
 
@@ -345,6 +365,10 @@ class FrontProtocol(asyncio.Protocol):
         except Exception:  # a bug here must not take the listener down
             log.exception("peer connection from %s failed", self._host)
         finally:
+            self._deadline = None
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             self._close_file()
             if self._direct is not None:
                 self._direct.release()

@@ -220,3 +220,21 @@ async def test_a_slow_reader_gets_every_byte_in_order(seed) -> None:
             pos += len(part)
     assert pos == len(out)  # the HEAD answer has no body
     assert peer.stats.total == 2 * SIZE - 5
+
+
+@pytest.mark.parametrize("idle", [True, False])
+async def test_idle_and_half_sent_heads_are_cut_after_a_served_request(
+    tmp_path: Path, idle: bool
+) -> None:
+    """The deadlines for the next head run on a persistent connection too."""
+    limits = FrontLimits(idle_timeout=0.5 if idle else 60.0, header_timeout=0.5)
+    peer = Peer(tmp_path / "p", limits=limits)
+    async with anyio.create_task_group() as tg:
+        await peer.serve_in(tg)
+        async with connected(peer) as conn:
+            assert await conn.get(peer.full_id, 0, 10) == (206, peer.full[:10])
+            if not idle:  # the start of a head, never finished
+                conn.writer.write(b"GET /v1/ping HTTP/1.1\r\nX-Slow: ")
+            with anyio.fail_after(10):  # far below the 60 s idle deadline
+                assert await conn.reader.read() == b""
+        peer.uvicorn.should_exit = True
