@@ -180,6 +180,64 @@ async def transport_sendfile(
     return await loop.sendfile(transport, file, offset, count)
 
 
+def keep_files_open() -> bool:
+    """Whether a server may keep a file open between requests. Not in the portable
+    branch: Windows can neither rename nor delete a file someone holds open, and a
+    partial file is renamed when it is published, a rotten blob deleted."""
+    return not enabled()
+
+
+class DirectSend:
+    """Zero-copy sends on an asyncio transport's own socket, for the moments its write
+    buffer is empty (then nothing of the transport's can be overtaken).
+
+    asyncio's ``loop.sendfile`` does the same ``os.sendfile`` but around each call also
+    stats the file, seeks it, pauses and resumes reading and adds and removes a writer:
+    at 1 MiB per request that is most of the sending's cost. Here a send that the socket
+    cannot take raises BlockingIOError; the caller then waits through the transport.
+
+    Linux sends a response head with MSG_MORE, so head and body leave in one flight;
+    macOS sends the head on its own. None (``of``) in the portable branch and wherever
+    the transport has no socket: callers then use ``transport_sendfile``."""
+
+    MSG_MORE: int = getattr(socket, "MSG_MORE", 0)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.fd = sock.fileno()
+
+    @classmethod
+    def of(cls, transport: asyncio.BaseTransport) -> DirectSend | None:
+        if enabled() or not hasattr(os, "sendfile"):
+            return None
+        ts = transport.get_extra_info("socket")
+        if ts is None:
+            return None
+        try:  # a view of the transport's descriptor, never its owner (see ``release``)
+            sock = socket.socket(ts.family, ts.type, ts.proto, fileno=ts.fileno())
+        except (OSError, AttributeError, ValueError):
+            return None
+        return cls(sock)
+
+    def head(self, data: bytes, more: bool) -> int:
+        """Send what the socket takes of ``data`` now; with ``more``, a body follows at
+        once, so the kernel may hold the head back to leave with it."""
+        try:
+            return self._sock.send(data, self.MSG_MORE if more else 0)
+        except BlockingIOError:
+            return 0
+
+    def body(self, fd: int, offset: int, count: int) -> int:
+        """One ``os.sendfile``: bytes sent, 0 at the end of the file; BlockingIOError
+        when the socket takes nothing now."""
+        return os.sendfile(self.fd, fd, offset, count)
+
+    def release(self) -> None:
+        """Forget the descriptor without closing it: the transport owns it."""
+        with contextlib.suppress(OSError):
+            self._sock.detach()
+
+
 # -- listening sockets -----------------------------------------------------------
 
 
