@@ -7,6 +7,7 @@ more to import than the whole request (bench/cli_start.py)."""
 from __future__ import annotations
 
 import http.client
+import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -221,12 +222,18 @@ def _text(raw: bytes) -> str:
     return raw.decode(errors="replace")[:200]
 
 
-def _lines(r: http.client.HTTPResponse, block: int = 1 << 16) -> Iterator[bytes]:
-    """The lines of a streamed body as they arrive (chunked or not), without the ends."""
-    pending = b""
+def _lines(r: io.BufferedIOBase, block: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of a streamed body as they arrive (chunked or not), without the ends.
+    Linear in the body's size however long a line is (a plan of 100k files is one line)."""
+    parts: list[bytes] = []
     while chunk := r.read1(block):
-        pending += chunk
-        *whole, pending = pending.split(b"\n")
-        yield from whole
-    if pending:
-        yield pending
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            parts.append(chunk[start:end])
+            yield b"".join(parts)
+            parts.clear()
+            start = end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if parts:
+        yield b"".join(parts)
