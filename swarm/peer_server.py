@@ -6,7 +6,8 @@ Routes (all GET; HEAD works too):
 - ``/v1/blobs/{id}``: the bytes. ``Range: bytes=a-b`` (one range) gives 206 with
   Content-Range; 416 when unsatisfiable (or several ranges), 400 when malformed.
   A partial file serves only ranges lying wholly inside verified chunks (else 416).
-- ``/v1/blobs/{id}/manifest``: the Manifest JSON (digests ``null`` where not held).
+- ``/v1/blobs/{id}/manifest``: the Manifest JSON (digests ``null`` where not held);
+  503 with ``Retry-After`` while a complete blob is digested (``swarm.manifest_cache``).
 - ``/v1/blobs/{id}/have``: the verified-chunk bitmap, one bit per chunk, MSB first,
   ``application/octet-stream``, with headers ``X-Chunk-Count`` and ``X-File-Size``.
 
@@ -40,7 +41,7 @@ from swarm.chunking import chunk_count, chunk_size_for
 from swarm.held_cache import HeldCache
 from swarm.ids import is_file_id
 from swarm.manifest import Manifest, ManifestError
-from swarm.manifest_cache import ManifestCache
+from swarm.manifest_cache import RETRY_AFTER, ManifestCache
 from swarm.peer_auth import Verifier, dest_of
 from swarm.selfcheck import OnRotten, SelfCheck, chunk_matches, stat_key
 from swarm.store import partial_digests, read_partial_state
@@ -508,8 +509,10 @@ class PeerServer:
         if isinstance(held, Response):
             return held
         try:
-            if held.have is None:
-                manifest = await self.manifests.get(file_id, held.path)
+            if held.have is None:  # a cold blob is digested in the background meanwhile
+                manifest = await self.manifests.answer(file_id, held.path, held.size)
+                if manifest is None:
+                    return _error(503, "digesting; retry later", {"Retry-After": str(RETRY_AFTER)})
             else:
                 manifest = await anyio.to_thread.run_sync(self._partial_manifest, file_id, held)
         except (OSError, ManifestError):
