@@ -27,7 +27,6 @@ import statistics
 from pathlib import Path
 
 import harness as h
-import httpx
 
 REPO = "org/single-peer"
 NAME = "model.safetensors"
@@ -63,8 +62,7 @@ def main() -> None:
         dl = make("127.0.0.10", peers=[seed]).up(bootstrap=[seed])
         h.wait_providers(dl, file_id, 1)
         if not args.cold:
-            url = f"http://{seed.addr}/v1/blobs/{file_id}/manifest"
-            httpx.get(url, timeout=600).raise_for_status()
+            h.warm_manifest(seed, file_id, timeout=600)
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):  # alternate, so neither side gets a warmer machine
                 r = run_curl(f"{nginx.url}/{NAME}", root / "curl.out")
