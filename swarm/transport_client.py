@@ -175,7 +175,7 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._fill = 0  # bytes of the block received
         self._used = 0  # of those, bytes already handled
         self._pending: deque[Ticket] = deque()  # asked, unanswered (sent or held back)
-        self._held_back: list[bytes] = []  # heads of the last ones, not sent yet
+        self._held_back: list[tuple[Ticket, bytes]] = []  # the last ones, not sent yet
         self._current: Ticket | None = None  # the request whose body is being read
         self._skip = 0  # body bytes of a refusal still to drop
         self._body_left = 0  # body bytes of the current answer not yet received
@@ -196,15 +196,21 @@ class PeerConnection(asyncio.BufferedProtocol):
         self._pending.append(ticket)
         dest = self._dest or (self.peer.host, self.peer.port)
         auth = self._auth.head_lines("GET", path, dest)
-        self._held_back.append(request_head(str(self.peer), path, start, end, auth))
+        self._held_back.append((ticket, request_head(str(self.peer), path, start, end, auth)))
         self._send_held()
         return ticket
 
     def _send_held(self) -> None:
         held = len(self._held_back)
         if self.transport is not None and should_send(len(self._pending) - held, held):
-            self.transport.write(b"".join(self._held_back))
+            self.transport.write(b"".join(head for _, head in self._held_back))
             self._held_back.clear()
+
+    def forget(self, ticket: Ticket) -> None:
+        """An abandoned request not sent yet is never sent (the peer may be banned)."""
+        if any(t is ticket for t, _ in self._held_back):
+            self._held_back = [(t, h) for t, h in self._held_back if t is not ticket]
+            self._pending = deque(t for t in self._pending if t is not ticket)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -406,6 +412,7 @@ class PeerPool:
         # pipelined behind it, which count against a good peer.
         ticket.sink = None
         ticket.done = None
+        ticket.conn.forget(ticket)
 
     async def fetch(self, peer: PeerAddr, file_id: str, start: int, end: int, sink: Sink) -> bytes:
         """Bytes ``[start, end)`` of ``file_id`` from ``peer`` into ``sink``; their digest."""

@@ -233,6 +233,44 @@ async def test_a_burst_of_pipelined_requests_all_land(make_peer) -> None:
         assert got[i] == chunk_digest(peer.full[s:e])
 
 
+async def test_an_abandoned_request_still_held_back_is_never_sent(make_peer) -> None:
+    peer = await make_peer()
+    size = 64 << 10
+    got: dict[int, bytes] = {}
+
+    def done_for(i: int):
+        def done(digest: bytes | None, exc: SourceError | None) -> None:
+            assert exc is None and digest is not None
+            got[i] = digest
+
+        return done
+
+    async with PeerPool(conns_per_peer=1) as pool:
+        await pool.fetch(peer.addr, peer.full_id, 0, size, MemorySink(size))
+        conn = pool.ready(peer.addr)
+        assert conn is not None
+        # Ten asked at once, with no answer read in between: the first eight go out
+        # (1, 2, then batches of 2 and 4), the last two wait for answers.
+        tickets = [
+            pool.send(conn, peer.full_id, i * size, (i + 1) * size, MemorySink(size), done_for(i))
+            for i in range(10)
+        ]
+        for ticket in tickets[8:]:
+            pool.abandon(ticket)  # e.g. the peer was just banned
+        with anyio.fail_after(10):
+            while len(got) < 8:
+                await anyio.sleep(0.01)
+        # The connection stays in step: the next answer is the next request's.
+        last = MemorySink(size)
+        digest = await pool.fetch(peer.addr, peer.full_id, 20 * size, 21 * size, last)
+        assert digest == chunk_digest(peer.full[20 * size : 21 * size])
+        with anyio.fail_after(10):
+            while peer.stats.active:  # the server books a send once it is over
+                await anyio.sleep(0.01)
+    assert sorted(got) == list(range(8))
+    assert peer.stats.total == (1 + 8 + 1) * size  # the two abandoned were never served
+
+
 async def test_a_partial_file_serves_only_verified_chunks(make_peer) -> None:
     peer = await make_peer()
     async with PeerPool() as pool:
