@@ -15,9 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
-
 from hffs.errors import HffsError
 from swarm import portable
 from swarm.files import atomic_write
@@ -25,6 +22,11 @@ from swarm.ids import is_file_id
 
 REPO_TYPES = ("model", "dataset", "space")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# A strict subset of what huggingface_hub's validate_repo_id accepts (ASCII alphanumerics
+# at both ends of each part, no "--", "..", ".git" end): such ids pass without importing
+# huggingface_hub, which costs the CLI ~80 ms; every other id gets its verdict from it.
+_PLAIN_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?"
+_PLAIN_REPO_ID = re.compile(rf"(?:{_PLAIN_PART}/)?{_PLAIN_PART}")
 
 
 class CacheError(HffsError):
@@ -44,6 +46,17 @@ def check_commit(commit: object) -> str:
 
 def check_repo_id(repo_id: object) -> str:
     """A repo id as the hub allows it (``name`` or ``org/name``, no ``..`` or ``--``)."""
+    if (
+        isinstance(repo_id, str)
+        and _PLAIN_REPO_ID.fullmatch(repo_id)
+        and "--" not in repo_id
+        and ".." not in repo_id
+        and not repo_id.endswith(".git")
+    ):
+        return repo_id
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     try:
         validate_repo_id(repo_id)  # type: ignore[arg-type]
     except HFValidationError:

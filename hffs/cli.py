@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from hffs import config, importer, managed
+from hffs import config, managed
 from hffs.cache import HubCache
 from hffs.console import err, expected_failures, fail, out
 from hffs.progress import human_bytes
@@ -50,7 +49,7 @@ def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
 
-        out.print(f"hffs {version('hffs')}", highlight=False)
+        print(f"hffs {version('hffs')}")  # what out.print wrote, without importing rich
         raise typer.Exit()
 
 
@@ -231,7 +230,7 @@ def _run_job(spec: JobSpec, *, quiet: bool = False) -> JobPlan | None:
         daemon: DaemonClient | None = DaemonClient.from_home(config.home_dir())
     except DaemonNotRunning:
         daemon = None
-    console = Console(stderr=True, quiet=True) if quiet else err
+    console = Console(stderr=True, quiet=True) if quiet else err.console
     if quiet:  # only the path: not even huggingface_hub's no-symlinks warning
         warnings.simplefilter("ignore")
     with DownloadProgress(console) as progress:
@@ -244,7 +243,7 @@ def _run_job(spec: JobSpec, *, quiet: bool = False) -> JobPlan | None:
 
             result = anyio.run(run_local, spec, progress, backend="asyncio")
     if spec.dry_run:
-        progress.dry_run(out)
+        progress.dry_run(out.console)
     else:
         progress.summary(result)
     return progress.plan
@@ -296,6 +295,8 @@ def model_ls(
             for f in files:
                 out.print(str(f.local_path.absolute()), highlight=False, soft_wrap=True)
             return
+        from rich.table import Table
+
         table = Table("file", "size", "revision", "blob")
         for f in files:
             table.add_row(f.path, human_bytes(f.size), f.commit[:12], f.blob_id[:12])
@@ -307,6 +308,8 @@ def _print_repos(cache: HubCache, quiet: bool = False) -> None:
         for _, repo_id in cache.iter_repos():
             out.print(repo_id, highlight=False, soft_wrap=True)
         return
+    from rich.table import Table
+
     table = Table("repo", "type", "files", "size", "refs")
     for repo_type, repo_id in cache.iter_repos():
         s = cache.repo_summary(repo_type, repo_id)
@@ -380,6 +383,8 @@ def model_import(
 ) -> None:
     """Adopt files already on disk (a file needs --file; a folder keeps its tree)."""
     _check_repo_type(repo_type)
+    from hffs import importer
+
     if method not in importer.METHODS:
         fail(f"--method must be cp, mv or ln, not {method!r}")
     cache = _cache()

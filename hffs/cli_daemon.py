@@ -9,15 +9,12 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import anyio
 import typer
-from rich.table import Table
 
 from hffs import config
 from hffs.cache import HubCache, is_commit
 from hffs.config import Config, Peer
 from hffs.console import err, expected_failures, fail, out
-from hffs.daemonctl.client import DaemonClient, DaemonError, DaemonNotRunning
 from hffs.progress import human_bytes
 from swarm.hostport import format_hostport, is_ip, parse_hostport
 
@@ -77,6 +74,8 @@ def _resolves(name: str) -> bool:
 
 
 def _tell_daemon_peers_changed() -> None:
+    from hffs.daemonctl.client import DaemonClient, DaemonError, DaemonNotRunning
+
     # no daemon is fine; it re-reads saved peers on its own every probe round anyway
     with contextlib.suppress(DaemonNotRunning, DaemonError):
         DaemonClient.from_home(config.home_dir(), timeout=5.0).refresh_peers()
@@ -192,8 +191,12 @@ def daemon_stop() -> None:
 @daemon_app.command("status")
 def daemon_status() -> None:
     """Port, node id, DHT size, peers, files shared and transfer totals."""
+    from hffs.daemonctl.client import DaemonClient
+
     with expected_failures():
         s = DaemonClient.from_home(config.home_dir(), timeout=10.0).status()
+    from rich.table import Table
+
     up_since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["started_at"]))
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -269,6 +272,8 @@ def peer_rm(
 
 
 async def _probe_all(peers: list[Peer], secret: str | None) -> list[bool]:
+    import anyio
+
     from hffs.peers import PeerClient
 
     results = [False] * len(peers)
@@ -293,6 +298,9 @@ def peer_ls() -> None:
     if not cfg.peers:
         err.print("no saved peers; add one with `hffs peer add HOST [--port P]`")
         return
+    import anyio
+    from rich.table import Table
+
     alive = anyio.run(_probe_all, cfg.peers, cfg.swarm_secret)
     table = Table("host", "port", "status")
     for peer, ok in zip(cfg.peers, alive, strict=True):
@@ -328,6 +336,8 @@ def search_command(
 
     A 40-hex revision is searched as is; a ref is resolved by the local cache if it
     knows it, else by the peers holding any revision of the repo (newest commit)."""
+    from hffs.daemonctl.client import DaemonClient
+
     home = config.home_dir()
     with expected_failures():
         daemon = DaemonClient.from_home(home, timeout=60.0)

@@ -84,11 +84,46 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
+# Every variable huggingface_hub's get_token reads besides HF_HOME and XDG_CACHE_HOME.
+_TOKEN_ENV = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_OIDC_RESOURCE",
+    "HF_TOKEN_PATH",
+    "HUGGINGFACE_CO_STAGING",
+)
+
+
+def _expand(path: str) -> str:
+    return os.path.expandvars(os.path.expanduser(path))
+
+
+def _surely_no_token() -> bool:
+    """True only where huggingface_hub's get_token would find no token either: none of
+    its variables set, no token file where it looks, not in IPython (Colab's secrets).
+    Importing huggingface_hub costs the CLI ~140 ms: without a token there is no need."""
+    import builtins
+
+    if any(name in os.environ for name in _TOKEN_ENV) or hasattr(builtins, "get_ipython"):
+        return False
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    hf_home = _expand(os.getenv("HF_HOME", os.path.join(cache, "huggingface")))
+    try:
+        os.stat(_expand(os.path.join(hf_home, "token")))  # its HF_TOKEN_PATH
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def hf_token() -> str | None:
     """The token for upstream endpoints only; never sent to peers."""
     token = os.environ.get("HF_TOKEN")
     if token:
         return token
+    if _surely_no_token():
+        return None
     from huggingface_hub import get_token  # reads the token file `hf auth login` wrote
 
     return get_token()

@@ -6,21 +6,14 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
-
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
     from hffs.jobs import JobPlan, JobResult
+
+# rich.progress and rich.table are imported when a bar or a table is drawn: commands that
+# only format sizes (hffs model ls, daemon status) import this module too.
 
 
 def human_bytes(n: float) -> str:
@@ -32,20 +25,43 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-class BytesColumn(ProgressColumn):
-    """``done/total`` in human_bytes (rich's DownloadColumn would mix in decimal MB)."""
+def _bars(console: Console) -> Progress:
+    """The bars: name, bar, done/total and speed in human_bytes, time left, the split."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        total = human_bytes(task.total) if task.total is not None else "?"
-        return Text(f"{human_bytes(task.completed)}/{total}", style="progress.download")
+    class BytesColumn(ProgressColumn):
+        """``done/total`` in human_bytes (rich's DownloadColumn would mix in decimal MB)."""
 
+        def render(self, task: Task) -> Text:
+            total = human_bytes(task.total) if task.total is not None else "?"
+            return Text(f"{human_bytes(task.completed)}/{total}", style="progress.download")
 
-class SpeedColumn(ProgressColumn):
-    """The transfer rate in human_bytes per second."""
+    class SpeedColumn(ProgressColumn):
+        """The transfer rate in human_bytes per second."""
 
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{human_bytes(speed)}/s", style="progress.data.speed")
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            text = "" if speed is None else f"{human_bytes(speed)}/s"
+            return Text(text, style="progress.data.speed")
+
+    return Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        BytesColumn(),
+        SpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[split]}", markup=False),
+        console=console,
+        transient=False,
+    )
 
 
 class DownloadProgress:
@@ -82,16 +98,7 @@ class DownloadProgress:
         todo = [p for p in plan.todo if p in sizes]
         if not todo:
             return
-        self._progress = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            BytesColumn(),
-            SpeedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[split]}", markup=False),
-            console=self.console,
-            transient=False,
-        )
+        self._progress = _bars(self.console)
         self._progress.__enter__()
         self._total = self._progress.add_task(
             f"{plan.repo_id}@{plan.commit[:7]}", total=sum(sizes[p] for p in todo), split=""
@@ -143,6 +150,8 @@ class DownloadProgress:
             soft_wrap=True,
         )
         if by_source:
+            from rich.table import Table
+
             table = Table("source", "bytes", "share")
             for source, n in by_source.most_common():
                 table.add_row(source, human_bytes(n), f"{100 * n / total:.0f}%")
@@ -163,6 +172,8 @@ class DownloadProgress:
             soft_wrap=True,
             markup=False,
         )
+        from rich.table import Table
+
         table = Table("file", "size", "peers holding it", box=None)
         for f in sorted(plan.files, key=lambda f: f.path):
             if f.path in todo:

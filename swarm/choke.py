@@ -37,7 +37,7 @@ BitTorrent's ideas, for a protocol where downloaders choose chunks and a holder 
 from __future__ import annotations
 
 import itertools
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 
@@ -85,7 +85,7 @@ class UploadChoker:
         self._waiting: dict[int, _Ask] = {}  # in arrival order
         self._sending: dict[int, _Ask] = {}  # holding a slot
         self._snubbed: dict[int, _Ask] = {}  # still sending, slot given back
-        self._sending_by_host: Counter[str] = Counter()
+        self._sending_by_host: dict[str, int] = {}
         # file -> chunk -> (address it was last given to, when)
         self._given: OrderedDict[str, dict[int, tuple[str, float]]] = OrderedDict()
         # address -> (bytes sent, decayed to the time beside it)
@@ -103,6 +103,9 @@ class UploadChoker:
         full = len(self._sending) >= self.config.slots
         if (full and self._taken(ask, now)) or len(self._waiting) >= self.config.max_waiting:
             return ask.ticket, {ask.ticket: Decision.CHOKE}
+        if not full and not self._waiting:  # a free slot and no queue: what _fill would do
+            self._send(ask, now)
+            return ask.ticket, {ask.ticket: Decision.SEND}
         self._waiting[ask.ticket] = ask
         return ask.ticket, self._fill(now)
 
@@ -111,9 +114,9 @@ class UploadChoker:
         waiting or sending. Returns the decisions for requests waiting."""
         ask = self._sending.pop(ticket, None) or self._snubbed.pop(ticket, None)
         if ask is not None:
-            self._sending_by_host[ask.host] -= 1
-            if not self._sending_by_host[ask.host]:
-                del self._sending_by_host[ask.host]
+            left = self._sending_by_host.pop(ask.host, 1) - 1
+            if left:
+                self._sending_by_host[ask.host] = left
             if nbytes > 0:
                 self._account(ask.host, nbytes, now)
         else:
@@ -169,18 +172,24 @@ class UploadChoker:
             pool = fresh or list(self._waiting.values())  # only duplicates: idle otherwise
             best = min(
                 pool,
-                key=lambda a: (self._sending_by_host[a.host], self.recent_bytes(a.host, now)),
+                key=lambda a: (
+                    self._sending_by_host.get(a.host, 0),
+                    self.recent_bytes(a.host, now),
+                ),
             )  # min keeps the first of equals: the earliest arrival
             del self._waiting[best.ticket]
-            self._sending[best.ticket] = best
-            self._sending_by_host[best.host] += 1
-            self._give(best, now)
+            self._send(best, now)
             out[best.ticket] = Decision.SEND
         if len(self._sending) >= cfg.slots:
             for ask in [a for a in self._waiting.values() if self._taken(a, now)]:
                 del self._waiting[ask.ticket]
                 out[ask.ticket] = Decision.CHOKE
         return out
+
+    def _send(self, ask: _Ask, now: float) -> None:
+        self._sending[ask.ticket] = ask
+        self._sending_by_host[ask.host] = self._sending_by_host.get(ask.host, 0) + 1
+        self._give(ask, now)
 
     def _give(self, ask: _Ask, now: float) -> None:
         if ask.chunk is None:

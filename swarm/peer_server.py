@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from swarm import portable
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.files import atomic_write
+from swarm.held_cache import HeldCache
 from swarm.ids import is_file_id
 from swarm.manifest import Manifest, ManifestError, build_manifest
 from swarm.peer_auth import Verifier, dest_of
@@ -53,7 +54,8 @@ SEND_BLOCK = 256 * 1024  # bytes per read/send: bounds memory per upload
 
 
 class ContentIndex(Protocol):
-    """Where complete files live; must be cheap (it is called per request, in a thread)."""
+    """Where complete files live; must be cheap (it is called in a thread, at most once a
+    ``HeldCache.ttl`` per id and blob connection; see ``PeerServer.plan_blob``)."""
 
     def complete_path(self, file_id: str) -> Path | None: ...
 
@@ -172,6 +174,8 @@ class BlobPlan:
     status: int
     headers: dict[str, str]
     size: int = 0  # the whole file's
+    ident: FileIdent | None = None  # what an open descriptor must be (``file_ident``)
+    cached: bool = False  # decided from a remembered lookup (``PeerServer.held_cache``)
 
     @property
     def chunk(self) -> int | None:
@@ -184,6 +188,15 @@ class BlobPlan:
 
 # -- what we hold ----------------------------------------------------------------
 
+FileIdent = tuple[int, ...]
+
+
+def file_ident(st: os.stat_result) -> FileIdent:
+    """What a descriptor opened later must still show to be the file looked up. Not the
+    inode alone: a partial file discarded and begun again may get the same inode number
+    (without its verified chunks); its mtime moves with every chunk written."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
 
 @dataclass(frozen=True)
 class Held:
@@ -192,6 +205,7 @@ class Held:
     path: Path
     size: int
     have: list[bool] | None
+    ident: FileIdent | None = None  # ``file_ident`` at lookup time
 
     @property
     def chunk_size(self) -> int:
@@ -210,7 +224,8 @@ def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | Non
     path = index.complete_path(file_id)
     if path is not None:
         try:
-            return Held(path, path.stat().st_size, None)
+            st = path.stat()
+            return Held(path, st.st_size, None, file_ident(st))
         except OSError:
             pass
     state = read_partial_state(partial_root, file_id)
@@ -219,7 +234,32 @@ def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | Non
     size, have = state
     if len(have) != chunk_count(size, chunk_size_for(size)) or not any(have):
         return None
-    return Held(partial_root / f"{file_id}.part", size, have)
+    part = partial_root / f"{file_id}.part"
+    try:
+        ident = file_ident(part.stat())
+    except OSError:
+        return None
+    return Held(part, size, have, ident)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str, extra: dict[str, str] | None = None) -> None:
+        self.answer = (status, detail, extra)
+
+
+def _span(held: Held, range_header: str | None) -> tuple[int, int, bool]:
+    """``[start, end)`` to send and whether a Range asked for it; _Refused otherwise."""
+    try:
+        span = parse_range(range_header, held.size)
+    except RangeError as exc:
+        extra = {"Content-Range": f"bytes */{held.size}"} if exc.status == 416 else None
+        raise _Refused(exc.status, exc.detail, extra) from None
+    start, end = span if span is not None else (0, held.size)
+    if held.have is not None and not span_is_held(start, end, held.chunk_size, held.have):
+        if span is None:
+            raise _Refused(404, "only part of this file is held; ask for a Range")
+        raise _Refused(416, "range not held", {"Content-Range": f"bytes */{held.size}"})
+    return start, end, span is not None
 
 
 # -- the app ---------------------------------------------------------------------
@@ -389,9 +429,14 @@ class PeerServer:
         # One address never holds every slot (32 never-reading downloads from one host).
         self.slots_per_address = max(1, limits.max_uploads // 4)
         self._slots_by_host: dict[str, int] = {}
+        # Lookups reused by blob requests (swarm.held_cache has the rules); the owner
+        # calls ``forget_held`` when what it shares changes.
+        self.held_cache: HeldCache[Held] = HeldCache()
 
     async def held(self, file_id: str) -> Held | None:
-        """What we hold of ``file_id``; a complete file that failed its check is not held."""
+        """What we hold of ``file_id``, looked up now; a complete file that failed its
+        check is not held."""
+        generation = self.held_cache.generation
         held = await anyio.to_thread.run_sync(_lookup, self.index, self.partial_root, file_id)
         if (
             held is not None
@@ -399,8 +444,14 @@ class PeerServer:
             and file_id in self.selfcheck.quarantine
             and await anyio.to_thread.run_sync(self.selfcheck.blocked, file_id, held.path)
         ):
-            return None
+            held = None
+        self.held_cache.put(file_id, held, generation)
         return held
+
+    def forget_held(self, file_id: str | None = None) -> None:
+        """What is shared changed (a rescan, a file dropped): look ``file_id`` (or
+        everything) up again on its next request."""
+        self.held_cache.forget(file_id)
 
     # -- routes ------------------------------------------------------------------
 
@@ -423,25 +474,38 @@ class PeerServer:
             self._slots_by_host.pop(host, None)
 
     async def plan_blob(
-        self, file_id: str, range_header: str | None, host: str
+        self, file_id: str, range_header: str | None, host: str, *, fresh: bool = False
     ) -> BlobPlan | tuple[int, str, dict[str, str] | None]:
         """What a blob request gets: a plan holding an upload slot (the caller must
-        ``release_slot``), or (status, detail, extra headers) to refuse it with."""
+        ``release_slot``), or (status, detail, extra headers) to refuse it with.
+
+        A lookup remembered in ``held_cache`` may only say yes: a complete file's, or a
+        partial file's whose remembered bitmap holds the span. Anything else (and a
+        quarantined id, and ``fresh``) is looked up now, so a chunk verified a moment
+        ago is served at once and a quarantine takes effect at once."""
         if not is_file_id(file_id):
             return 400, "bad content id", None
-        held = await self.held(file_id)
-        if held is None:
-            return 404, "not held", None
-        try:
-            span = parse_range(range_header, held.size)
-        except RangeError as exc:
-            extra = {"Content-Range": f"bytes */{held.size}"} if exc.status == 416 else None
-            return exc.status, exc.detail, extra
-        start, end = span if span is not None else (0, held.size)
-        if held.have is not None and not span_is_held(start, end, held.chunk_size, held.have):
-            if span is None:
-                return 404, "only part of this file is held; ask for a Range", None
-            return 416, "range not held", {"Content-Range": f"bytes */{held.size}"}
+        held = None
+        if not fresh and file_id not in self.selfcheck.quarantine:
+            held = self.held_cache.get(file_id)
+        span = None
+        if held is not None:
+            try:
+                span = _span(held, range_header)
+            except _Refused as no:
+                if no.answer[0] == 400:  # the header alone is malformed
+                    return no.answer
+        cached = span is not None
+        if span is None:
+            held = await self.held(file_id)
+            if held is None:
+                return 404, "not held", None
+            try:
+                span = _span(held, range_header)
+            except _Refused as no:
+                return no.answer
+        assert held is not None
+        start, end, ranged = span
         limit = self.limits.max_uploads
         if limit > 0 and (
             self.stats.active >= limit or self._slots_by_host.get(host, 0) >= self.slots_per_address
@@ -452,17 +516,17 @@ class PeerServer:
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
         }
-        if span is not None:
+        if ranged:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{held.size}"
         self.stats.active += 1
         self._slots_by_host[host] = self._slots_by_host.get(host, 0) + 1
-        status = 206 if span is not None else 200
-        return BlobPlan(held.path, start, end, status, headers, held.size)
+        status = 206 if ranged else 200
+        return BlobPlan(held.path, start, end, status, headers, held.size, held.ident, cached)
 
     async def blob(self, request: Request) -> Response:
         host = request.client.host if request.client else "?"
-        plan = await self.plan_blob(
-            request.path_params["file_id"], request.headers.get("range"), host
+        plan = await self.plan_blob(  # not the hot path (the front is): looked up now
+            request.path_params["file_id"], request.headers.get("range"), host, fresh=True
         )
         if not isinstance(plan, BlobPlan):
             status, detail, extra = plan

@@ -28,11 +28,14 @@ decided by swarm/choke.py (send slots, super-seeding, round robin by address); t
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from swarm import portable
@@ -41,7 +44,7 @@ from swarm.have import HaveFeed, encode_frames
 from swarm.ids import is_file_id
 from swarm.manifest import ManifestError
 from swarm.peer_auth import Verifier, dest_of
-from swarm.peer_server import BlobPlan, PeerServer
+from swarm.peer_server import BlobPlan, FileIdent, PeerServer, file_ident
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class UploadGate:
         self._waiters: dict[int, asyncio.Future[Decision]] = {}
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return time.monotonic()  # the event loop's clock, without looking the loop up
 
     def _apply(self, decisions: dict[int, Decision]) -> None:
         for ticket, decision in decisions.items():
@@ -160,27 +163,22 @@ def with_connection_close(raw: bytes) -> bytes:
     return raw[:line_end] + b"Connection: close\r\n" + raw[line_end:]
 
 
-def _status_line(status: int) -> bytes:
-    reason = {
-        200: "OK",
-        206: "Partial Content",
-        400: "Bad Request",
-        403: "Forbidden",
-        404: "Not Found",
-        416: "Range Not Satisfiable",
-        503: "Service Unavailable",
-    }.get(status, "Error")
-    return f"HTTP/1.1 {status} {reason}\r\n".encode()
+_REASONS = {
+    200: "OK",
+    206: "Partial Content",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    416: "Range Not Satisfiable",
+    503: "Service Unavailable",
+}
 
 
 def render_head(status: int, headers: dict[str, str], *, close: bool) -> bytes:
-    lines = [_status_line(status)]
-    for name, value in headers.items():
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    if close:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    last = "Connection: close\r\n\r\n" if close else "\r\n"
+    reason = _REASONS.get(status, "Error")
+    return f"HTTP/1.1 {status} {reason}\r\n{fields}{last}".encode("latin-1")
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -204,6 +202,14 @@ class FrontProtocol(asyncio.Protocol):
         self._host = "?"
         self._counted = False
         self._paused = False
+        # The blob last sent on this connection, kept open for the next request (a
+        # downloader asks for many chunks of one file): (file, path, ident).
+        self._file: tuple[io.FileIO, Path, FileIdent | None] | None = None
+        self._direct: portable.DirectSend | None = None  # made at the first body
+        self._direct_tried = False
+        self._deadline: float | None = None  # for the next head (loop time), if waiting
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._timed_out = False
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -273,7 +279,7 @@ class FrontProtocol(asyncio.Protocol):
     # -- reading heads ------------------------------------------------------------
 
     async def _wait_data(self) -> None:
-        if self._eof:
+        if self._eof or self._timed_out:
             raise _Closed
         self._more.clear()
         if self._paused and self._transport is not None:
@@ -282,23 +288,50 @@ class FrontProtocol(asyncio.Protocol):
         await self._more.wait()
 
     async def _read_head(self) -> bytes:
+        """The next request head: the idle deadline runs while nothing has come, the
+        header deadline from its first bytes on (``_wait_until``)."""
         limits = self.shared.limits
-        try:
-            async with asyncio.timeout(limits.idle_timeout):
-                while not self._buf:
-                    await self._wait_data()
-            async with asyncio.timeout(limits.header_timeout):
-                while (end := self._buf.find(b"\r\n\r\n")) < 0:
-                    if len(self._buf) > MAX_HEAD:
-                        raise _Closed
-                    await self._wait_data()
-        except TimeoutError:
-            raise _Closed from None
+        if not self._buf:
+            self._wait_until(limits.idle_timeout)
+            while not self._buf:
+                await self._wait_data()
+        if (end := self._buf.find(b"\r\n\r\n")) < 0:
+            self._wait_until(limits.header_timeout)
+            while (end := self._buf.find(b"\r\n\r\n")) < 0:
+                if len(self._buf) > MAX_HEAD:
+                    raise _Closed
+                await self._wait_data()
+        self._deadline = None
         if end + 4 > MAX_HEAD:
             raise _Closed
         raw = bytes(self._buf[: end + 4])
         del self._buf[: end + 4]
         return raw
+
+    def _wait_until(self, timeout: float) -> None:
+        """Close the connection if no head came ``timeout`` seconds from now.
+
+        One timer per connection, moved only when a deadline comes sooner than it: a
+        timer per request (asyncio.timeout) costs more than reading the request."""
+        loop = asyncio.get_running_loop()
+        self._deadline = deadline = loop.time() + timeout
+        dog = self._watchdog
+        if dog is None or dog.when() > deadline:
+            if dog is not None:
+                dog.cancel()
+            self._watchdog = loop.call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        deadline = self._deadline
+        if deadline is None:  # not waiting for a head: armed again when a wait begins
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._watchdog = loop.call_at(deadline, self._watch)
+            return
+        self._timed_out = True
+        self._more.set()
 
     # -- serving ------------------------------------------------------------------
 
@@ -332,6 +365,14 @@ class FrontProtocol(asyncio.Protocol):
         except Exception:  # a bug here must not take the listener down
             log.exception("peer connection from %s failed", self._host)
         finally:
+            self._deadline = None
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+            self._close_file()
+            if self._direct is not None:
+                self._direct.release()
+                self._direct = None
             if self._inner is None:
                 transport.close()
 
@@ -414,14 +455,25 @@ class FrontProtocol(asyncio.Protocol):
         if not self._authorized(head):
             await self._answer(403, "swarm membership not proven\n", close=close)
             return not close
-        plan = await shared.server.plan_blob(file_id, head.headers.get("range"), self._host)
-        if not isinstance(plan, BlobPlan):
-            status, detail, extra = plan
-            await self._answer(status, detail + "\n", extra, close=close)
-            return not close
+        server = shared.server
+        for fresh in (False, True):
+            plan = await server.plan_blob(
+                file_id, head.headers.get("range"), self._host, fresh=fresh
+            )
+            if not isinstance(plan, BlobPlan):
+                status, detail, extra = plan
+                await self._answer(status, detail + "\n", extra, close=close)
+                return not close
+            f = self._file_for(plan)
+            if f is not None or not plan.cached:
+                break
+            server.release_slot(self._host)  # a remembered lookup gone stale: look again
         try:
+            if f is None:
+                await self._answer(404, "not held\n", close=close)
+                return not close
             if head.method == "HEAD":
-                return await self._send_blob(plan, True, close, None)
+                return await self._send_blob(plan, f, True, close, None)
             gate = shared.gate
             ticket = await gate.enter(self._host, file_id, plan.chunk, shared.limits.slot_wait)
             if ticket is None:  # choked: another holder (or a later ask) serves it
@@ -434,58 +486,133 @@ class FrontProtocol(asyncio.Protocol):
                 return not close
             sent = [0]
             try:
-                return await self._send_blob(plan, False, close, (ticket, sent))
+                return await self._send_blob(plan, f, False, close, (ticket, sent))
             finally:
                 gate.leave(ticket, sent[0])
         finally:
-            shared.server.release_slot(self._host)
+            server.release_slot(self._host)
+            if not portable.keep_files_open():
+                self._close_file()
+
+    def _file_for(self, plan: BlobPlan) -> io.FileIO | None:
+        """The plan's file, open: the one kept from the last request when it is the same
+        file, else opened now. None when it cannot be opened or is not the file the plan
+        was made from (``ident``: replaced or re-created since)."""
+        kept = self._file
+        if kept is not None and plan.ident is not None and kept[1:] == (plan.path, plan.ident):
+            return kept[0]
+        self._close_file()
+        try:
+            f = io.FileIO(plan.path, "rb")
+        except OSError:
+            return None
+        try:
+            same = plan.ident is None or file_ident(os.fstat(f.fileno())) == plan.ident
+        except OSError:
+            same = False
+        if not same:
+            f.close()
+            return None
+        self._file = (f, plan.path, plan.ident if portable.keep_files_open() else None)
+        return f
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file[0].close()
+            self._file = None
+
+    def _direct_send(self) -> portable.DirectSend | None:
+        if not self._direct_tried and self._transport is not None:
+            self._direct_tried = True
+            self._direct = portable.DirectSend.of(self._transport)
+        return self._direct
 
     async def _send_blob(
-        self, plan: BlobPlan, head_only: bool, close: bool, slot: tuple[int, list[int]] | None
+        self,
+        plan: BlobPlan,
+        f: io.FileIO,
+        head_only: bool,
+        close: bool,
+        slot: tuple[int, list[int]] | None,
     ) -> bool:
         """Send the plan's head and body; ``slot`` is the gate's ticket and the count of
-        bytes sent, kept up to date for it."""
+        bytes sent, kept up to date for it.
+
+        While the transport's buffer is empty the bytes go straight to the socket
+        (``portable.DirectSend``: the head in the body's flight, then sendfile); only a
+        socket that is full is waited on, through asyncio's sendfile, under the stall
+        and snub timers."""
         transport = self._transport
         assert transport is not None
-        server, limits = self.shared.server, self.shared.limits
-        loop = asyncio.get_running_loop()
-        try:
-            f = open(plan.path, "rb")  # noqa: SIM115  (closed below; sendfile needs the object)
-        except OSError:
-            await self._answer(404, "not held\n", close=close)
+        server = self.shared.server
+        head = render_head(plan.status, plan.headers, close=close)
+        pos, end = plan.start, plan.end
+        direct = self._direct_send()
+        if direct is not None and not self._buffered(transport):
+            k = direct.head(head, more=not head_only and pos < end)
+            head = head[k:]
+        if head:
+            transport.write(head)
+        if head_only:
             return not close
-        with f:
-            transport.write(render_head(plan.status, plan.headers, close=close))
-            if head_only:
-                return not close
-            pos, end = plan.start, plan.end
-            step = server.block_size if server.limiter is not None else SEND_SLICE
-            while pos < end:
-                n = min(step, end - pos)
-                if server.limiter is not None:
-                    await server.limiter.consume(n)
-                # A step that does not move for snub_after gives the send slot back.
-                snub = None
-                if slot is not None:
-                    snub = loop.call_later(limits.snub_after, self.shared.gate.snub, slot[0])
+        step = server.block_size if server.limiter is not None else SEND_SLICE
+        fd = f.fileno()
+        while pos < end:
+            n = min(step, end - pos)
+            if server.limiter is not None:
+                await server.limiter.consume(n)
+            sent = 0
+            if direct is not None and not self._buffered(transport):
                 try:
-                    async with asyncio.timeout(limits.stall_timeout):
-                        sent = await portable.transport_sendfile(transport, f, pos, n)
-                except TimeoutError:
-                    log.info("upload to %s stalled; connection closed", self._host)
-                    transport.abort()
-                    raise _Closed from None
-                finally:
-                    if snub is not None:
-                        snub.cancel()
-                if sent <= 0:  # the file shrank under us: the client sees a short body
-                    transport.abort()
-                    raise _Closed
-                server.stats.add(self._host, sent)
-                if slot is not None:
-                    slot[1][0] += sent
-                pos += sent
+                    while sent < n and (k := direct.body(fd, pos + sent, n - sent)):
+                        sent += k
+                except BlockingIOError:
+                    pass
+                else:
+                    if sent < n:  # the file shrank under us: the client sees a short body
+                        transport.abort()
+                        raise _Closed
+            if sent < n:
+                sent += await self._send_waiting(f, pos + sent, n - sent, slot)
+            server.stats.add(self._host, sent)
+            if slot is not None:
+                slot[1][0] += sent
+            pos += sent
         return not close
+
+    @staticmethod
+    def _buffered(transport: asyncio.Transport) -> bool:
+        """Whether the transport still holds bytes (or is closing): then only it writes."""
+        return transport.is_closing() or transport.get_write_buffer_size() > 0
+
+    async def _send_waiting(
+        self, f: io.FileIO, pos: int, n: int, slot: tuple[int, list[int]] | None
+    ) -> int:
+        """Send ``n`` bytes from ``pos`` through the transport, waiting for the socket;
+        a step without progress for ``snub_after`` gives the send slot back, one without
+        progress for ``stall_timeout`` cuts the connection."""
+        transport = self._transport
+        assert transport is not None
+        limits = self.shared.limits
+        snub = None
+        if slot is not None:
+            snub = asyncio.get_running_loop().call_later(
+                limits.snub_after, self.shared.gate.snub, slot[0]
+            )
+        try:
+            async with asyncio.timeout(limits.stall_timeout):
+                sent = await portable.transport_sendfile(transport, f, pos, n)
+        except TimeoutError:
+            log.info("upload to %s stalled; connection closed", self._host)
+            transport.abort()
+            raise _Closed from None
+        finally:
+            if snub is not None:
+                snub.cancel()
+        if sent < n:  # the file shrank under us: the client sees a short body
+            transport.abort()
+            raise _Closed
+        return sent
 
 
 def install_front(config: Any, shared: FrontShared) -> None:

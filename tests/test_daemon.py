@@ -196,10 +196,18 @@ def test_rescan_forgets_removed_files(nodes: Callable[[str], Node]) -> None:
     file_id = a.add_model_file("model.bin", b"weights" * 100)
     assert a.start().returncode == 0
     assert a.client().status()["files_shared"] == 1
-    cache = HubCache(a.hub)
-    assert cache.remove_commit("model", REPO, COMMIT)
-    cache.collect_garbage("model", REPO)
-    assert a.client().rescan() == {"files": 0, "partials": 0, "repos": 0}
+    # A connection that fetched the blob keeps it open (and the lookup is reused): the
+    # rescan must still end its serving at once.
+    kept = httpx.Client(base_url=a.url, trust_env=False, timeout=5)
+    with kept:
+        assert (
+            kept.get(f"/v1/blobs/{file_id}", headers={"Range": "bytes=0-6"}).content == b"weights"
+        )
+        cache = HubCache(a.hub)
+        assert cache.remove_commit("model", REPO, COMMIT)
+        cache.collect_garbage("model", REPO)
+        assert a.client().rescan() == {"files": 0, "partials": 0, "repos": 0}
+        assert kept.get(f"/v1/blobs/{file_id}", headers={"Range": "bytes=0-6"}).status_code == 404
     assert a.client().status()["files_shared"] == 0
     with httpx.Client(base_url=a.url, trust_env=False, timeout=5) as http:
         assert http.get(f"/v1/blobs/{file_id}/have").status_code == 404

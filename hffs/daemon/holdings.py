@@ -32,6 +32,9 @@ class Holdings:
         self.sharing = sharing  # hffs.visibility.VisibilityStore: what may be shared
         self._extra_files: dict[str, float] = {}  # value: when announced
         self._extra_repos: dict[RepoRev, float] = {}
+        # Called after each scan: what is held or shared may have changed (the peer
+        # server forgets the lookups it reuses, swarm.held_cache).
+        self.on_scanned: list[Callable[[], None]] = []
 
     @property
     def inventory(self) -> Inventory:
@@ -45,6 +48,8 @@ class Holdings:
         self.index.inventory = inventory
         self._extra_files = {k: t for k, t in self._extra_files.items() if t >= started}
         self._extra_repos = {k: t for k, t in self._extra_repos.items() if t >= started}
+        for listener in self.on_scanned:
+            listener()
         return inventory
 
     def held_keys(self) -> set[bytes]:

@@ -1,18 +1,25 @@
-"""The CLI's client of the daemon's control API (blocking; wrap in a thread from async code)."""
+"""The CLI's client of the daemon's control API (blocking; wrap in a thread from async code).
+
+Plain ``http.client`` over loopback: every ``hffs`` command that talks to a daemon starts
+with this, and an HTTP library with its own connection pools, TLS and async stack cost
+more to import than the whole request (bench/cli_start.py)."""
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from hffs.config import home_dir
 from hffs.errors import HffsError
-from hffs.jobs import JobListener, JobResult, JobSpec, replay
 from hffs.runfiles import TOKEN_HEADER, DaemonInfo, is_running, read_info
+
+if TYPE_CHECKING:
+    from hffs.jobs import JobListener, JobResult, JobSpec
 
 RepoSpec = str | tuple[str, str, str]  # "type/org/name/revision" or (type, repo id, revision)
 
@@ -56,6 +63,35 @@ class DaemonClient:
             )
         return cls(info, timeout)
 
+    def _not_answering(self) -> DaemonNotRunning:
+        return DaemonNotRunning(
+            f"the hffs daemon (pid {self.info.pid}) does not answer; "
+            "restart it with `hffs daemon stop` and `hffs daemon start`"
+        )
+
+    def _connect(self, timeout: float, path: str) -> http.client.HTTPConnection:
+        """A connection to the control API (refused: the daemon is gone)."""
+        conn = http.client.HTTPConnection(
+            self.info.control_host, self.info.control_port, timeout=timeout
+        )
+        try:
+            conn.connect()
+        except TimeoutError:
+            conn.close()
+            raise DaemonError(f"the daemon did not answer {path} in time") from None
+        except OSError:
+            conn.close()
+            raise self._not_answering() from None
+        return conn
+
+    def _send(self, conn: http.client.HTTPConnection, method: str, path: str, body: Any) -> None:
+        headers = {TOKEN_HEADER: self.info.token}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=headers)
+
     def _call(
         self,
         method: str,
@@ -65,30 +101,24 @@ class DaemonClient:
         body: Any = None,
         timeout: float | None = None,
     ) -> Any:
+        target = f"{path}?{urlencode(params)}" if params else path
+        conn = self._connect(timeout or self.timeout, path)
         try:
-            with httpx.Client(trust_env=False, timeout=timeout or self.timeout) as http:
-                r = http.request(
-                    method,
-                    self.info.control_url + path,
-                    params=params,
-                    json=body,
-                    headers={TOKEN_HEADER: self.info.token},
-                )
-        except httpx.ConnectError:
-            raise DaemonNotRunning(
-                f"the hffs daemon (pid {self.info.pid}) does not answer; "
-                "restart it with `hffs daemon stop` and `hffs daemon start`"
-            ) from None
-        except httpx.TimeoutException:
+            self._send(conn, method, target, body)
+            r = conn.getresponse()
+            raw = r.read()
+        except TimeoutError:
             raise DaemonError(f"the daemon did not answer {path} in time") from None
-        except httpx.HTTPError as exc:
-            raise DaemonError(f"the daemon connection failed: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise DaemonError(f"the daemon connection failed: {_why(exc)}") from None
+        finally:
+            conn.close()
         try:
-            data = r.json()
+            data = json.loads(raw)
         except ValueError:
             data = None
-        if r.status_code != 200:
-            detail = data.get("error") if isinstance(data, dict) else r.text[:200]
+        if r.status != 200:
+            detail = data.get("error") if isinstance(data, dict) else _text(raw)
             raise DaemonError(f"the daemon refused {path}: {detail}")
         return data
 
@@ -147,25 +177,26 @@ class DaemonClient:
 
         Leaving early (Ctrl-C) closes the stream: the daemon cancels the job, and
         stops each file's download unless another client still wants it."""
-        url = self.info.control_url + "/v1/jobs"
-        headers = {TOKEN_HEADER: self.info.token}
-        # No read timeout: a job may go quiet for long (a slow hub); a dead daemon
-        # closes the connection, which ends the stream.
-        timeout = httpx.Timeout(self.timeout, read=None)
+        from hffs.jobs import replay
+
+        conn = self._connect(self.timeout, "/v1/jobs")
         try:
-            with (
-                httpx.Client(trust_env=False, timeout=timeout) as http,
-                http.stream("POST", url, json=spec.to_json(), headers=headers) as r,
-            ):
-                if r.status_code != 200:
-                    r.read()
+            try:
+                self._send(conn, "POST", "/v1/jobs", spec.to_json())
+                # No read timeout: a job may go quiet for long (a slow hub); a dead
+                # daemon closes the connection, which ends the stream.
+                if conn.sock is not None:
+                    conn.sock.settimeout(None)
+                r = conn.getresponse()
+                if r.status != 200:
+                    raw = r.read()
                     try:
-                        detail = r.json().get("error")
+                        detail = json.loads(raw).get("error")
                     except (ValueError, AttributeError):
-                        detail = r.text[:200]
+                        detail = _text(raw)
                     raise DaemonError(f"the daemon refused the job: {detail}")
-                for line in r.iter_lines():
-                    if not line:
+                for line in _lines(r):
+                    if not line.strip():
                         continue
                     try:
                         event = json.loads(line)
@@ -174,11 +205,35 @@ class DaemonClient:
                         raise DaemonError(f"the daemon sent a bad progress line: {exc}") from None
                     if result is not None:
                         return result
-        except httpx.ConnectError:
-            raise DaemonNotRunning(
-                f"the hffs daemon (pid {self.info.pid}) does not answer; "
-                "restart it with `hffs daemon stop` and `hffs daemon start`"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise DaemonError(f"the daemon stopped answering during the job ({exc})") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise DaemonError(
+                    f"the daemon stopped answering during the job ({_why(exc)})"
+                ) from None
+        finally:
+            conn.close()
         raise DaemonError("the daemon ended the job without a result (did it stop?)")
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode(errors="replace")[:200]
+
+
+def _lines(r: io.BufferedIOBase, block: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of a streamed body as they arrive (chunked or not), without the ends.
+    Linear in the body's size however long a line is (a plan of 100k files is one line)."""
+    parts: list[bytes] = []
+    while chunk := r.read1(block):
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            parts.append(chunk[start:end])
+            yield b"".join(parts)
+            parts.clear()
+            start = end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+    if parts:
+        yield b"".join(parts)

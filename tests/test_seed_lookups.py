@@ -1,0 +1,240 @@
+"""A seed reuses its lookups (swarm.held_cache) but still serves exactly what it holds
+and shares: over a real sendfile front, on one persistent connection as a downloader
+keeps it. The cache's clock is frozen unless a test moves it, so nothing here depends
+on how fast the machine is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from swarm.chunking import MIN_CHUNK_SIZE
+from swarm.held_cache import HeldCache
+from swarm.peer_server import Held
+from swarm.selfcheck import stat_key
+from swarm.store import PartialFile
+from swarm.transport_server import FrontLimits
+from tests.test_transport import SIZE, Peer
+
+pytestmark = pytest.mark.anyio
+CS = MIN_CHUNK_SIZE
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Unsharing:
+    """The test index with a switch: content can stop being shared."""
+
+    def __init__(self, index: object) -> None:
+        self.inner = index
+        self.hidden: set[str] = set()
+
+    def shares(self, file_id: str) -> bool:
+        return file_id not in self.hidden
+
+    def complete_path(self, file_id: str) -> Path | None:
+        return self.inner.complete_path(file_id)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def seed(tmp_path: Path) -> AsyncIterator[tuple[Peer, Clock, Unsharing]]:
+    peer = Peer(tmp_path / "p", limits=FrontLimits())
+    clock = Clock()
+    peer.server.held_cache = HeldCache[Held](clock=clock)
+    index = Unsharing(peer.server.index)
+    peer.server.index = index
+    async with anyio.create_task_group() as tg:
+        await peer.serve_in(tg)
+        yield peer, clock, index
+        peer.uvicorn.should_exit = True
+
+
+class Conn:
+    """One persistent HTTP/1.1 connection, one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, peer: Peer) -> Conn:
+        return cls(*await asyncio.open_connection(peer.addr.host, peer.port))
+
+    async def get(self, fid: str, start: int, end: int) -> tuple[int, bytes]:
+        rng = f"Range: bytes={start}-{end - 1}"
+        self.writer.write(f"GET /v1/blobs/{fid} HTTP/1.1\r\nHost: x\r\n{rng}\r\n\r\n".encode())
+        with anyio.fail_after(10):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            length = next(
+                int(line.split(":", 1)[1])
+                for line in lines
+                if line.lower().startswith("content-length:")
+            )
+            body = await self.reader.readexactly(length)
+        return int(lines[0].split(" ")[1]), body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def connected(peer: Peer) -> AsyncIterator[Conn]:
+    conn = await Conn.open(peer)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+async def test_a_chunk_verified_just_now_is_served_at_once(seed) -> None:
+    peer, _, _ = seed
+    async with connected(peer) as conn:
+        assert await conn.get(peer.part_id, 0, CS) == (206, peer.part[:CS])
+        status, _ = await conn.get(peer.part_id, CS, 2 * CS)
+        assert status == 416  # chunk 1 is not verified: not a byte of it
+        with PartialFile(peer.partial_root, peer.part_id, SIZE) as pf:
+            start, end = pf.span(1)
+            assert pf.write_chunk(1, peer.part[start:end])
+        # The lookup remembered a moment ago says "no" for chunk 1, and the clock has not
+        # moved: only a fresh look serves it, and it must.
+        assert await conn.get(peer.part_id, CS, 2 * CS) == (206, peer.part[CS : 2 * CS])
+        assert await conn.get(peer.part_id, 2 * CS, 3 * CS) == (206, peer.part[2 * CS : 3 * CS])
+
+
+async def test_a_removed_blob_is_not_served_past_the_bound(seed) -> None:
+    peer, clock, _ = seed
+    fid = peer.full_id
+    async with connected(peer) as kept:
+        assert await kept.get(fid, 0, CS) == (206, peer.full[:CS])
+        (peer.server.index.complete_path(fid)).unlink()
+        async with connected(peer) as other:  # opens the file: it is gone, so "not held"
+            assert (await other.get(fid, 0, CS))[0] == 404
+        # The kept connection may send its open copy (the right bytes) until the bound...
+        status, body = await kept.get(fid, CS, 2 * CS)
+        assert status == 404 or body == peer.full[CS : 2 * CS]
+        clock.now += peer.server.held_cache.ttl
+        # ...never after it.
+        assert (await kept.get(fid, 0, CS))[0] == 404
+    assert peer.stats.active == 0
+
+
+async def test_unshared_content_stops_at_the_owners_word_or_within_the_bound(seed) -> None:
+    peer, clock, index = seed
+    fid = peer.full_id
+    async with connected(peer) as conn:
+        assert (await conn.get(fid, 0, 10))[0] == 206
+        index.hidden.add(fid)
+        peer.server.forget_held()  # what the daemon does after each scan
+        assert (await conn.get(fid, 0, 10))[0] == 404
+        index.hidden.clear()  # shared again: served at once (no "not held" is remembered)
+        assert (await conn.get(fid, 0, 10)) == (206, peer.full[:10])
+        index.hidden.add(fid)  # unshared behind the owner's back: the bound applies
+        clock.now += peer.server.held_cache.ttl
+        assert (await conn.get(fid, 0, 10))[0] == 404
+
+
+async def test_a_quarantined_blob_stops_at_once(seed) -> None:
+    peer, _, _ = seed
+    fid = peer.full_id
+    async with connected(peer) as conn:
+        assert (await conn.get(fid, 0, 10))[0] == 206
+        key = stat_key(peer.server.index.complete_path(fid))
+        assert key is not None
+        peer.server.selfcheck.hold(fid, key)
+        assert (await conn.get(fid, 0, 10))[0] == 404
+
+
+async def test_a_partial_made_again_is_never_served_from_the_old_lookup(seed) -> None:
+    peer, _, _ = seed
+    fid = peer.part_id
+    async with connected(peer) as kept:
+        assert await kept.get(fid, 0, CS) == (206, peer.part[:CS])  # remembered: 0 and 2
+        with PartialFile(peer.partial_root, fid, SIZE) as pf:
+            pf.discard()
+        with PartialFile(peer.partial_root, fid, SIZE) as pf:  # a new download: chunk 2
+            start, end = pf.span(2)
+            assert pf.write_chunk(2, peer.part[start:end])
+        async with connected(peer) as other:
+            # The remembered bitmap says chunk 0 is held, but the file there now is
+            # another one, without it: nothing of chunk 0 may leave.
+            assert (await other.get(fid, 0, CS))[0] == 416
+            assert await other.get(fid, 2 * CS, 3 * CS) == (206, peer.part[2 * CS : 3 * CS])
+        # A connection that kept the old file open may still send its verified bytes.
+        status, body = await kept.get(fid, 0, CS)
+        assert status == 416 or body == peer.part[:CS]
+
+
+async def test_a_slow_reader_gets_every_byte_in_order(seed) -> None:
+    """Bodies go straight to the socket while it takes them and through asyncio's
+    sendfile when it is full: both, in turn, on one pipelined connection."""
+    peer, _, _ = seed
+    fid = peer.full_id
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # full after a few KiB
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (peer.addr.host, peer.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    with contextlib.closing(writer):
+        writer.write(
+            f"GET /v1/blobs/{fid} HTTP/1.1\r\nHost: x\r\nRange: bytes=5-{SIZE - 1}\r\n\r\n"
+            f"GET /v1/blobs/{fid} HTTP/1.1\r\nHost: x\r\n\r\n"
+            f"HEAD /v1/blobs/{fid} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        out = b""
+        with anyio.fail_after(20):
+            for _ in range(20):  # dawdle: the seed finds the socket full more than once
+                out += await reader.readexactly(1000)
+                await anyio.sleep(0.01)
+            out += await reader.read(-1)
+    expected = (
+        b"HTTP/1.1 206 ",
+        peer.full[5:],
+        b"HTTP/1.1 200 ",
+        peer.full,
+        b"HTTP/1.1 200 ",
+    )
+    pos = 0
+    for part in expected:
+        if part.startswith(b"HTTP/1.1"):
+            assert out[pos : pos + len(part)] == part
+            pos = out.index(b"\r\n\r\n", pos) + 4
+        else:
+            assert out[pos : pos + len(part)] == part
+            pos += len(part)
+    assert pos == len(out)  # the HEAD answer has no body
+    assert peer.stats.total == 2 * SIZE - 5
+
+
+@pytest.mark.parametrize("idle", [True, False])
+async def test_idle_and_half_sent_heads_are_cut_after_a_served_request(
+    tmp_path: Path, idle: bool
+) -> None:
+    """The deadlines for the next head run on a persistent connection too."""
+    limits = FrontLimits(idle_timeout=0.5 if idle else 60.0, header_timeout=0.5)
+    peer = Peer(tmp_path / "p", limits=limits)
+    async with anyio.create_task_group() as tg:
+        await peer.serve_in(tg)
+        async with connected(peer) as conn:
+            assert await conn.get(peer.full_id, 0, 10) == (206, peer.full[:10])
+            if not idle:  # the start of a head, never finished
+                conn.writer.write(b"GET /v1/ping HTTP/1.1\r\nX-Slow: ")
+            with anyio.fail_after(10):  # far below the 60 s idle deadline
+                assert await conn.reader.read() == b""
+        peer.uvicorn.should_exit = True
