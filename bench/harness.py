@@ -421,7 +421,12 @@ def warm_manifest(node: Node, file_id: str, timeout: float = 120.0) -> None:
     import httpx
 
     url = f"http://{node.addr}/v1/blobs/{file_id}/manifest"
-    r = httpx.get(url, timeout=timeout, trust_env=False)
+    deadline = time.monotonic() + timeout
+    while True:  # a cold seed says 503 + Retry-After while it digests in the background
+        r = httpx.get(url, timeout=timeout, trust_env=False)
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     if r.status_code != 200:
         raise RuntimeError(f"{node.addr} has no manifest of {file_id[:12]}: HTTP {r.status_code}")
 

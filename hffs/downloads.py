@@ -33,7 +33,7 @@ from hffs.activity import Activity
 from hffs.cache import HubCache
 from hffs.errors import HffsError
 from hffs.trust import may_stream_unchecked
-from swarm import portable
+from swarm import portable, store
 from swarm.budget import ByteBudget
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.download import (
@@ -47,6 +47,8 @@ from swarm.download import (
 )
 from swarm.files import hash_range, pread_of
 from swarm.goal import Goal, tail_needs_whole
+from swarm.manifest import Manifest
+from swarm.manifest_cache import ManifestCache
 from swarm.sources import PeerAddr, Source, SourceError, stream_range
 from swarm.store import StoreError
 from swarm.transport_client import PeerPool
@@ -438,8 +440,12 @@ class DownloadManager:
         client: httpx.AsyncClient,
         peer_auth: PeerAuth,
         activity: Activity | None = None,
+        manifests: ManifestCache | None = None,
     ) -> None:
         self.activity = activity or Activity()  # what the status page and metrics show
+        # Where the seed side keeps manifests: each file published here hands over the
+        # digests its download verified (``_published``), so it is never digested again.
+        self.manifests = manifests
         self.cache = cache
         self.partial_dir = partial_dir
         self.view = view
@@ -466,13 +472,26 @@ class DownloadManager:
 
     async def run(self) -> None:
         """Serve downloads until cancelled (which cancels them; partial files stay)."""
+        store.publish_hooks.append(self._published)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._ready.set()
                 await anyio.sleep_forever()
         finally:
+            with contextlib.suppress(ValueError):
+                store.publish_hooks.remove(self._published)
             self.pool.close()
+
+    def _published(self, root: Path, manifest: Manifest, dest: Path) -> None:
+        """A store hook (in the publishing thread): a file this manager downloaded is at
+        ``dest``, every chunk and the whole verified; its digests are its manifest."""
+        if self.manifests is None or root != self.partial_dir:
+            return
+        try:
+            self.manifests.put(manifest, dest)
+        except OSError as exc:  # the seed side digests it on request instead
+            log.warning("cannot keep the manifest of %s…: %s", manifest.file_id[:12], exc)
 
     def complete_blob(self, file_id: str, size: int) -> Path | None:
         """Blocking: a complete blob of this id anywhere in the cache."""

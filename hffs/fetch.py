@@ -38,6 +38,7 @@ from hffs.listing import read_local
 from hffs.selection import select
 from hffs.trust import redirect_guard
 from hffs.visibility import remember
+from swarm.manifest_cache import ManifestCache
 from swarm.sources import Source
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,11 @@ async def local_host(cfg: config.Config, cache_dir: str | None = None) -> AsyncI
         PeerClient(cfg.swarm_secret) as peers,
     ):
         view = SavedPeers(cfg, peers)
-        manager = DownloadManager(cache, cfg.partial_dir, view, client, view.peer_auth)
+        # What a daemon started later serves as these files' manifests (not digested again).
+        manifests = ManifestCache(cfg.state_dir / "manifests")
+        manager = DownloadManager(
+            cache, cfg.partial_dir, view, client, view.peer_auth, manifests=manifests
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(manager.run)
             yield JobHost(cfg, cache, manager, view)

@@ -6,7 +6,8 @@ Routes (all GET; HEAD works too):
 - ``/v1/blobs/{id}``: the bytes. ``Range: bytes=a-b`` (one range) gives 206 with
   Content-Range; 416 when unsatisfiable (or several ranges), 400 when malformed.
   A partial file serves only ranges lying wholly inside verified chunks (else 416).
-- ``/v1/blobs/{id}/manifest``: the Manifest JSON (digests ``null`` where not held).
+- ``/v1/blobs/{id}/manifest``: the Manifest JSON (digests ``null`` where not held);
+  503 with ``Retry-After`` while a complete blob is digested (``swarm.manifest_cache``).
 - ``/v1/blobs/{id}/have``: the verified-chunk bitmap, one bit per chunk, MSB first,
   ``application/octet-stream``, with headers ``X-Chunk-Count`` and ``X-File-Size``.
 
@@ -18,7 +19,6 @@ here knows about Hugging Face: the daemon adds its own routes through
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -38,10 +38,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from swarm import portable
 from swarm.chunking import chunk_count, chunk_size_for
-from swarm.files import atomic_write
 from swarm.held_cache import HeldCache
 from swarm.ids import is_file_id
-from swarm.manifest import Manifest, ManifestError, build_manifest
+from swarm.manifest import Manifest, ManifestError
+from swarm.manifest_cache import RETRY_AFTER, ManifestCache
 from swarm.peer_auth import Verifier, dest_of
 from swarm.selfcheck import OnRotten, SelfCheck, chunk_matches, stat_key
 from swarm.store import partial_digests, read_partial_state
@@ -293,44 +293,6 @@ class _SecretGuard:
         await self.app(scope, receive, send)
 
 
-class _ManifestCache:
-    """Manifests of complete files, built once in a worker thread and kept on disk.
-
-    A cache entry is keyed by id, size and mtime, so a replaced file is re-digested."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._locks: dict[str, anyio.Lock] = {}
-
-    async def get(self, file_id: str, path: Path) -> Manifest:
-        lock = self._locks.setdefault(file_id, anyio.Lock())
-        try:
-            async with lock:
-                return await anyio.to_thread.run_sync(self._get_blocking, file_id, path)
-        finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._locks.pop(file_id, None)
-
-    def forget(self, file_id: str) -> None:
-        for stale in self.root.glob(f"{file_id}-*.json"):
-            stale.unlink(missing_ok=True)
-
-    def _get_blocking(self, file_id: str, path: Path) -> Manifest:
-        st = path.stat()
-        entry = self.root / f"{file_id}-{st.st_size}-{st.st_mtime_ns}.json"
-        with contextlib.suppress(OSError, ManifestError):
-            return Manifest.from_json(entry.read_bytes(), file_id=file_id, size=st.st_size)
-        for stale in self.root.glob(f"{file_id}-*.json"):
-            stale.unlink(missing_ok=True)
-        manifest = build_manifest(path, file_id)  # refuses a blob that does not match its id
-        after = path.stat()
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-            raise ManifestError(f"{file_id[:12]}… changed while being digested")
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write(entry, manifest.to_json())
-        return manifest
-
-
 class _BlobResponse(Response):
     """Streams ``[start, end)`` of a file block by block, paced by the shared limiter."""
 
@@ -423,7 +385,7 @@ class PeerServer:
         if limits.max_rate > 0:  # small blocks at low rates, so pacing stays smooth
             self.block_size = min(SEND_BLOCK, max(4096, limits.max_rate // 16))
             self.limiter = RateLimiter(limits.max_rate, max(limits.max_rate // 4, self.block_size))
-        self.manifests = _ManifestCache(manifest_dir)
+        self.manifests = ManifestCache(manifest_dir)
         self.selfcheck = SelfCheck()
         self.on_rotten = on_rotten
         # One address never holds every slot (32 never-reading downloads from one host).
@@ -547,8 +509,10 @@ class PeerServer:
         if isinstance(held, Response):
             return held
         try:
-            if held.have is None:
-                manifest = await self.manifests.get(file_id, held.path)
+            if held.have is None:  # a cold blob is digested in the background meanwhile
+                manifest = await self.manifests.answer(file_id, held.path, held.size)
+                if manifest is None:
+                    return _error(503, "digesting; retry later", {"Retry-After": str(RETRY_AFTER)})
             else:
                 manifest = await anyio.to_thread.run_sync(self._partial_manifest, file_id, held)
         except (OSError, ManifestError):

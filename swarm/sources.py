@@ -16,7 +16,7 @@ import xxhash
 from swarm.bounded import BoundedReadError, fetch_bounded
 from swarm.hostport import format_hostport
 from swarm.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
-from swarm.wire import decode_have
+from swarm.wire import decode_have, parse_retry_after
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAX_HAVE_BYTES = 1 << 16
@@ -27,9 +27,13 @@ REPORT_TIMEOUT = 3.0  # telling a holder one of its chunks was bad
 class SourceError(Exception):
     """A source failed to deliver what was asked (transport error or bad answer)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status  # the HTTP status it answered, when it answered one
+        # A busy answer's Retry-After (e.g. a holder still digesting the manifest asked)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,8 @@ async def _get_small(client: httpx.AsyncClient, url: str, limit: int, auth: http
     except BoundedReadError as exc:
         raise SourceError(f"{url}: {exc}") from exc
     if answer.status != 200:
-        raise SourceError(f"{url}: HTTP {answer.status}")
+        wait = parse_retry_after(answer.headers.get("retry-after"))
+        raise SourceError(f"{url}: HTTP {answer.status}", answer.status, wait)
     return answer.body
 
 

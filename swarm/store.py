@@ -49,6 +49,12 @@ _RECORD = 1 + DIGEST_SIZE + _PROGRESS.size
 ChunkHook = Callable[[Path, str, int, bytes], None]
 chunk_hooks: list[ChunkHook] = []
 
+# Told (root, manifest, dest) each time a file is published in this process, once it
+# is at ``dest``: the digests its download verified, so the daemon's seed side keeps
+# them as the blob's manifest instead of reading the blob again. Same rules as above.
+PublishHook = Callable[[Path, Manifest, Path], None]
+publish_hooks: list[PublishHook] = []
+
 
 class StoreError(Exception):
     """The store cannot do what was asked (disk full, locked, inconsistent)."""
@@ -304,6 +310,7 @@ class PartialFile:
         """Move the verified file to ``dest`` atomically and forget it here.
 
         The caller must have seen ``verify_whole()`` return True."""
+        verified = Manifest(self.file_id, self.size, self.chunk_size, tuple(self._digests))
         os.fsync(self._fd)
         for fd in (self._fd, self._state_fd):  # Windows renames no file that is open
             with contextlib.suppress(OSError):
@@ -322,6 +329,8 @@ class PartialFile:
                 tmp.unlink(missing_ok=True)
                 raise StoreError(f"cannot publish {dest}: {exc.strerror}") from exc
         self.discard()
+        for hook in publish_hooks:
+            hook(self.root, verified, dest)
 
     def discard(self) -> None:
         """Remove every trace of this partial file."""

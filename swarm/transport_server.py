@@ -358,6 +358,9 @@ class FrontProtocol(asyncio.Protocol):
                     return
                 if not await self._blob(head, m[1].decode("latin-1")):
                     return
+                # A pipelined request may be answered without waiting for anything (the
+                # socket took it all): let the other connections have a turn.
+                await asyncio.sleep(0)
         except (_Closed, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -593,6 +596,8 @@ class FrontProtocol(asyncio.Protocol):
         progress for ``stall_timeout`` cuts the connection."""
         transport = self._transport
         assert transport is not None
+        if transport.is_closing():  # aborted meanwhile (shutdown, a stall elsewhere)
+            raise _Closed
         limits = self.shared.limits
         snub = None
         if slot is not None:

@@ -11,6 +11,20 @@ import httpx
 from swarm.hostport import is_ip
 from swarm.peer_auth import Signer
 
+MAX_RETRY_AFTER = 30.0  # a holder cannot park a downloader longer than this
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds a busy holder asks us to wait (``Retry-After`` as delta-seconds), capped
+    at MAX_RETRY_AFTER; None when absent or not a small decimal integer (an HTTP date
+    is not worth trusting a peer's clock for: the caller's own default applies)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        return None
+    return min(float(text), MAX_RETRY_AFTER)
+
 
 def encode_have(have: Sequence[bool]) -> bytes:
     """One bit per chunk, MSB first; trailing bits of the last byte are zero."""

@@ -394,6 +394,7 @@ class Daemon:
         )
         self._hub = hub
         hub.downloads.activity = self.activity
+        hub.downloads.manifests = peer.manifests  # a file fetched here is seeded at once
         app = self.local_surface(hub.wrap(peer_app, loopback_only=bool(cfg.swarm_secret)))
         self._learner = hub.access.learner  # asks upstream which cached repos are public
         self._learner.on_public = self.rescan

@@ -1,0 +1,246 @@
+"""Manifests of complete files, kept on disk keyed by id, size and mtime.
+
+The peer server answers manifest requests from here. A download that just verified a
+file hands its digests over at publish (``put``), so a seed never digests what it
+fetched. A blob nobody handed over (imported, or cached before this existed) is
+digested in the background, one blob at a time, however many peers ask: a request
+that would wait long is told "busy, ask again" instead (``answer``), so a downloader's
+probe never sits out a cold seed's sha256 of a 10 GB blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from swarm.files import atomic_write
+from swarm.manifest import Manifest, ManifestError, build_manifest
+
+log = logging.getLogger(__name__)
+
+SMALL_BLOB = 16 << 20  # digested while the request waits (a fraction of a second)
+ANSWER_WAIT = 0.5  # how long a request for a larger blob waits before "busy"
+RETRY_AFTER = 1  # seconds, told to a peer asked to come back
+MAX_QUEUED = 64  # blobs waiting for a background digest; more are refused until later
+FAILED_MEMO = 256  # blobs known not to match their id (not digested again per request)
+DIGEST_NICE = 10  # how much nicer the digest thread is than the daemon
+_POLL_MAX = 0.05  # how often a waiting request looks at its digest
+
+Key = tuple[str, int, int]  # file id, size, mtime in ns
+Digester = Callable[[Path, str], Manifest]
+
+
+def answer_wait(size: int, small_blob: int = SMALL_BLOB) -> float | None:
+    """How long a manifest request waits for a running digest: None, until it ends
+    (a small blob's takes milliseconds); else seconds, then the peer is told to retry."""
+    return None if size <= small_blob else ANSWER_WAIT
+
+
+def _lower_priority() -> None:
+    """Let uploads and downloads have the cores first (Linux gives each thread its own
+    nice value; elsewhere the digest runs at the process's priority)."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            nice = os.getpriority(os.PRIO_PROCESS, tid) + DIGEST_NICE
+            os.setpriority(os.PRIO_PROCESS, tid, min(nice, 19))
+
+
+@dataclass(eq=False)
+class _Digest:
+    """One background digest of one version of a blob; waiters share it."""
+
+    key: Key
+    path: Path
+    done: threading.Event = field(default_factory=threading.Event)
+    manifest: Manifest | None = None
+    error: Exception | None = None
+
+    def result(self) -> Manifest:
+        if self.error is not None:
+            raise self.error
+        assert self.manifest is not None
+        return self.manifest
+
+
+class ManifestCache:
+    """Manifests by (id, size, mtime) under ``root``; digests run in one worker thread.
+
+    ``digests_run`` counts the blobs this cache read to digest (what a hand-over saves)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        digest: Digester = build_manifest,
+        max_queued: int = MAX_QUEUED,
+        small_blob: int = SMALL_BLOB,
+    ) -> None:
+        self.root = root
+        self.small_blob = small_blob
+        self._digest = digest
+        self._max_queued = max_queued
+        self._mutex = threading.Lock()
+        self._jobs: dict[Key, _Digest] = {}  # queued or running: one per blob version
+        self._queue: deque[_Digest] = deque()
+        self._worker: threading.Thread | None = None
+        self._failed: OrderedDict[Key, Exception] = OrderedDict()
+        self.digests_run = 0
+        self.busy_answers = 0  # requests told to come back (a digest was running)
+
+    # -- entries on disk ---------------------------------------------------------
+
+    def _entry(self, key: Key) -> Path:
+        file_id, size, mtime_ns = key
+        return self.root / f"{file_id}-{size}-{mtime_ns}.json"
+
+    @staticmethod
+    def key_of(file_id: str, path: Path) -> Key:
+        st = path.stat()
+        return file_id, st.st_size, st.st_mtime_ns
+
+    def cached(self, file_id: str, path: Path) -> Manifest | None:
+        """Blocking: the stored manifest of this version of the blob, if any."""
+        key = self.key_of(file_id, path)
+        return self._read(key)
+
+    def _read(self, key: Key) -> Manifest | None:
+        with contextlib.suppress(OSError, ManifestError):
+            raw = self._entry(key).read_bytes()
+            return Manifest.from_json(raw, file_id=key[0], size=key[1])
+        return None
+
+    def put(self, manifest: Manifest, path: Path) -> bool:
+        """Blocking: remember ``manifest`` for the blob now at ``path`` (its stat is the
+        key, so call it once the blob is where it stays). The caller vouches that the
+        digests are the blob's (a download that verified every chunk and the whole).
+        False when ``path`` is not a blob of the manifest's size."""
+        key = self.key_of(manifest.file_id, path)
+        if key[1] != manifest.size or not manifest.complete:
+            return False
+        self._drop_entries(manifest.file_id)
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._entry(key), manifest.to_json())
+        return True
+
+    def _drop_entries(self, file_id: str) -> None:
+        for stale in self.root.glob(f"{file_id}-*.json"):
+            stale.unlink(missing_ok=True)
+
+    def forget(self, file_id: str) -> None:
+        """Drop what is known of ``file_id``: the next request digests it again."""
+        self._drop_entries(file_id)
+        with self._mutex:
+            for key in [k for k in self._failed if k[0] == file_id]:
+                del self._failed[key]
+
+    # -- digesting -----------------------------------------------------------------
+
+    def _lookup(
+        self, file_id: str, path: Path, *, queue_full_ok: bool
+    ) -> Manifest | _Digest | None:
+        """Blocking: the stored manifest, or the digest (queued now if none runs) to wait
+        for; None when the queue is full. Raises what a failed digest of this version
+        raised (a blob that does not match its id is not digested on every request)."""
+        key = self.key_of(file_id, path)
+        manifest = self._read(key)
+        if manifest is not None:
+            return manifest
+        with self._mutex:
+            failed = self._failed.get(key)
+            if failed is not None:
+                raise failed
+            job = self._jobs.get(key)
+            if job is not None:
+                return job
+            if len(self._queue) >= self._max_queued and not queue_full_ok:
+                return None
+            job = _Digest(key, path)
+            self._jobs[key] = job
+            self._queue.append(job)
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name="hffs-manifest-digest", daemon=True
+                )
+                self._worker.start()
+            return job
+
+    def _work(self) -> None:
+        """The one digest thread: runs queued digests in order, exits when none is left."""
+        _lower_priority()
+        while True:
+            with self._mutex:
+                if not self._queue:
+                    self._worker = None
+                    return
+                job = self._queue.popleft()
+            try:
+                job.manifest = self._build(job)
+            except Exception as exc:  # a digest's failure is its waiters', never the thread's
+                job.error = exc if isinstance(exc, (OSError, ManifestError)) else OSError(exc)
+            with self._mutex:
+                self._jobs.pop(job.key, None)
+                if isinstance(job.error, ManifestError):
+                    self._failed[job.key] = job.error
+                    while len(self._failed) > FAILED_MEMO:
+                        self._failed.popitem(last=False)
+            job.done.set()
+
+    def _build(self, job: _Digest) -> Manifest:
+        file_id = job.key[0]
+        if self.key_of(file_id, job.path) != job.key:
+            raise OSError(f"{file_id[:12]}… changed before its digest began")
+        self._drop_entries(file_id)  # another version's: it no longer vouches for anything
+        self.digests_run += 1
+        manifest = self._digest(job.path, file_id)  # refuses a blob that does not match its id
+        if self.key_of(file_id, job.path) != job.key:
+            raise OSError(f"{file_id[:12]}… changed while being digested")
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self._entry(job.key), manifest.to_json())
+        return manifest
+
+    @staticmethod
+    async def _wait(job: _Digest, timeout: float | None) -> bool:
+        delay = 0.002
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while not job.done.is_set():
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _POLL_MAX)
+        return job.done.is_set()
+
+    async def get(self, file_id: str, path: Path) -> Manifest:
+        """The manifest, digesting the blob if needed and waiting however long it takes
+        (joining a digest already running). OSError or ManifestError when the blob
+        vanished, changed or does not match its id."""
+        found = await anyio.to_thread.run_sync(
+            lambda: self._lookup(file_id, path, queue_full_ok=True)
+        )
+        if isinstance(found, Manifest):
+            return found
+        assert found is not None
+        await self._wait(found, None)
+        return found.result()
+
+    async def answer(self, file_id: str, path: Path, size: int) -> Manifest | None:
+        """What a peer's manifest request gets: the manifest, or None (busy: ask again
+        after ``RETRY_AFTER``) while the blob is digested in the background. Raises as
+        ``get`` does."""
+        found = await anyio.to_thread.run_sync(
+            lambda: self._lookup(file_id, path, queue_full_ok=False)
+        )
+        if isinstance(found, Manifest):
+            return found
+        if found is not None and await self._wait(found, answer_wait(size, self.small_blob)):
+            return found.result()
+        self.busy_answers += 1
+        return None

@@ -1,0 +1,273 @@
+"""A seed never makes a downloader wait for its manifest (swarm.manifest_cache): a file
+fetched through hffs is seeded from the digests its download verified; a cold blob is
+digested once, in the background, while askers are told to come back."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swarm.chunking import MIN_CHUNK_SIZE
+from swarm.download import download_file
+from swarm.manifest import Manifest, build_manifest
+from swarm.manifest_cache import ANSWER_WAIT, ManifestCache, answer_wait
+from swarm.peer_server import PeerServer, peer_app_for
+from swarm.sources import PeerAddr, SourceError, fetch_manifest
+from swarm.transport_server import FrontLimits, FrontShared, install_front
+from swarm.wire import MAX_RETRY_AFTER, PeerAuth, parse_retry_after
+from tests.blob_index import DictIndex
+from tests.nodes import REPO, Node, wait_for
+
+SIZE = 3 * MIN_CHUNK_SIZE + 77
+HOST = "127.0.0.71"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# -- rules -----------------------------------------------------------------------------
+
+
+def test_small_blobs_are_waited_for_large_ones_answer_busy_soon() -> None:
+    assert answer_wait(10, small_blob=100) is None
+    assert answer_wait(100, small_blob=100) is None
+    assert answer_wait(101, small_blob=100) == ANSWER_WAIT
+
+
+@given(st.one_of(st.none(), st.text(max_size=12)))
+def test_retry_after_is_a_small_bounded_delay_or_nothing(value: str | None) -> None:
+    got = parse_retry_after(value)
+    assert got is None or 0 <= got <= MAX_RETRY_AFTER
+    text = (value or "").strip()
+    if text.isascii() and text.isdigit() and len(text) <= 6:
+        assert got == min(int(text), MAX_RETRY_AFTER)
+
+
+def test_retry_after_refuses_dates_and_junk() -> None:
+    assert parse_retry_after("1") == 1
+    assert parse_retry_after(" 7 ") == 7
+    assert parse_retry_after("99999") == MAX_RETRY_AFTER
+    for bad in ("Wed, 21 Oct 2015 07:28:00 GMT", "-1", "1.5", "", "٣", "9" * 40):
+        assert parse_retry_after(bad) is None
+
+
+# -- a slow disk -------------------------------------------------------------------------
+
+
+class SlowDisk:
+    """The real digest, behind a gate the test opens: a disk as slow as the test needs."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started: list[str] = []
+
+    def __call__(self, path: Path, file_id: str) -> Manifest:
+        self.started.append(file_id)
+        if not self.gate.wait(60):
+            raise OSError("the test never opened the gate")
+        return build_manifest(path, file_id)
+
+
+def _data(seed: int, size: int = SIZE) -> bytes:
+    block = hashlib.sha256(b"%d" % seed).digest() * 2048
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _blob(root: Path, data: bytes, file_id: str | None = None) -> tuple[str, Path]:
+    fid = file_id or hashlib.sha256(data).hexdigest()
+    path = root / "blobs" / fid
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return fid, path
+
+
+def _server(root: Path, blobs: dict[str, Path], cache: ManifestCache) -> PeerServer:
+    server = PeerServer(DictIndex(blobs), root / "partial", root / "manifests")
+    server.manifests = cache
+    return server
+
+
+def _client(server: PeerServer) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=peer_app_for(server), client=("10.1.2.3", 4567))
+    return httpx.AsyncClient(transport=transport, base_url="http://10.9.9.9:9009")
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    with anyio.fail_after(timeout):
+        while not check():
+            await anyio.sleep(0.01)
+
+
+# -- a cold holder -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_cold_holder_says_busy_digests_once_then_answers(tmp_path: Path) -> None:
+    fid, path = _blob(tmp_path, _data(1))
+    disk = SlowDisk()
+    cache = ManifestCache(tmp_path / "manifests", digest=disk, small_blob=0)
+    server = _server(tmp_path, {fid: path}, cache)
+    answers: list[httpx.Response] = []
+    async with _client(server) as c:
+
+        async def ask() -> None:
+            answers.append(await c.get(f"/v1/blobs/{fid}/manifest"))
+
+        async with anyio.create_task_group() as tg:  # eight peers ask at once
+            for _ in range(8):
+                tg.start_soon(ask)
+        # every one was answered while the digest is still held at the gate
+        assert [r.status_code for r in answers] == [503] * 8
+        assert all(r.headers["retry-after"] == "1" for r in answers)
+        await _until(lambda: disk.started == [fid], "the digest to start")
+        assert cache.digests_run == 1
+        disk.gate.set()
+        with anyio.fail_after(30):
+            while (r := await c.get(f"/v1/blobs/{fid}/manifest")).status_code == 503:
+                await anyio.sleep(0.02)
+        assert r.status_code == 200
+        assert Manifest.from_json(r.content, file_id=fid) == build_manifest(path, fid)
+        again = await c.get(f"/v1/blobs/{fid}/manifest")
+        assert again.status_code == 200 and again.content == r.content
+    assert disk.started == [fid] and cache.digests_run == 1  # one digest for ten requests
+
+
+@pytest.mark.anyio
+async def test_a_rotten_blob_is_refused_and_not_digested_per_request(tmp_path: Path) -> None:
+    good = _data(2)
+    fid, path = _blob(tmp_path, bytes(b ^ 1 for b in good), hashlib.sha256(good).hexdigest())
+    cache = ManifestCache(tmp_path / "manifests")
+    server = _server(tmp_path, {fid: path}, cache)
+    async with _client(server) as c:
+        for _ in range(5):
+            assert (await c.get(f"/v1/blobs/{fid}/manifest")).status_code == 404
+    assert cache.digests_run == 1
+    assert not list((tmp_path / "manifests").glob(f"{fid}-*.json"))
+
+
+@pytest.mark.anyio
+async def test_background_digests_are_bounded_and_run_one_at_a_time(tmp_path: Path) -> None:
+    blobs = dict(_blob(tmp_path, _data(10 + i, MIN_CHUNK_SIZE)) for i in range(3))
+    a, b, c_ = list(blobs)
+    disk = SlowDisk()
+    cache = ManifestCache(tmp_path / "manifests", digest=disk, small_blob=0, max_queued=1)
+    server = _server(tmp_path, blobs, cache)
+    async with _client(server) as c:
+        assert (await c.get(f"/v1/blobs/{a}/manifest")).status_code == 503
+        await _until(lambda: disk.started == [a], "the first digest to start")
+        assert (await c.get(f"/v1/blobs/{b}/manifest")).status_code == 503  # queued
+        assert (await c.get(f"/v1/blobs/{c_}/manifest")).status_code == 503  # queue full
+        assert disk.started == [a]  # one at a time: b waits for a
+        disk.gate.set()
+        await _until(lambda: len(list((tmp_path / "manifests").glob("*.json"))) == 2, "a, b")
+        assert disk.started == [a, b]  # c was refused, not queued: no work it did not get
+        for fid in (a, b):
+            assert (await c.get(f"/v1/blobs/{fid}/manifest")).status_code == 200
+        with anyio.fail_after(30):  # asked again, c is digested now
+            while (await c.get(f"/v1/blobs/{c_}/manifest")).status_code == 503:
+                await anyio.sleep(0.02)
+    assert disk.started == [a, b, c_]
+
+
+@pytest.mark.anyio
+async def test_a_downloader_gets_busy_at_once_and_completes_from_a_cold_seed(
+    tmp_path: Path,
+) -> None:
+    data = _data(3)
+    fid, path = _blob(tmp_path / "seed", data)
+    disk = SlowDisk()
+    cache = ManifestCache(tmp_path / "seed" / "manifests", digest=disk, small_blob=0)
+    server = _server(tmp_path / "seed", {fid: path}, cache)
+    config = uvicorn.Config(peer_app_for(server), lifespan="off", log_config=None, access_log=False)
+    install_front(config, FrontShared(server, None, FrontLimits()))
+    seed = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    addr = PeerAddr(HOST, sock.getsockname()[1])
+
+    class Holders:
+        async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
+            return [addr] if file_id == fid else []
+
+        async def announce_partial(self, file_id: str) -> None:
+            pass
+
+    dest = tmp_path / "dl" / "blob"
+    async with anyio.create_task_group() as tg, httpx.AsyncClient(trust_env=False) as client:
+        tg.start_soon(seed.serve, [sock])
+        await _until(lambda: seed.started, "the seed to listen")
+        # what a probe sees: busy, with a delay to come back after (not a 5 s timeout)
+        with pytest.raises(SourceError) as busy:
+            await fetch_manifest(client, addr, fid, len(data), PeerAuth())
+        assert (busy.value.status, busy.value.retry_after) == (503, 1)
+        done = anyio.Event()
+
+        async def download() -> None:
+            report = await download_file(
+                fid,
+                len(data),
+                dest=dest,
+                store_root=tmp_path / "dl" / "partial",
+                upstream=[],
+                client=client,
+                holders=Holders(),
+            )
+            assert report.bytes_by_source == {str(addr): len(data)}
+            done.set()
+
+        tg.start_soon(download)
+        await _until(lambda: cache.busy_answers >= 2, "the downloader to be told busy")
+        disk.gate.set()
+        with anyio.fail_after(60):
+            await done.wait()
+        seed.should_exit = True
+    assert dest.read_bytes() == data
+    assert disk.started == [fid]
+
+
+# -- a file fetched through hffs is seeded without a digest ---------------------------------
+
+
+def _entries(node: Node, fid: str) -> list[Path]:
+    return list((node.home / "state" / "manifests").glob(f"{fid}-*.json"))
+
+
+def test_a_downloaded_file_is_seeded_from_its_verified_digests(
+    nodes: Callable[[str], Node],
+) -> None:
+    a, c = nodes("127.0.0.72"), nodes("127.0.0.73")
+    data = os.urandom(3 * MIN_CHUNK_SIZE + 5)
+    fid = hashlib.sha256(data).hexdigest()
+    a.add_model_file("model.safetensors", data)
+    assert a.start().returncode == 0
+    assert c.start("--bootstrap", f"{a.host}:{a.port}").returncode == 0
+    wait_for(lambda: c.client().find_providers(fid) != [], 20, "C to find A")
+    r = c.cli("model", "add", REPO)
+    assert r.returncode == 0, r.stderr
+    snapshot = c.hub / f"models--{REPO.replace('/', '--')}" / "snapshots"
+    (blob,) = (p.resolve() for p in snapshot.glob("*/model.safetensors"))
+    assert blob.read_bytes() == data
+    # C's seed side was never asked, yet holds the manifest of the published blob
+    st = blob.stat()
+    (entry,) = _entries(c, fid)
+    assert entry.name == f"{fid}-{st.st_size}-{st.st_mtime_ns}.json"
+    before = entry.stat()
+    answer = httpx.get(f"{c.url}/v1/blobs/{fid}/manifest", timeout=10, trust_env=False)
+    assert answer.status_code == 200
+    assert Manifest.from_json(answer.content, file_id=fid) == build_manifest(blob, fid)
+    # answered from it: a digest would have written the entry anew (a new file)
+    after = entry.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
