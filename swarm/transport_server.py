@@ -471,6 +471,7 @@ class FrontProtocol(asyncio.Protocol):
             if f is not None or not plan.cached:
                 break
             server.release_slot(self._host)  # a remembered lookup gone stale: look again
+        assert isinstance(plan, BlobPlan)  # the loop returns on anything else
         try:
             if f is None:
                 await self._answer(404, "not held\n", close=close)
