@@ -19,11 +19,13 @@ here knows about Hugging Face: the daemon adds its own routes through
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -36,7 +38,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from swarm import portable
+from swarm import portable, store
 from swarm.chunking import chunk_count, chunk_size_for
 from swarm.held_cache import HeldCache
 from swarm.ids import is_file_id
@@ -414,6 +416,43 @@ class PeerServer:
         """What is shared changed (a rescan, a file dropped): look ``file_id`` (or
         everything) up again on its next request."""
         self.held_cache.forget(file_id)
+
+    async def follow_chunks(self) -> None:
+        """``chunks_followed`` until cancelled (a task of the daemon's)."""
+        with self.chunks_followed():
+            await anyio.sleep_forever()
+
+    @contextlib.contextmanager
+    def chunks_followed(self) -> Iterator[None]:
+        """While open (enter it on the event loop's thread): a chunk this process verifies
+        in a partial file here is marked in the remembered lookup at once, so asking for
+        it needs no new lookup (``swarm.store.chunk_hooks``)."""
+        loop_thread = threading.get_ident()
+
+        def verified(root: Path, file_id: str, index: int, digest: bytes) -> None:
+            if root == self.partial_root and threading.get_ident() == loop_thread:
+                self._mark_verified(file_id, index)  # (another thread's: looked up later)
+
+        store.chunk_hooks.append(verified)
+        try:
+            yield
+        finally:
+            store.chunk_hooks.remove(verified)
+
+    def _mark_verified(self, file_id: str, index: int) -> None:
+        held = self.held_cache.get(file_id)
+        if held is None or held.have is None or not 0 <= index < len(held.have):
+            return
+        try:  # the chunk went into the file at the path now: is it the one remembered?
+            st = os.stat(held.path)
+        except OSError:
+            st = None
+        if st is None or held.ident is None or (st.st_dev, st.st_ino) != held.ident[:2]:
+            self.held_cache.forget(file_id)
+            return
+        # Served only from a descriptor of this very inode: one kept open since the
+        # lookup, or one opened now whose (dev, inode, size, mtime) still matches it.
+        held.have[index] = True
 
     # -- routes ------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from swarm import peer_server, portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.held_cache import HeldCache
 from swarm.peer_server import Held, RateLimiter
@@ -64,8 +65,10 @@ async def seed(tmp_path: Path) -> AsyncIterator[tuple[Peer, Clock, Unsharing]]:
     peer.server.index = index
     async with anyio.create_task_group() as tg:
         await peer.serve_in(tg)
+        tg.start_soon(peer.server.follow_chunks)  # as the daemon runs it
         yield peer, clock, index
         peer.uvicorn.should_exit = True
+        tg.cancel_scope.cancel()
 
 
 class Conn:
@@ -111,13 +114,38 @@ async def test_a_chunk_verified_just_now_is_served_at_once(seed) -> None:
         assert await conn.get(peer.part_id, 0, CS) == (206, peer.part[:CS])
         status, _ = await conn.get(peer.part_id, CS, 2 * CS)
         assert status == 416  # chunk 1 is not verified: not a byte of it
-        with PartialFile(peer.partial_root, peer.part_id, SIZE) as pf:
-            start, end = pf.span(1)
-            assert pf.write_chunk(1, peer.part[start:end])
+
+        def verify_elsewhere() -> None:  # (not on the loop: as another process would)
+            with PartialFile(peer.partial_root, peer.part_id, SIZE) as pf:
+                start, end = pf.span(1)
+                assert pf.write_chunk(1, peer.part[start:end])
+
+        await anyio.to_thread.run_sync(verify_elsewhere)
         # The lookup remembered a moment ago says "no" for chunk 1, and the clock has not
         # moved: only a fresh look serves it, and it must.
         assert await conn.get(peer.part_id, CS, 2 * CS) == (206, peer.part[CS : 2 * CS])
         assert await conn.get(peer.part_id, 2 * CS, 3 * CS) == (206, peer.part[2 * CS : 3 * CS])
+
+
+async def test_a_chunk_verified_here_needs_no_new_lookup(seed, monkeypatch) -> None:
+    peer, _, _ = seed
+    lookups: list[str] = []
+    real_lookup = peer_server._lookup
+
+    def counted(index: object, root: Path, file_id: str) -> Held | None:
+        lookups.append(file_id)
+        return real_lookup(index, root, file_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(peer_server, "_lookup", counted)
+    async with connected(peer) as conn:
+        assert await conn.get(peer.part_id, 0, CS) == (206, peer.part[:CS])
+        assert lookups == [peer.part_id]
+        with PartialFile(peer.partial_root, peer.part_id, SIZE) as pf:  # on the loop
+            start, end = pf.span(1)
+            assert pf.write_chunk(1, peer.part[start:end])
+        assert await conn.get(peer.part_id, CS, 2 * CS) == (206, peer.part[CS : 2 * CS])
+        if portable.keep_files_open():  # (else each request opens, and checks, anew)
+            assert lookups == [peer.part_id]
 
 
 async def test_a_removed_blob_is_not_served_past_the_bound(seed) -> None:

@@ -412,6 +412,7 @@ class Daemon:
                 loops.start_soon(self.book.run)
                 loops.start_soon(self.holdings.rescan_loop, self.announcer.queue)
                 loops.start_soon(self._sample_loop)
+                loops.start_soon(peer.follow_chunks)  # verified here: served at once
                 if self.settings.mdns:
                     loops.start_soon(
                         run_lan,
