@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -255,3 +256,37 @@ async def test_direct_sends_keep_to_the_upload_rate(seed) -> None:
     async with connected(peer) as conn:
         assert await conn.get(peer.full_id, 0, 300_000) == (206, peer.full[:300_000])
     assert now[0] - 1000.0 == pytest.approx((300_000 - rate // 4) / rate, abs=0.02)
+
+
+def _open_copies(path: Path) -> int:
+    """Descriptors of this process open on ``path`` (Linux: /proc/self/fd)."""
+    fds = Path("/proc/self/fd")
+    target = str(path.resolve())
+    n = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            n += os.readlink(fd) == target
+    return n
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_idle_connections_keep_a_bounded_number_of_files_open(tmp_path: Path) -> None:
+    peer = Peer(tmp_path / "p", limits=FrontLimits(kept_files=2))
+    blob = peer.server.index.complete_path(peer.full_id)
+    async with anyio.create_task_group() as tg:
+        await peer.serve_in(tg)
+        conns = [await Conn.open(peer) for _ in range(5)]
+        try:
+            for conn in conns:
+                assert await conn.get(peer.full_id, 0, 10) == (206, peer.full[:10])
+            # Five idle connections, at most two of them holding the blob open.
+            assert _open_copies(blob) <= 2
+            assert peer.shared.kept_files == _open_copies(blob)
+        finally:
+            for conn in conns:
+                conn.close()
+        with anyio.fail_after(10):
+            while peer.shared.connections:
+                await anyio.sleep(0.02)
+        assert _open_copies(blob) == 0 and peer.shared.kept_files == 0
+        peer.uvicorn.should_exit = True
