@@ -3,9 +3,10 @@
 The peer server answers manifest requests from here. A download that just verified a
 file hands its digests over at publish (``put``), so a seed never digests what it
 fetched. A blob nobody handed over (imported, or cached before this existed) is
-digested in the background, one blob at a time, however many peers ask: a request
-that would wait long is told "busy, ask again" instead (``answer``), so a downloader's
-probe never sits out a cold seed's sha256 of a 10 GB blob.
+digested once however many peers ask: a small one at once, a large one in the
+background, one at a time; a request that would wait long for it is told "busy, ask
+again" (``answer``), so a downloader's probe never sits out a cold seed's sha256 of a
+10 GB blob.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from swarm.manifest import Manifest, ManifestError, build_manifest
 
 log = logging.getLogger(__name__)
 
-SMALL_BLOB = 16 << 20  # digested while the request waits (a fraction of a second)
-ANSWER_WAIT = 0.5  # how long a request for a larger blob waits before "busy"
+SMALL_BLOB = 16 << 20  # digested at once, in the asking request (a fraction of a second)
+# How long a request for a larger blob waits for its background digest before "busy":
+# answered the moment the digest ends, and well inside a downloader's 5 s probe.
+ANSWER_WAIT = 1.5
 RETRY_AFTER = 1  # seconds, told to a peer asked to come back
 MAX_QUEUED = 64  # blobs waiting for a background digest; more are refused until later
 FAILED_MEMO = 256  # blobs known not to match their id (not digested again per request)
@@ -82,7 +85,7 @@ class ManifestCache:
         self,
         root: Path,
         *,
-        digest: Digester = build_manifest,
+        digest: Digester = build_manifest,  # the real one; tests slow it down
         max_queued: int = MAX_QUEUED,
         small_blob: int = SMALL_BLOB,
     ) -> None:
@@ -163,17 +166,36 @@ class ManifestCache:
             job = self._jobs.get(key)
             if job is not None:
                 return job
-            if len(self._queue) >= self._max_queued and not queue_full_ok:
+            inline = key[1] <= self.small_blob
+            if not inline and len(self._queue) >= self._max_queued and not queue_full_ok:
                 return None
             job = _Digest(key, path)
             self._jobs[key] = job
-            self._queue.append(job)
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._work, name="hffs-manifest-digest", daemon=True
-                )
-                self._worker.start()
-            return job
+            if not inline:
+                self._queue.append(job)
+                if self._worker is None:
+                    self._worker = threading.Thread(
+                        target=self._work, name="hffs-manifest-digest", daemon=True
+                    )
+                    self._worker.start()
+                return job
+        # A small blob is digested here and now (milliseconds), never queued behind a
+        # large one; whoever else asks meanwhile waits for this digest.
+        self._run(job)
+        return job
+
+    def _run(self, job: _Digest) -> None:
+        try:
+            job.manifest = self._build(job)
+        except Exception as exc:  # a digest's failure is its waiters', never the thread's
+            job.error = exc if isinstance(exc, (OSError, ManifestError)) else OSError(exc)
+        with self._mutex:
+            self._jobs.pop(job.key, None)
+            if isinstance(job.error, ManifestError):
+                self._failed[job.key] = job.error
+                while len(self._failed) > FAILED_MEMO:
+                    self._failed.popitem(last=False)
+        job.done.set()
 
     def _work(self) -> None:
         """The one digest thread: runs queued digests in order, exits when none is left."""
@@ -184,17 +206,7 @@ class ManifestCache:
                     self._worker = None
                     return
                 job = self._queue.popleft()
-            try:
-                job.manifest = self._build(job)
-            except Exception as exc:  # a digest's failure is its waiters', never the thread's
-                job.error = exc if isinstance(exc, (OSError, ManifestError)) else OSError(exc)
-            with self._mutex:
-                self._jobs.pop(job.key, None)
-                if isinstance(job.error, ManifestError):
-                    self._failed[job.key] = job.error
-                    while len(self._failed) > FAILED_MEMO:
-                        self._failed.popitem(last=False)
-            job.done.set()
+            self._run(job)
 
     def _build(self, job: _Digest) -> Manifest:
         file_id = job.key[0]
