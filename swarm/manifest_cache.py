@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import sys
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -36,7 +34,6 @@ ANSWER_WAIT = 1.5
 RETRY_AFTER = 1  # seconds, told to a peer asked to come back
 MAX_QUEUED = 64  # blobs waiting for a background digest; more are refused until later
 FAILED_MEMO = 256  # blobs known not to match their id (not digested again per request)
-DIGEST_NICE = 10  # how much nicer the digest thread is than the daemon
 _POLL_MAX = 0.05  # how often a waiting request looks at its digest
 
 Key = tuple[str, int, int]  # file id, size, mtime in ns
@@ -47,16 +44,6 @@ def answer_wait(size: int, small_blob: int = SMALL_BLOB) -> float | None:
     """How long a manifest request waits for a running digest: None, until it ends
     (a small blob's takes milliseconds); else seconds, then the peer is told to retry."""
     return None if size <= small_blob else ANSWER_WAIT
-
-
-def _lower_priority() -> None:
-    """Let uploads and downloads have the cores first (Linux gives each thread its own
-    nice value; elsewhere the digest runs at the process's priority)."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            tid = threading.get_native_id()
-            nice = os.getpriority(os.PRIO_PROCESS, tid) + DIGEST_NICE
-            os.setpriority(os.PRIO_PROCESS, tid, min(nice, 19))
 
 
 @dataclass(eq=False)
@@ -199,7 +186,6 @@ class ManifestCache:
 
     def _work(self) -> None:
         """The one digest thread: runs queued digests in order, exits when none is left."""
-        _lower_priority()
         while True:
             with self._mutex:
                 if not self._queue:
