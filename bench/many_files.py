@@ -113,9 +113,9 @@ def main() -> None:
                 ratios.append(hffs_mbps[-1] / curl_mbps[-1])
                 print(
                     f"pass {i + 1}: curl {curl_mbps[-1]:.0f} MB/s, hffs {hffs_mbps[-1]:.0f} MB/s "
-                    f"({ratios[-1]:.2f}), CPU s/GiB downloader "
-                    f"{dl_cpu[-1] * (1 << 30) / total:.2f}, seeds "
-                    f"{seeds_cpu[-1] * (1 << 30) / total:.2f}, load {os.getloadavg()[0]:.1f}",
+                    f"({ratios[-1]:.2f}), downloader {dl_cpu[-1] * (1 << 30) / total:.2f}, "
+                    f"seeds {seeds_cpu[-1] * (1 << 30) / total:.2f} CPU s/GiB, "
+                    f"load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
         dl_rss = dl.peak_rss()

@@ -3,8 +3,11 @@
 The seed daemon (127.0.0.2) holds the file in its HF cache; the downloader daemon
 (127.0.0.10) has the seed as a saved peer (and finds it in the DHT) and its upstream set to
 an unreachable http://127.0.0.1:9, so every byte comes from the peer and the revision is
-resolved by the peer (commit hash given). `hffs model add` submits the job to that daemon,
-which downloads (chunk and whole-file checks). nginx (sendfile on) serves a hard link of the
+resolved by the peer (commit hash given). Each pass fetches the file twice: `hffs model
+add` (a CLI process that submits the job to that daemon and shows its progress: end to
+end, start-up included), and the same job submitted straight to the daemon's control API
+(what the CLI does once started; issue 11 counts either). The daemon downloads with
+chunk and whole-file checks. nginx (sendfile on) serves a hard link of the
 same file on 127.0.0.1 and curl writes it to disk: the reference for "one loopback HTTP
 transfer". The passes alternate curl and hffs; the published file is removed after each.
 
@@ -12,7 +15,7 @@ The seed builds a file's manifest (xxh3 per chunk + sha256 of the blob) once, on
 request, and keeps it; ``--cold`` leaves that inside the first timed pass, else one
 request for the manifest comes before the passes.
 
-Prints MB/s of each, the ratio, peak RSS of the downloader daemon, its CLI and the seed,
+Prints MB/s of each, the ratios, peak RSS of the downloader daemon, its CLI and the seed,
 and CPU s per GiB (the downloader counts its CLI and the daemon's work during the pass).
 
     HFFS_BENCH_TMP=/dev/shm/hffs-bench .venv/bin/python bench/single_peer.py \
@@ -27,7 +30,6 @@ import statistics
 from pathlib import Path
 
 import harness as h
-import httpx
 
 REPO = "org/single-peer"
 NAME = "model.safetensors"
@@ -52,6 +54,8 @@ def main() -> None:
     hffs_runs: list[h.CliRun] = []
     dl_cpu: list[float] = []
     seed_cpu: list[float] = []
+    job_runs: list[float] = []  # seconds of the job submitted to the daemon
+    job_cpu: list[float] = []
     with h.scratch("single") as tmp, h.nodes(Path(tmp)) as make:
         root = Path(tmp)
         www = root / "www"
@@ -63,8 +67,7 @@ def main() -> None:
         dl = make("127.0.0.10", peers=[seed]).up(bootstrap=[seed])
         h.wait_providers(dl, file_id, 1)
         if not args.cold:
-            url = f"http://{seed.addr}/v1/blobs/{file_id}/manifest"
-            httpx.get(url, timeout=600).raise_for_status()
+            h.warm_manifest(seed, file_id)
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):  # alternate, so neither side gets a warmer machine
                 r = run_curl(f"{nginx.url}/{NAME}", root / "curl.out")
@@ -84,11 +87,20 @@ def main() -> None:
                     raise SystemExit("hffs published a wrong file")
                 blob.unlink()  # keep disk use flat; the next pass downloads again
                 hffs_runs.append(r)
+                dl_cpu0 = dl.cpu_seconds()
+                job = h.swarm_jobs([dl], REPO, h.COMMIT, 600)
+                if not job.ok:
+                    raise SystemExit(f"the job failed: {job.logs}")
+                job_cpu.append(dl.cpu_seconds() - dl_cpu0)
+                job_runs.append(job.seconds)
+                blob.unlink()
                 print(
                     f"run {i + 1}: curl {h.mbps(size, curl_runs[-1].seconds):.0f} MB/s, "
                     f"hffs {h.mbps(size, r.seconds):.0f} MB/s, downloader "
                     f"{dl_cpu[-1] * (1 << 30) / size:.2f} CPU s/GiB "
-                    f"(CLI {r.cpu_seconds * (1 << 30) / size:.2f}), "
+                    f"(CLI {r.cpu_seconds * (1 << 30) / size:.2f}); job "
+                    f"{h.mbps(size, job_runs[-1]):.0f} MB/s, "
+                    f"{job_cpu[-1] * (1 << 30) / size:.2f} CPU s/GiB; "
                     f"load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
@@ -104,6 +116,8 @@ def main() -> None:
     ratios = [
         c.seconds / r.seconds for c, r in zip(curl_runs, hffs_runs, strict=True)
     ]  # per pass: hffs MB/s over curl MB/s
+    job_ratios = [c.seconds / j for c, j in zip(curl_runs, job_runs, strict=True)]
+    job_mbps = statistics.median(h.mbps(size, j) for j in job_runs)
     curl_rss = max(r.max_rss for r in curl_runs)
     res = {
         "machine": h.machine(),
@@ -116,6 +130,10 @@ def main() -> None:
         "ratio_reported_vs_curl": round(hffs_inner / curl_mbps, 3),
         "ratio_per_pass": [round(x, 3) for x in ratios],
         "ratio_median_of_passes": round(statistics.median(ratios), 3),
+        "job_MBps": round(job_mbps, 1),
+        "job_ratio_per_pass": [round(x, 3) for x in job_ratios],
+        "job_ratio_median_of_passes": round(statistics.median(job_ratios), 3),
+        "cpu_s_per_GiB_job": round(statistics.median(job_cpu) * (1 << 30) / size, 2),
         "cold_seed": args.cold,
         "loadavg": os.getloadavg(),
         "downloader_peak_rss_MiB": round(dl_rss / h.MIB, 1),
@@ -133,10 +151,15 @@ def main() -> None:
     print(f"  curl <- nginx          {curl_mbps:8.1f} MB/s")
     print(f"  hffs <- 1 peer         {hffs_mbps:8.1f} MB/s  (end to end, CLI start-up included)")
     print(f"  hffs, as it reports    {hffs_inner:8.1f} MB/s  (after start-up)")
+    print(f"  hffs, daemon's job     {job_mbps:8.1f} MB/s  (submitted to the control API)")
     print(f"  ratio hffs / curl      {res['ratio_hffs_vs_curl']:8.3f}")
     print(f"  ratio (reported)/curl  {res['ratio_reported_vs_curl']:8.3f}")
     print(
         f"  ratio per pass         {res['ratio_per_pass']}  median {res['ratio_median_of_passes']}"
+    )
+    print(
+        f"  job ratio per pass     {res['job_ratio_per_pass']}  median "
+        f"{res['job_ratio_median_of_passes']}; downloader {res['cpu_s_per_GiB_job']} CPU s/GiB"
     )
     print(
         f"  peak RSS: downloader daemon {res['downloader_peak_rss_MiB']} MiB, its CLI "
@@ -150,9 +173,9 @@ def main() -> None:
     h.write_results("single_peer", res)
 
     fig, (ax1, ax2) = h.subplots(f"One peer vs nginx+curl, {size / h.MIB:.0f} MiB on loopback", 2)
-    labels = ["curl ← nginx", "hffs ← 1 peer\n(end to end)", "hffs ← 1 peer\n(reported)"]
-    vals = [curl_mbps, hffs_mbps, hffs_inner]
-    bars = ax1.bar(labels, vals, color=["#888", "#2a7", "#7c9"])
+    labels = ["curl ← nginx", "hffs model add\n(end to end)", "hffs\n(reported)", "daemon job"]
+    vals = [curl_mbps, hffs_mbps, hffs_inner, job_mbps]
+    bars = ax1.bar(labels, vals, color=["#888", "#2a7", "#7c9", "#4b8"])
     ax1.bar_label(bars, fmt="%.0f")
     ax1.set_ylabel("MB/s")
     rss = [res["downloader_peak_rss_MiB"], res["seed_daemon_peak_rss_MiB"]]

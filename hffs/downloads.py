@@ -43,6 +43,7 @@ from swarm.download import (
     DownloadPaused,
     OnBytes,
     download_file,
+    hash_limiter,
 )
 from swarm.files import hash_range, pread_of
 from swarm.goal import Goal, tail_needs_whole
@@ -460,6 +461,7 @@ class DownloadManager:
         # one budget of bytes in flight.
         self.pool = PeerPool(peer_auth)
         self.budget = ByteBudget(BYTES_IN_FLIGHT)
+        self.hashers = hash_limiter()  # and one set of threads hashing whole files
         # files whose peer bytes upstream contradicted (bounded, oldest forgotten)
         self._suspect: dict[str, None] = {}
 
@@ -685,6 +687,7 @@ class DownloadManager:
                 observer=_SourceTap(t, watch),
                 pool=self.pool,
                 budget=self.budget,
+                hashers=self.hashers,
             )
         except DownloadPaused:
             return None

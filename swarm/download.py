@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -65,7 +65,6 @@ MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
 MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight (a file's own budget, when not shared)
 PROBE_TIMEOUT = 5.0
 HASH_BLOCK = 1 << 20  # the running hash reads this much at a time (fits in L2)
-WAIT_SECONDS = 0.2  # the hash thread looks at its stop flag at least this often
 STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
 
 
@@ -118,37 +117,54 @@ class FileReport:
     rounds: int = 1
 
 
+def hash_threads(cpus: int | None) -> int:
+    """Threads that hash whole files for every download of a process: one core is the
+    event loop's (recv and write), so the rest, up to 4 (sha256 at ~1.6 GB/s each
+    outruns a 25 GbE link), and never fewer than one."""
+    return max(1, min(4, (cpus or 2) - 1))
+
+
+def hash_limiter() -> anyio.CapacityLimiter:
+    """The limiter every running hash of one process shares (a download's own, when the
+    caller passes none): one hashing thread per file would have a model's shards fight
+    over two cores and the GIL."""
+    return anyio.CapacityLimiter(hash_threads(os.cpu_count()))
+
+
 class _RunningHash:
-    """The whole-file hash over the held prefix, advanced by one worker thread as chunks
-    land in order (beside the transfer, on the other core), so the check at the end costs
+    """The whole-file hash over the held prefix, advanced in worker threads as chunks
+    land in order (beside the transfer, on another core), so the check at the end costs
     almost nothing. A dropped chunk voids it (full check then).
 
-    The event loop only says ``more()`` (a lock and a notify, no thread hop per chunk);
-    the thread reads each held chunk into one reused block and hashes it."""
+    Only the landing of the chunk the hash waits for wakes it (an event on the loop, no
+    thread waiting per file); each advance hashes every chunk held in order, reading
+    each into one reused block, in a thread of the ``limiter`` all downloads share."""
 
-    def __init__(self, pf: PartialFile) -> None:
+    def __init__(self, pf: PartialFile, limiter: anyio.CapacityLimiter) -> None:
         self.pf = pf
         self.hasher = content_hasher(pf.file_id, pf.size)
         self.next = 0
         self.drops = pf.drops
         self._view = memoryview(bytearray(HASH_BLOCK))
-        self._cond = threading.Condition()
+        self._limiter = limiter
+        self._wake = anyio.Event()
         self._stopping = False
 
     @property
     def valid(self) -> bool:
         return self.drops == self.pf.drops
 
-    def more(self) -> None:
-        """A chunk landed (called on the event loop)."""
-        with self._cond:
-            self._cond.notify()
+    def more(self, chunk: int) -> None:
+        """``chunk`` landed (called on the event loop). ``next`` may be moving in a
+        worker meanwhile: one that moves past a chunk held sees it, and ``run`` looks
+        again before it waits, so no landing is missed."""
+        if chunk == self.next:
+            self._wake.set()
 
     def stop(self) -> None:
-        """Let ``run`` return soon (its thread stops between chunks)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        """Let ``run`` return soon (an advance stops between two chunks)."""
+        self._stopping = True
+        self._wake.set()
 
     def _hash_next(self) -> None:
         start, end = self.pf.span(self.next)
@@ -161,30 +177,28 @@ class _RunningHash:
             pos += n
         self.next += 1
 
-    def _work(self, wait: bool) -> None:
+    def _advance(self) -> None:
+        """Blocking: hash every chunk held in order from ``next`` on."""
         pf = self.pf
-        while self.next < pf.n_chunks and self.valid:
-            if wait and self._stopping:
-                return
-            if pf.has(self.next):
-                self._hash_next()
-                continue
-            if not wait:
-                return
-            with self._cond:
-                if self._stopping:
-                    return
-                if not pf.has(self.next):
-                    self._cond.wait(WAIT_SECONDS)  # bounded: the flag is read again
+        while self.next < pf.n_chunks and self.valid and not self._stopping and pf.has(self.next):
+            self._hash_next()
 
     async def run(self) -> None:
         """Hash each chunk once it and all before it are held, until ``stop()`` (which
         may come first: the round can end before this task starts)."""
-        await anyio.to_thread.run_sync(self._work, True)
+        pf = self.pf
+        while self.next < pf.n_chunks and self.valid and not self._stopping:
+            if pf.has(self.next):
+                await anyio.to_thread.run_sync(self._advance, limiter=self._limiter)
+                continue
+            self._wake = anyio.Event()
+            if not pf.has(self.next) and not self._stopping:
+                await self._wake.wait()
 
     async def finish(self) -> None:
         """Hash what is held in order and not hashed yet (after the round)."""
-        await anyio.to_thread.run_sync(self._work, False)
+        self._stopping = False
+        await anyio.to_thread.run_sync(self._advance, limiter=self._limiter)
 
     def matches(self) -> bool | None:
         """Whether the file matches its id; None when the running hash cannot tell."""
@@ -215,6 +229,7 @@ class _Job:
     goal: Goal | None = None  # the chunks asked for; None: the whole file
     observer: ChunkObserver | None = None
     budget: ByteBudget = field(default_factory=lambda: ByteBudget(MEMORY_BUDGET))
+    hashers: anyio.CapacityLimiter = field(default_factory=hash_limiter)
 
     def drop(self, chunks: Iterable[int]) -> None:
         held = [i for i in chunks if self.pf.has(i)]
@@ -541,7 +556,7 @@ class _Round:
             self.on_chunk(req.chunk)
         if self.observer:
             self.observer.chunk_verified(req.chunk, req.source, upstream)
-        self.running_hash.more()
+        self.running_hash.more(req.chunk)
         self._cancel(self.sched.on_success(req, anyio.current_time(), nbytes))
 
     async def _fetch(self, req: Request, scope: anyio.CancelScope) -> None:
@@ -726,7 +741,7 @@ class _Round:
                 await self._drive(sched)
             finally:
                 self._abandon_all()  # requests still pipelined: their bytes go nowhere
-                self.running_hash.stop()  # its thread ends between two chunks
+                self.running_hash.stop()  # an advance ends between two chunks
                 tg.cancel_scope.cancel()
         await self._report_bad()
         if not sched.done and not self.restart:
@@ -762,6 +777,7 @@ async def download_file(
     observer: ChunkObserver | None = None,
     pool: PeerPool | None = None,
     budget: ByteBudget | None = None,
+    hashers: anyio.CapacityLimiter | None = None,
 ) -> FileReport:
     """Fetch one file into ``dest``, from peers and then ``upstream`` in order.
 
@@ -770,9 +786,10 @@ async def download_file(
     fetches only the chunks it asks for (more as it grows) and raises DownloadPaused
     once they are all held short of the whole file. ``on_chunk`` and ``on_drop`` tell
     a verified chunk landed and held chunks were given up; ``on_open`` what the
-    partial file held (re-checked) when it was opened. ``pool`` and ``budget``, when
-    given, are shared with the caller's other downloads (one connection pool and one
-    budget of peer bytes in flight per daemon, however many files)."""
+    partial file held (re-checked) when it was opened. ``pool``, ``budget`` and
+    ``hashers``, when given, are shared with the caller's other downloads (one
+    connection pool, one budget of peer bytes in flight and one set of threads hashing
+    whole files per daemon, however many files)."""
     started = anyio.current_time()
     report = FileReport(file_id, size)
     pf = await anyio.to_thread.run_sync(PartialFile, store_root, file_id, size)
@@ -795,12 +812,14 @@ async def download_file(
     )
     if budget is not None:
         job.budget = budget
+    if hashers is not None:
+        job.hashers = hashers
     trust = job.trust
     try:
         for attempt in range(MAX_ROUNDS):
             report.rounds = attempt + 1
             use_peers = trust.uses_peers(attempt, MAX_ROUNDS, bool(upstream))
-            running_hash = _RunningHash(pf)
+            running_hash = _RunningHash(pf, job.hashers)
             rnd = _Round(job, holders if use_peers else None, running_hash)
             await rnd.run()
             if goal is not None and not pf.complete and not rnd.restart:

@@ -62,6 +62,7 @@ class FrontLimits:
     per_address: int = 24  # open connections per client address
     slot_wait: float = 5.0  # longest wait for a send slot before answering "busy"
     snub_after: float = 2.0  # a body step without progress this long gives its slot back
+    kept_files: int = 128  # blobs kept open between requests, over all connections
 
 
 class UploadGate:
@@ -116,6 +117,7 @@ class FrontShared:
     limits: FrontLimits = FrontLimits()
     feed: HaveFeed = field(default_factory=HaveFeed)  # chunks verified in this process
     connections: dict[str, int] = field(default_factory=dict)  # per client address
+    kept_files: int = 0  # connections keeping a blob open now (FrontLimits.kept_files)
     gate: UploadGate = field(default_factory=UploadGate)  # send slots (swarm/choke.py)
 
 
@@ -205,6 +207,7 @@ class FrontProtocol(asyncio.Protocol):
         # The blob last sent on this connection, kept open for the next request (a
         # downloader asks for many chunks of one file): (file, path, ident).
         self._file: tuple[io.FileIO, Path, FileIdent | None] | None = None
+        self._keeps = False  # counted in shared.kept_files
         self._direct: portable.DirectSend | None = None  # made at the first body
         self._direct_tried = False
         self._deadline: float | None = None  # for the next head (loop time), if waiting
@@ -358,6 +361,9 @@ class FrontProtocol(asyncio.Protocol):
                     return
                 if not await self._blob(head, m[1].decode("latin-1")):
                     return
+                # A pipelined request may be answered without waiting for anything (the
+                # socket took it all): let the other connections have a turn.
+                await asyncio.sleep(0)
         except (_Closed, ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -468,6 +474,7 @@ class FrontProtocol(asyncio.Protocol):
             if f is not None or not plan.cached:
                 break
             server.release_slot(self._host)  # a remembered lookup gone stale: look again
+        assert isinstance(plan, BlobPlan)  # the loop returns on anything else
         try:
             if f is None:
                 await self._answer(404, "not held\n", close=close)
@@ -491,7 +498,7 @@ class FrontProtocol(asyncio.Protocol):
                 gate.leave(ticket, sent[0])
         finally:
             server.release_slot(self._host)
-            if not portable.keep_files_open():
+            if not self._keeps:
                 self._close_file()
 
     def _file_for(self, plan: BlobPlan) -> io.FileIO | None:
@@ -513,13 +520,21 @@ class FrontProtocol(asyncio.Protocol):
         if not same:
             f.close()
             return None
-        self._file = (f, plan.path, plan.ident if portable.keep_files_open() else None)
+        self._file = (f, plan.path, plan.ident)
+        shared = self.shared
+        if not self._keeps and portable.keep_files_open():
+            # Bounded: idle connections must not hold a descriptor each without limit.
+            self._keeps = shared.kept_files < shared.limits.kept_files
+            shared.kept_files += self._keeps
         return f
 
     def _close_file(self) -> None:
         if self._file is not None:
             self._file[0].close()
             self._file = None
+        if self._keeps:
+            self._keeps = False
+            self.shared.kept_files -= 1
 
     def _direct_send(self) -> portable.DirectSend | None:
         if not self._direct_tried and self._transport is not None:
@@ -593,6 +608,8 @@ class FrontProtocol(asyncio.Protocol):
         progress for ``stall_timeout`` cuts the connection."""
         transport = self._transport
         assert transport is not None
+        if transport.is_closing():  # aborted meanwhile (shutdown, a stall elsewhere)
+            raise _Closed
         limits = self.shared.limits
         snub = None
         if slot is not None:

@@ -185,7 +185,8 @@ def test_peer_api_fuzzed_through_an_http_client(store: Store) -> None:
     paths = st.one_of(blob_paths, blob_paths, random_paths.map(lambda s: "/" + "/".join(s)))
     methods = st.one_of(st.just("GET"), st.sampled_from(METHODS))  # mostly what is served
 
-    @FAST
+    # Derandomized: the coverage asserted below must not depend on the draw of the day.
+    @settings(FAST, derandomize=True)
     @given(method=methods, path=paths, rng=ranges())
     def run(method: str, path: str, rng: str | None) -> None:
         RAN["peer-http"] += 1

@@ -15,6 +15,8 @@ import anyio
 import pytest
 import uvicorn
 from anyio.abc import TaskGroup
+from hypothesis import given
+from hypothesis import strategies as st
 
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.have import follow_haves
@@ -23,7 +25,14 @@ from swarm.peer_auth import Verifier
 from swarm.peer_server import PeerServer, UploadLimits, UploadStats, peer_app_for
 from swarm.sources import PeerAddr, SourceError
 from swarm.store import PartialFile
-from swarm.transport_client import FileSink, MemorySink, PeerPool, parse_response_head
+from swarm.transport_client import (
+    MIN_AT_PEER,
+    FileSink,
+    MemorySink,
+    PeerPool,
+    parse_response_head,
+    should_send,
+)
 from swarm.transport_server import FrontLimits, FrontShared, install_front, parse_head
 from swarm.wire import PeerAuth
 from tests.blob_index import DictIndex
@@ -183,6 +192,83 @@ async def test_pipelined_chunks_land_verified_in_memory_and_on_disk(
     assert target.read_bytes() == peer.full
     assert peer.stats.active == 0
     assert peer.stats.total == 2 * SIZE
+
+
+@given(st.integers(0, 64), st.integers(0, 64))
+def test_held_back_heads_leave_before_the_peer_runs_dry(at_peer: int, held_back: int) -> None:
+    send = should_send(at_peer, held_back)
+    if held_back == 0:
+        assert not send  # nothing to write
+    elif at_peer < MIN_AT_PEER:
+        assert send  # the peer would idle: a lone request is not held back
+    elif not send:
+        assert held_back < at_peer  # the peer keeps at least half of the window
+
+
+async def test_a_burst_of_pipelined_requests_all_land(make_peer) -> None:
+    # Requests pipelined in a burst are held back and leave in batches as answers
+    # come in; a batch never left behind would stall this test.
+    peer = await make_peer()
+    size = 64 << 10
+    spans = [(i * size, (i + 1) * size) for i in range(40)]
+    got: dict[int, bytes] = {}
+    async with PeerPool(conns_per_peer=1) as pool:
+        first = MemorySink(size)
+        await pool.fetch(peer.addr, peer.full_id, 0, size, first)
+        conn = pool.ready(peer.addr)
+        assert conn is not None
+        sinks = [MemorySink(size) for _ in spans]
+        for i, (s, e) in enumerate(spans):
+
+            def done(digest: bytes | None, exc: SourceError | None, i: int = i) -> None:
+                assert exc is None and digest is not None
+                got[i] = digest
+
+            pool.send(conn, peer.full_id, s, e, sinks[i], done)
+        with anyio.fail_after(10):
+            while len(got) < len(spans):
+                await anyio.sleep(0.01)
+    for i, (s, e) in enumerate(spans):
+        assert bytes(sinks[i].data) == peer.full[s:e]
+        assert got[i] == chunk_digest(peer.full[s:e])
+
+
+async def test_an_abandoned_request_still_held_back_is_never_sent(make_peer) -> None:
+    peer = await make_peer()
+    size = 64 << 10
+    got: dict[int, bytes] = {}
+
+    def done_for(i: int):
+        def done(digest: bytes | None, exc: SourceError | None) -> None:
+            assert exc is None and digest is not None
+            got[i] = digest
+
+        return done
+
+    async with PeerPool(conns_per_peer=1) as pool:
+        await pool.fetch(peer.addr, peer.full_id, 0, size, MemorySink(size))
+        conn = pool.ready(peer.addr)
+        assert conn is not None
+        # Ten asked at once, with no answer read in between: the first eight go out
+        # (1, 2, then batches of 2 and 4), the last two wait for answers.
+        tickets = [
+            pool.send(conn, peer.full_id, i * size, (i + 1) * size, MemorySink(size), done_for(i))
+            for i in range(10)
+        ]
+        for ticket in tickets[8:]:
+            pool.abandon(ticket)  # e.g. the peer was just banned
+        with anyio.fail_after(10):
+            while len(got) < 8:
+                await anyio.sleep(0.01)
+        # The connection stays in step: the next answer is the next request's.
+        last = MemorySink(size)
+        digest = await pool.fetch(peer.addr, peer.full_id, 20 * size, 21 * size, last)
+        assert digest == chunk_digest(peer.full[20 * size : 21 * size])
+        with anyio.fail_after(10):
+            while peer.stats.active:  # the server books a send once it is over
+                await anyio.sleep(0.01)
+    assert sorted(got) == list(range(8))
+    assert peer.stats.total == (1 + 8 + 1) * size  # the two abandoned were never served
 
 
 async def test_a_partial_file_serves_only_verified_chunks(make_peer) -> None:

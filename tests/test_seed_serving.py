@@ -1,12 +1,14 @@
-"""A seed reuses its lookups (swarm.held_cache) but still serves exactly what it holds
-and shares: over a real sendfile front, on one persistent connection as a downloader
-keeps it. The cache's clock is frozen unless a test moves it, so nothing here depends
-on how fast the machine is."""
+"""The seed's cheap path for a chunk, over a real sendfile front, on persistent
+connections as downloaders keep them: it reuses its lookups (swarm.held_cache) yet
+serves exactly what it holds and shares, and sends straight into the socket yet keeps
+the byte order, the rate limit and the deadlines. The cache's clock is frozen unless a
+test moves it, so nothing here depends on how fast the machine is."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.held_cache import HeldCache
-from swarm.peer_server import Held
+from swarm.peer_server import Held, RateLimiter
 from swarm.selfcheck import stat_key
 from swarm.store import PartialFile
 from swarm.transport_server import FrontLimits
@@ -237,4 +239,54 @@ async def test_idle_and_half_sent_heads_are_cut_after_a_served_request(
                 conn.writer.write(b"GET /v1/ping HTTP/1.1\r\nX-Slow: ")
             with anyio.fail_after(10):  # far below the 60 s idle deadline
                 assert await conn.reader.read() == b""
+        peer.uvicorn.should_exit = True
+
+
+async def test_direct_sends_keep_to_the_upload_rate(seed) -> None:
+    """Against a limiter clock that only its sleeps advance: 300 kB took (300 kB - the
+    100 kB burst) / 400 kB/s of the limiter's time, whatever the machine's load."""
+    peer, _, _ = seed
+    rate, now = 400_000, [1000.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await anyio.sleep(0)
+
+    peer.server.limiter = RateLimiter(rate, rate // 4, clock=lambda: now[0], sleep=sleep)
+    async with connected(peer) as conn:
+        assert await conn.get(peer.full_id, 0, 300_000) == (206, peer.full[:300_000])
+    assert now[0] - 1000.0 == pytest.approx((300_000 - rate // 4) / rate, abs=0.02)
+
+
+def _open_copies(path: Path) -> int:
+    """Descriptors of this process open on ``path`` (Linux: /proc/self/fd)."""
+    fds = Path("/proc/self/fd")
+    target = str(path.resolve())
+    n = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            n += os.readlink(fd) == target
+    return n
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_idle_connections_keep_a_bounded_number_of_files_open(tmp_path: Path) -> None:
+    peer = Peer(tmp_path / "p", limits=FrontLimits(kept_files=2))
+    blob = peer.server.index.complete_path(peer.full_id)
+    async with anyio.create_task_group() as tg:
+        await peer.serve_in(tg)
+        conns = [await Conn.open(peer) for _ in range(5)]
+        try:
+            for conn in conns:
+                assert await conn.get(peer.full_id, 0, 10) == (206, peer.full[:10])
+            # Five idle connections, at most two of them holding the blob open.
+            assert _open_copies(blob) <= 2
+            assert peer.shared.kept_files == _open_copies(blob)
+        finally:
+            for conn in conns:
+                conn.close()
+        with anyio.fail_after(10):
+            while peer.shared.connections:
+                await anyio.sleep(0.02)
+        assert _open_copies(blob) == 0 and peer.shared.kept_files == 0
         peer.uvicorn.should_exit = True
