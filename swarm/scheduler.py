@@ -85,6 +85,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -262,6 +263,10 @@ class Scheduler:
         for pos, c in enumerate(order):
             self._rank[c] = pos
         self._rarity = [0] * num_chunks  # live peers holding each chunk
+        # How many pool chunks have each rarity, and the first rank still in the pool:
+        # with them a peer holding most chunks takes the best ones without a full scan.
+        self._pool_rarity: Counter[int] = Counter({0: len(self._pool)})
+        self._cursor = 0
         self._unheld = set(range(num_chunks))  # chunks with rarity 0
         self._fails: dict[int, dict[str, int]] = {}  # chunk -> source -> failures
         self._in_flight: dict[int, list[Request]] = {}  # chunk -> copies, oldest first
@@ -310,12 +315,9 @@ class Scheduler:
         if src.state is not SourceState.LIVE:
             return
         for c in src.have - new:
-            self._rarity[c] -= 1
-            if not self._rarity[c]:
-                self._unheld.add(c)
+            self._add_rarity(c, -1)
         for c in new - src.have:
-            self._rarity[c] += 1
-            self._unheld.discard(c)
+            self._add_rarity(c, 1)
         src.have = new
 
     def remove_peer(self, peer: str) -> list[Request]:
@@ -362,22 +364,17 @@ class Scheduler:
 
         # 1. Peers, rarest first.
         # Hot loop: one integer key per candidate (rarity, then random rank) keeps it cheap.
-        n, pool, fails = self.num_chunks, self._pool, self._fails
-        rarity, rank = self._rarity, self._rank
+        pool = self._pool
         for src in self._free_peers():
-            have = src.have
-            busy = self._busy(src, now)
-            scan = have if len(have) <= len(pool) else pool
-            keys = [
-                rarity[c] * n + rank[c]
-                for c in scan
-                if c in pool
-                and c in have
-                and (c not in fails or self._peer_may_serve(src, c, levels))
-                and c not in busy
-            ]
-            for key in heapq.nsmallest(self._room(src), keys):
-                out.append(self._issue(src, self._by_rank[key % n], now))
+            room = self._room(src)
+            if not room:
+                continue
+            if len(src.have) > len(pool):
+                picked = self._best_in_rank_order(src, room, now, levels)
+            else:
+                picked = self._best_by_scan(src, room, now, levels)
+            for c in picked:
+                out.append(self._issue(src, c, now))
 
         # 2. Upstream: what no live peer can serve at the chunk's lowest failure level.
         ups = [u for u in self._upstreams if u.state is SourceState.LIVE]
@@ -405,6 +402,55 @@ class Scheduler:
         if self._endgame(levels):
             self._duplicate(now, out)
         return out
+
+    def _eligible(
+        self, src: _Source, c: int, busy: dict[int, float], levels: dict[int, int | None]
+    ) -> bool:
+        return (
+            c in src.have
+            and (c not in self._fails or self._peer_may_serve(src, c, levels))
+            and c not in busy
+        )
+
+    def _best_by_scan(
+        self, src: _Source, room: int, now: float, levels: dict[int, int | None]
+    ) -> list[int]:
+        """The ``room`` pool chunks ``src`` may serve with the lowest (rarity, rank): every
+        candidate keyed, the smallest kept. The rule itself, for a peer holding few chunks."""
+        n, pool, rarity, rank = self.num_chunks, self._pool, self._rarity, self._rank
+        busy = self._busy(src, now)
+        scan = src.have if len(src.have) <= len(pool) else pool
+        keys = [
+            rarity[c] * n + rank[c]
+            for c in scan
+            if c in pool and self._eligible(src, c, busy, levels)
+        ]
+        return [self._by_rank[key % n] for key in heapq.nsmallest(room, keys)]
+
+    def _best_in_rank_order(
+        self, src: _Source, room: int, now: float, levels: dict[int, int | None]
+    ) -> list[int]:
+        """What ``_best_by_scan`` picks, found by walking the pool in rank order: once
+        ``room`` candidates of the lowest rarity any pool chunk held by a peer has are
+        found, no later chunk can beat them (the common case: every holder has every chunk,
+        so the walk stops after a few steps instead of keying the whole pool)."""
+        n, pool, rarity, by_rank = self.num_chunks, self._pool, self._rarity, self._by_rank
+        busy = self._busy(src, now)
+        floor = min((r for r, k in self._pool_rarity.items() if k and r), default=0)
+        while self._cursor < n and by_rank[self._cursor] not in pool:
+            self._cursor += 1
+        best: list[int] = []
+        keys: list[int] = []
+        for pos in range(self._cursor, n):
+            c = by_rank[pos]
+            if c not in pool or not self._eligible(src, c, busy, levels):
+                continue
+            if rarity[c] == floor:
+                best.append(c)
+                if len(best) == room:
+                    return best
+            keys.append(rarity[c] * n + pos)
+        return [by_rank[key % n] for key in heapq.nsmallest(room, keys)]
 
     def expire(self, now: float) -> list[Request]:
         """Fail every request whose deadline has passed (as timeouts). Returns the requests to
@@ -434,7 +480,7 @@ class Scheduler:
         was_full = len(src.in_flight) >= src.limit
         self._done[c] = 1
         self._remaining -= 1
-        self._pool.discard(c)
+        self._pool_discard(c)
         self._fails.pop(c, None)
         copies = list(self._in_flight.get(c, ()))
         for r in copies:
@@ -495,7 +541,7 @@ class Scheduler:
             if self._done[c] and c not in self._in_flight:
                 self._done[c] = 0
                 self._remaining += 1
-                self._pool.add(c)
+                self._pool_add(c)
 
     # ---- observation ---------------------------------------------------------------------
 
@@ -706,7 +752,7 @@ class Scheduler:
         if self._spare is not None and src.kind is SourceKind.PEER:
             self._spare -= self.chunk_size
         self._in_flight.setdefault(c, []).append(req)
-        self._pool.discard(c)
+        self._pool_discard(c)
         return req
 
     def _release(self, req: Request) -> None:
@@ -719,7 +765,29 @@ class Scheduler:
         if not copies:
             del self._in_flight[req.chunk]
             if not self._done[req.chunk]:
-                self._pool.add(req.chunk)
+                self._pool_add(req.chunk)
+
+    def _pool_add(self, c: int) -> None:
+        if c not in self._pool:
+            self._pool.add(c)
+            self._pool_rarity[self._rarity[c]] += 1
+            self._cursor = min(self._cursor, self._rank[c])
+
+    def _pool_discard(self, c: int) -> None:
+        if c in self._pool:
+            self._pool.remove(c)
+            self._pool_rarity[self._rarity[c]] -= 1
+
+    def _add_rarity(self, c: int, delta: int) -> None:
+        old = self._rarity[c]
+        self._rarity[c] = new = old + delta
+        if c in self._pool:
+            self._pool_rarity[old] -= 1
+            self._pool_rarity[new] += 1
+        if not new:
+            self._unheld.add(c)
+        elif not old:
+            self._unheld.discard(c)
 
     def _fail(self, req: Request, *, timeout: bool) -> list[Request]:
         src = self._sources[req.source]
@@ -744,9 +812,7 @@ class Scheduler:
     def _deactivate(self, src: _Source, state: SourceState) -> list[Request]:
         if src.state is SourceState.LIVE and src.kind is SourceKind.PEER:
             for c in src.have:
-                self._rarity[c] -= 1
-                if not self._rarity[c]:
-                    self._unheld.add(c)
+                self._add_rarity(c, -1)
         src.state = state
         dropped = list(src.in_flight)
         for r in dropped:

@@ -665,6 +665,15 @@ def run_scenario(sc: Scenario) -> tuple[Scheduler, Sim, dict[str, set[int]]]:
             assert stats[r.source].in_flight <= stats[r.source].limit
             if r.kind is SourceKind.PEER:
                 assert r.chunk in reported[r.source]
+        # The walk in rank order picks what keying every candidate picks, and the
+        # per-rarity count of the pool it relies on is right.
+        levels: dict[int, int | None] = {}
+        for src in list(sched._sources.values()):
+            if src.kind is SourceKind.PEER and src.state is SourceState.LIVE:
+                for room in (1, 2, 5):
+                    walked = sched._best_in_rank_order(src, room, -math.inf, levels)
+                    assert walked == sched._best_by_scan(src, room, -math.inf, levels)
+        assert +sched._pool_rarity == Counter(sched._rarity[c] for c in sched._pool)
         if any(copies[r.chunk] > 1 for r in batch):  # duplicates only in endgame
             event("endgame duplicates")
             unassigned = {c for c in range(sc.n) if not sched.is_done(c) and c not in copies}
