@@ -3,9 +3,10 @@
 The peer server answers manifest requests from here. A download that just verified a
 file hands its digests over at publish (``put``), so a seed never digests what it
 fetched. A blob nobody handed over (imported, or cached before this existed) is
-digested in the background, one blob at a time, however many peers ask: a request
-that would wait long is told "busy, ask again" instead (``answer``), so a downloader's
-probe never sits out a cold seed's sha256 of a 10 GB blob.
+digested once however many peers ask: a small one at once, a large one in the
+background, one at a time; a request that would wait long for it is told "busy, ask
+again" (``answer``), so a downloader's probe never sits out a cold seed's sha256 of a
+10 GB blob.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import sys
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -28,12 +27,13 @@ from swarm.manifest import Manifest, ManifestError, build_manifest
 
 log = logging.getLogger(__name__)
 
-SMALL_BLOB = 16 << 20  # digested while the request waits (a fraction of a second)
-ANSWER_WAIT = 0.5  # how long a request for a larger blob waits before "busy"
+SMALL_BLOB = 16 << 20  # digested at once, in the asking request (a fraction of a second)
+# How long a request for a larger blob waits for its background digest before "busy":
+# answered the moment the digest ends, and well inside a downloader's 5 s probe.
+ANSWER_WAIT = 1.5
 RETRY_AFTER = 1  # seconds, told to a peer asked to come back
 MAX_QUEUED = 64  # blobs waiting for a background digest; more are refused until later
 FAILED_MEMO = 256  # blobs known not to match their id (not digested again per request)
-DIGEST_NICE = 10  # how much nicer the digest thread is than the daemon
 _POLL_MAX = 0.05  # how often a waiting request looks at its digest
 
 Key = tuple[str, int, int]  # file id, size, mtime in ns
@@ -44,16 +44,6 @@ def answer_wait(size: int, small_blob: int = SMALL_BLOB) -> float | None:
     """How long a manifest request waits for a running digest: None, until it ends
     (a small blob's takes milliseconds); else seconds, then the peer is told to retry."""
     return None if size <= small_blob else ANSWER_WAIT
-
-
-def _lower_priority() -> None:
-    """Let uploads and downloads have the cores first (Linux gives each thread its own
-    nice value; elsewhere the digest runs at the process's priority)."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            tid = threading.get_native_id()
-            nice = os.getpriority(os.PRIO_PROCESS, tid) + DIGEST_NICE
-            os.setpriority(os.PRIO_PROCESS, tid, min(nice, 19))
 
 
 @dataclass(eq=False)
@@ -82,7 +72,7 @@ class ManifestCache:
         self,
         root: Path,
         *,
-        digest: Digester = build_manifest,
+        digest: Digester = build_manifest,  # the real one; tests slow it down
         max_queued: int = MAX_QUEUED,
         small_blob: int = SMALL_BLOB,
     ) -> None:
@@ -163,45 +153,54 @@ class ManifestCache:
             job = self._jobs.get(key)
             if job is not None:
                 return job
-            if len(self._queue) >= self._max_queued and not queue_full_ok:
+            inline = key[1] <= self.small_blob
+            if not inline and len(self._queue) >= self._max_queued and not queue_full_ok:
                 return None
             job = _Digest(key, path)
             self._jobs[key] = job
-            self._queue.append(job)
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._work, name="hffs-manifest-digest", daemon=True
-                )
-                self._worker.start()
-            return job
+            if not inline:
+                self._queue.append(job)
+                if self._worker is None:
+                    self._worker = threading.Thread(
+                        target=self._work, name="hffs-manifest-digest", daemon=True
+                    )
+                    self._worker.start()
+                return job
+        # A small blob is digested here and now (milliseconds), never queued behind a
+        # large one; whoever else asks meanwhile waits for this digest.
+        self._run(job)
+        return job
+
+    def _run(self, job: _Digest) -> None:
+        try:
+            job.manifest = self._build(job)
+        except Exception as exc:  # a digest's failure is its waiters', never the thread's
+            job.error = exc if isinstance(exc, (OSError, ManifestError)) else OSError(exc)
+        with self._mutex:
+            self._jobs.pop(job.key, None)
+            if isinstance(job.error, ManifestError):
+                self._failed[job.key] = job.error
+                while len(self._failed) > FAILED_MEMO:
+                    self._failed.popitem(last=False)
+        job.done.set()
 
     def _work(self) -> None:
         """The one digest thread: runs queued digests in order, exits when none is left."""
-        _lower_priority()
         while True:
             with self._mutex:
                 if not self._queue:
                     self._worker = None
                     return
                 job = self._queue.popleft()
-            try:
-                job.manifest = self._build(job)
-            except Exception as exc:  # a digest's failure is its waiters', never the thread's
-                job.error = exc if isinstance(exc, (OSError, ManifestError)) else OSError(exc)
-            with self._mutex:
-                self._jobs.pop(job.key, None)
-                if isinstance(job.error, ManifestError):
-                    self._failed[job.key] = job.error
-                    while len(self._failed) > FAILED_MEMO:
-                        self._failed.popitem(last=False)
-            job.done.set()
+            self._run(job)
 
     def _build(self, job: _Digest) -> Manifest:
         file_id = job.key[0]
         if self.key_of(file_id, job.path) != job.key:
             raise OSError(f"{file_id[:12]}… changed before its digest began")
         self._drop_entries(file_id)  # another version's: it no longer vouches for anything
-        self.digests_run += 1
+        with self._mutex:  # small blobs are digested in several request threads at once
+            self.digests_run += 1
         manifest = self._digest(job.path, file_id)  # refuses a blob that does not match its id
         if self.key_of(file_id, job.path) != job.key:
             raise OSError(f"{file_id[:12]}… changed while being digested")

@@ -10,18 +10,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio
 import httpx
 import xxhash
 
 from swarm.bounded import BoundedReadError, fetch_bounded
 from swarm.hostport import format_hostport
 from swarm.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
-from swarm.wire import decode_have, parse_retry_after
+from swarm.wire import busy_retry_delay, decode_have, parse_retry_after
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 MAX_HAVE_BYTES = 1 << 16
 SMALL_TIMEOUT = 10.0  # a manifest or bitmap, whole, from one holder
 REPORT_TIMEOUT = 3.0  # telling a holder one of its chunks was bad
+MAX_BUSY_ASKS = 8  # manifest requests to one busy holder per fetch (time bounds it first)
 
 
 class SourceError(Exception):
@@ -133,7 +135,23 @@ async def _get_small(client: httpx.AsyncClient, url: str, limit: int, auth: http
 async def fetch_manifest(
     client: httpx.AsyncClient, peer: PeerAddr, file_id: str, size: int, auth: httpx.Auth
 ) -> Manifest:
-    body = await _get_small(client, peer.blob_url(file_id) + "/manifest", MAX_MANIFEST_BYTES, auth)
+    """A holder's manifest. A holder still digesting its blob answers busy (503 with
+    Retry-After): asked again as ``busy_retry_delay`` allows, then SourceError(503)."""
+    url = peer.blob_url(file_id) + "/manifest"
+    started = anyio.current_time()
+    for _ in range(MAX_BUSY_ASKS):
+        try:
+            body = await _get_small(client, url, MAX_MANIFEST_BYTES, auth)
+            break
+        except SourceError as exc:
+            if exc.status != 503:
+                raise
+            delay = busy_retry_delay(exc.retry_after, anyio.current_time() - started)
+            if delay is None:
+                raise
+            await anyio.sleep(delay)
+    else:
+        raise SourceError(f"{url}: busy", 503)
     try:
         return Manifest.from_json(body, file_id=file_id, size=size)
     except ManifestError as exc:

@@ -26,6 +26,23 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(float(text), MAX_RETRY_AFTER)
 
 
+# Seconds within which a probe asks a busy holder again; the holder holds each ask up to
+# 1.5 s (swarm.manifest_cache.ANSWER_WAIT), so the last answer comes before 4.5 s, inside
+# the downloader's 5 s probe limit.
+BUSY_BUDGET = 3.0
+
+
+def busy_retry_delay(
+    retry_after: float | None, waited: float, budget: float = BUSY_BUDGET
+) -> float | None:
+    """How long to wait before asking a holder that answered busy (503) again, or None
+    to stop: only when it said when (``Retry-After``), and only while asking again still
+    fits in ``budget`` seconds since the first ask (``waited`` so far)."""
+    if retry_after is None or waited + retry_after >= budget:
+        return None
+    return retry_after
+
+
 def encode_have(have: Sequence[bool]) -> bytes:
     """One bit per chunk, MSB first; trailing bits of the last byte are zero."""
     out = bytearray((len(have) + 7) // 8)

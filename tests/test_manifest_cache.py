@@ -25,7 +25,7 @@ from swarm.manifest_cache import ANSWER_WAIT, ManifestCache, answer_wait
 from swarm.peer_server import PeerServer, peer_app_for
 from swarm.sources import PeerAddr, SourceError, fetch_manifest
 from swarm.transport_server import FrontLimits, FrontShared, install_front
-from swarm.wire import MAX_RETRY_AFTER, PeerAuth, parse_retry_after
+from swarm.wire import MAX_RETRY_AFTER, PeerAuth, busy_retry_delay, parse_retry_after
 from tests.blob_index import DictIndex
 from tests.nodes import REPO, Node, wait_for
 
@@ -70,13 +70,14 @@ def test_retry_after_refuses_dates_and_junk() -> None:
 class SlowDisk:
     """The real digest, behind a gate the test opens: a disk as slow as the test needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, slow: set[str] | None = None) -> None:
         self.gate = threading.Event()
+        self.slow = slow  # the blobs held at the gate (None: every one)
         self.started: list[str] = []
 
     def __call__(self, path: Path, file_id: str) -> Manifest:
         self.started.append(file_id)
-        if not self.gate.wait(60):
+        if (self.slow is None or file_id in self.slow) and not self.gate.wait(60):
             raise OSError("the test never opened the gate")
         return build_manifest(path, file_id)
 
@@ -183,6 +184,26 @@ async def test_background_digests_are_bounded_and_run_one_at_a_time(tmp_path: Pa
 
 
 @pytest.mark.anyio
+async def test_a_small_blob_is_answered_at_once_while_a_large_one_digests(
+    tmp_path: Path,
+) -> None:
+    big, big_path = _blob(tmp_path, _data(20, 2 * MIN_CHUNK_SIZE))
+    small, small_path = _blob(tmp_path, _data(21, MIN_CHUNK_SIZE))
+    disk = SlowDisk(slow={big})
+    cache = ManifestCache(tmp_path / "manifests", digest=disk, small_blob=MIN_CHUNK_SIZE)
+    server = _server(tmp_path, {big: big_path, small: small_path}, cache)
+    async with _client(server) as c:
+        assert (await c.get(f"/v1/blobs/{big}/manifest")).status_code == 503
+        await _until(lambda: disk.started == [big], "the large digest to start")
+        with anyio.fail_after(20):  # not queued behind the large one (held for 60 s)
+            r = await c.get(f"/v1/blobs/{small}/manifest")
+        assert r.status_code == 200
+        assert Manifest.from_json(r.content, file_id=small) == build_manifest(small_path, small)
+        assert not disk.gate.is_set()
+        disk.gate.set()
+
+
+@pytest.mark.anyio
 async def test_a_downloader_gets_busy_at_once_and_completes_from_a_cold_seed(
     tmp_path: Path,
 ) -> None:
@@ -271,3 +292,11 @@ def test_a_downloaded_file_is_seeded_from_its_verified_digests(
     # answered from it: a digest would have written the entry anew (a new file)
     after = entry.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_busy_holder_is_asked_again_only_when_it_fits_the_budget() -> None:
+    assert busy_retry_delay(1.0, 0.0, budget=3.0) == 1.0
+    assert busy_retry_delay(1.0, 1.9, budget=3.0) == 1.0
+    assert busy_retry_delay(1.0, 2.0, budget=3.0) is None  # would end past the budget
+    assert busy_retry_delay(None, 0.0, budget=3.0) is None  # said no when: not again
+    assert busy_retry_delay(30.0, 0.0, budget=3.0) is None
