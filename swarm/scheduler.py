@@ -148,7 +148,9 @@ class SchedulerConfig:
     busy_backoff: float = 1.0
     max_busy: int = 20
     # Equally rare chunks go in file order by windows of this many chunks, random within one.
-    order_window: int = 32
+    # 8 spreads downloaders enough (the seed's choke rule does the rest) while the running
+    # hash reads back chunks that landed a few MiB ago, still in the CPU's cache.
+    order_window: int = 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_in_flight <= self.max_in_flight:
