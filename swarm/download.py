@@ -15,6 +15,7 @@ swarm/scheduler.py; this module keeps HTTP, the disk and the clock.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -567,9 +568,16 @@ class _Round:
             held = self.tickets.pop(req, None)
             if held is not None:
                 ticket, sink = held
-                self.pool.abandon(ticket)
+                self.pool.abandon(ticket, functools.partial(self._late, req.source))
                 self.job.budget.give(self.pf.chunk_size)
                 self._unsink(req.chunk, sink)
+
+    def _late(self, pid: str, status: int) -> None:
+        """A request given up on (an endgame loser) was answered "not held" anyway: the
+        peer claimed a chunk it lacks, which counts against it as if it came first."""
+        if status in (404, 416) and self.sched is not None and not self.sched.done:
+            log.debug("late %d from %s", status, pid)
+            self._cancel(self.sched.on_late_refusal(pid))
 
     def _abandon_all(self) -> None:
         self._cancel(list(self.tickets))

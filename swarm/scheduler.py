@@ -791,11 +791,24 @@ class Scheduler:
         elif not old:
             self._unheld.discard(c)
 
+    def on_late_refusal(self, source: str) -> list[Request]:
+        """``source`` answered "not held" to a request the caller had already given up on
+        (an endgame copy that lost the race, cancelled before its answer came): a failure
+        of the source, not of a chunk, so a peer claiming chunks it lacks is benched as it
+        would have been had its answer come first. Returns its requests to cancel then."""
+        src = self._sources.get(source)
+        if src is None or src.state is not SourceState.LIVE:
+            return []
+        return self._blame(src, timeout=False)
+
     def _fail(self, req: Request, *, timeout: bool) -> list[Request]:
         src = self._sources[req.source]
         self._release(req)
         fails = self._fails.setdefault(req.chunk, {})
         fails[src.id] = fails.get(src.id, 0) + 1
+        return self._blame(src, timeout=timeout)
+
+    def _blame(self, src: _Source, *, timeout: bool) -> list[Request]:
         src.failures += 1
         src.timeouts += timeout
         src.consecutive_failures += 1
