@@ -15,6 +15,7 @@ swarm/scheduler.py; this module keeps HTTP, the disk and the clock.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -66,6 +67,32 @@ MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight (a file's own budget,
 PROBE_TIMEOUT = 5.0
 HASH_BLOCK = 1 << 20  # the running hash reads this much at a time (fits in L2)
 STUCK_GRACE = 2 * REFRESH_SECONDS + PROBE_TIMEOUT  # time for holders to show up
+# How long holders that answer "busy" (a cold seed digesting a big blob before it can vouch
+# for it: 100 GB on a 100 MB/s disk) may keep a download with nowhere else to go waiting.
+BUSY_PATIENCE = 1200.0
+BUSY_FRESH = STUCK_GRACE  # a "busy" older than this no longer counts (probes come every 2-6 s)
+
+
+def gives_up(
+    now: float,
+    stuck_since: float,
+    busy_since: float | None,
+    busy_last: float | None,
+    grace: float = STUCK_GRACE,
+    patience: float = BUSY_PATIENCE,
+    fresh: float = BUSY_FRESH,
+) -> bool:
+    """Whether a download that no source can serve now stops waiting: after ``grace``,
+    unless a holder said "busy, ask again" within the last ``fresh`` seconds and holders
+    have not kept it waiting so for more than ``patience`` in all."""
+    if now - stuck_since <= grace:
+        return False
+    return not (
+        busy_last is not None
+        and busy_since is not None
+        and now - busy_last <= fresh
+        and now - busy_since <= patience
+    )
 
 
 class DownloadError(Exception):
@@ -277,6 +304,9 @@ class _Round:
         self.manifest_suspect = False
         self.refused: dict[str, int] = {}  # upstream id -> 401/403 it answered
         self.bad_reports: dict[str, int] = {}  # holder -> a chunk of it that failed
+        # when holders first and last answered a probe "busy" (503): a cold seed digesting
+        self.busy_since: float | None = None
+        self.busy_last: float | None = None
 
     # -- holders -------------------------------------------------------------
 
@@ -299,6 +329,10 @@ class _Round:
                     self.peer_digests[pid] = manifest.digests
         except (SourceError, TimeoutError) as exc:
             log.debug("holder %s: %s", pid, exc)
+            if isinstance(exc, SourceError) and exc.status == 503:  # e.g. digesting: coming
+                self.busy_last = anyio.current_time()
+                if self.busy_since is None:
+                    self.busy_since = self.busy_last
             return
         if pid not in self.banned:
             self.peers[pid] = peer
@@ -534,9 +568,16 @@ class _Round:
             held = self.tickets.pop(req, None)
             if held is not None:
                 ticket, sink = held
-                self.pool.abandon(ticket)
+                self.pool.abandon(ticket, functools.partial(self._late, req.source))
                 self.job.budget.give(self.pf.chunk_size)
                 self._unsink(req.chunk, sink)
+
+    def _late(self, pid: str, status: int) -> None:
+        """A request given up on (an endgame loser) was answered "not held" anyway: the
+        peer claimed a chunk it lacks, which counts against it as if it came first."""
+        if status in (404, 416) and self.sched is not None and not self.sched.done:
+            log.debug("late %d from %s", status, pid)
+            self._cancel(self.sched.on_late_refusal(pid))
 
     def _abandon_all(self) -> None:
         self._cancel(list(self.tickets))
@@ -706,7 +747,15 @@ class _Round:
             if sched.state is State.STUCK:
                 # Holders may still appear (or gain chunks): give discovery a chance.
                 stuck_since = now if stuck_since is None else stuck_since
-                if self.holders is None or now - stuck_since > STUCK_GRACE:
+                if self.holders is None or gives_up(
+                    now,
+                    stuck_since,
+                    self.busy_since,
+                    self.busy_last,
+                    STUCK_GRACE,
+                    BUSY_PATIENCE,
+                    BUSY_FRESH,
+                ):
                     break
             else:
                 stuck_since = None

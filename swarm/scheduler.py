@@ -148,7 +148,9 @@ class SchedulerConfig:
     busy_backoff: float = 1.0
     max_busy: int = 20
     # Equally rare chunks go in file order by windows of this many chunks, random within one.
-    order_window: int = 32
+    # 8 spreads downloaders enough (the seed's choke rule does the rest) while the running
+    # hash reads back chunks that landed a few MiB ago, still in the CPU's cache.
+    order_window: int = 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_in_flight <= self.max_in_flight:
@@ -789,11 +791,24 @@ class Scheduler:
         elif not old:
             self._unheld.discard(c)
 
+    def on_late_refusal(self, source: str) -> list[Request]:
+        """``source`` answered "not held" to a request the caller had already given up on
+        (an endgame copy that lost the race, cancelled before its answer came): a failure
+        of the source, not of a chunk, so a peer claiming chunks it lacks is benched as it
+        would have been had its answer come first. Returns its requests to cancel then."""
+        src = self._sources.get(source)
+        if src is None or src.state is not SourceState.LIVE:
+            return []
+        return self._blame(src, timeout=False)
+
     def _fail(self, req: Request, *, timeout: bool) -> list[Request]:
         src = self._sources[req.source]
         self._release(req)
         fails = self._fails.setdefault(req.chunk, {})
         fails[src.id] = fails.get(src.id, 0) + 1
+        return self._blame(src, timeout=timeout)
+
+    def _blame(self, src: _Source, *, timeout: bool) -> list[Request]:
         src.failures += 1
         src.timeouts += timeout
         src.consecutive_failures += 1

@@ -102,11 +102,15 @@ class Ticket:
     conn: PeerConnection
     hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
     got: int = 0
+    late: Callable[[int], None] | None = None  # told a refusal after the caller gave up
 
     def _settle(self, digest: bytes | None, exc: SourceError | None) -> None:
         done, self.done = self.done, None
+        late, self.late = self.late, None
         if done is not None:
             done(digest, exc)
+        elif late is not None and exc is not None and exc.status is not None:
+            late(exc.status)
 
 
 def should_send(at_peer: int, held_back: int) -> bool:
@@ -406,12 +410,14 @@ class PeerPool:
         return conn.request(f"/v1/blobs/{file_id}", start, end, sink, done)
 
     @staticmethod
-    def abandon(ticket: Ticket) -> None:
-        """The caller gave up: its bytes are written nowhere and ``done`` is not called."""
+    def abandon(ticket: Ticket, late: Callable[[int], None] | None = None) -> None:
+        """The caller gave up: its bytes are written nowhere and ``done`` is not called;
+        ``late`` hears the status if the peer still answers with a refusal."""
         # Its answer is still read (and dropped): closing would fail the requests
         # pipelined behind it, which count against a good peer.
         ticket.sink = None
         ticket.done = None
+        ticket.late = late
         ticket.conn.forget(ticket)
 
     async def fetch(self, peer: PeerAddr, file_id: str, start: int, end: int, sink: Sink) -> bytes:

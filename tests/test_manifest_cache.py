@@ -18,8 +18,9 @@ import uvicorn
 from hypothesis import given
 from hypothesis import strategies as st
 
+import swarm.download as driver
 from swarm.chunking import MIN_CHUNK_SIZE
-from swarm.download import download_file
+from swarm.download import download_file, gives_up
 from swarm.manifest import Manifest, build_manifest
 from swarm.manifest_cache import ANSWER_WAIT, ManifestCache, answer_wait
 from swarm.peer_server import PeerServer, peer_app_for
@@ -104,6 +105,50 @@ def _server(root: Path, blobs: dict[str, Path], cache: ManifestCache) -> PeerSer
 def _client(server: PeerServer) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=peer_app_for(server), client=("10.1.2.3", 4567))
     return httpx.AsyncClient(transport=transport, base_url="http://10.9.9.9:9009")
+
+
+class _OneHolder:
+    """The holders of one file: one address."""
+
+    def __init__(self, fid: str, addr: PeerAddr) -> None:
+        self.fid, self.addr = fid, addr
+
+    async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
+        return [self.addr] if file_id == self.fid else []
+
+    async def announce_partial(self, file_id: str) -> None:
+        pass
+
+
+def _cold_seed(
+    tmp_path: Path, data: bytes
+) -> tuple[str, SlowDisk, ManifestCache, uvicorn.Server, socket.socket, PeerAddr, _OneHolder]:
+    """A seed holding ``data`` whose every digest waits at a gate (serve ``sock`` to run it)."""
+    fid, path = _blob(tmp_path / "seed", data)
+    disk = SlowDisk()
+    cache = ManifestCache(tmp_path / "seed" / "manifests", digest=disk, small_blob=0)
+    server = _server(tmp_path / "seed", {fid: path}, cache)
+    config = uvicorn.Config(peer_app_for(server), lifespan="off", log_config=None, access_log=False)
+    install_front(config, FrontShared(server, None, FrontLimits()))
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    addr = PeerAddr(HOST, sock.getsockname()[1])
+    return fid, disk, cache, uvicorn.Server(config), sock, addr, _OneHolder(fid, addr)
+
+
+async def _download(
+    tmp_path: Path, fid: str, size: int, client: httpx.AsyncClient, holders: _OneHolder
+) -> driver.FileReport:
+    """Download ``fid`` from the holders alone (no upstream) to ``tmp_path/dl/blob``."""
+    return await download_file(
+        fid,
+        size,
+        dest=tmp_path / "dl" / "blob",
+        store_root=tmp_path / "dl" / "partial",
+        upstream=[],
+        client=client,
+        holders=holders,
+    )
 
 
 async def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -208,24 +253,7 @@ async def test_a_downloader_gets_busy_at_once_and_completes_from_a_cold_seed(
     tmp_path: Path,
 ) -> None:
     data = _data(3)
-    fid, path = _blob(tmp_path / "seed", data)
-    disk = SlowDisk()
-    cache = ManifestCache(tmp_path / "seed" / "manifests", digest=disk, small_blob=0)
-    server = _server(tmp_path / "seed", {fid: path}, cache)
-    config = uvicorn.Config(peer_app_for(server), lifespan="off", log_config=None, access_log=False)
-    install_front(config, FrontShared(server, None, FrontLimits()))
-    seed = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind((HOST, 0))
-    addr = PeerAddr(HOST, sock.getsockname()[1])
-
-    class Holders:
-        async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
-            return [addr] if file_id == fid else []
-
-        async def announce_partial(self, file_id: str) -> None:
-            pass
-
+    fid, disk, cache, seed, sock, addr, holders = _cold_seed(tmp_path, data)
     dest = tmp_path / "dl" / "blob"
     async with anyio.create_task_group() as tg, httpx.AsyncClient(trust_env=False) as client:
         tg.start_soon(seed.serve, [sock])
@@ -237,15 +265,7 @@ async def test_a_downloader_gets_busy_at_once_and_completes_from_a_cold_seed(
         done = anyio.Event()
 
         async def download() -> None:
-            report = await download_file(
-                fid,
-                len(data),
-                dest=dest,
-                store_root=tmp_path / "dl" / "partial",
-                upstream=[],
-                client=client,
-                holders=Holders(),
-            )
+            report = await _download(tmp_path, fid, len(data), client, holders)
             assert report.bytes_by_source == {str(addr): len(data)}
             done.set()
 
@@ -257,6 +277,52 @@ async def test_a_downloader_gets_busy_at_once_and_completes_from_a_cold_seed(
         seed.should_exit = True
     assert dest.read_bytes() == data
     assert disk.started == [fid]
+
+
+def test_a_stuck_download_waits_for_holders_saying_busy_but_not_forever() -> None:
+    grace, patience, fresh = 9.0, 100.0, 9.0
+    # nobody can serve: patience runs out after the grace
+    assert not gives_up(9.0, 0.0, None, None, grace, patience, fresh)
+    assert gives_up(9.5, 0.0, None, None, grace, patience, fresh)
+    # a holder said busy lately: keep waiting, up to the patience in all
+    assert not gives_up(50.0, 0.0, 1.0, 45.0, grace, patience, fresh)
+    assert gives_up(102.0, 0.0, 1.0, 100.0, grace, patience, fresh)
+    # it stopped saying so (gone, or answering nothing): the grace applies again
+    assert gives_up(50.0, 0.0, 1.0, 30.0, grace, patience, fresh)
+
+
+@pytest.mark.anyio
+async def test_a_seed_digesting_longer_than_the_stuck_grace_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No upstream, one holder busy digesting for longer than a download waits for
+    # holders to show up: the download waits for it, then takes every byte from it.
+    monkeypatch.setattr(driver, "STUCK_GRACE", 0.3)  # probes still see "busy" every few s
+    data = _data(4)
+    fid, disk, cache, seed, sock, addr, holders = _cold_seed(tmp_path, data)
+    dest = tmp_path / "dl" / "blob"
+    outcome: list[object] = []
+    async with anyio.create_task_group() as tg, httpx.AsyncClient(trust_env=False) as client:
+        tg.start_soon(seed.serve, [sock])
+        await _until(lambda: seed.started, "the seed to listen")
+
+        async def download() -> None:
+            try:
+                outcome.append(await _download(tmp_path, fid, len(data), client, holders))
+            except Exception as exc:
+                outcome.append(exc)
+
+        tg.start_soon(download)
+        # Several probe rounds see "busy": each longer than the (shortened) grace.
+        await _until(lambda: cache.busy_answers >= 6 or bool(outcome), "busy answers", 60)
+        assert not outcome, outcome  # still waiting, not failed
+        disk.gate.set()
+        await _until(lambda: bool(outcome), "the download", 60)
+        seed.should_exit = True
+    report = outcome[0]
+    assert isinstance(report, driver.FileReport), report
+    assert report.bytes_by_source == {str(addr): len(data)}
+    assert dest.read_bytes() == data
 
 
 # -- a file fetched through hffs is seeded without a digest ---------------------------------

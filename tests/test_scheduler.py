@@ -493,6 +493,22 @@ def test_endgame_duplicates_and_cancels_losers() -> None:
     assert sorted(r.chunk for r in s.in_flight) == [1, 1]
 
 
+def test_a_late_refusal_counts_against_the_peer_not_the_chunk() -> None:
+    s = make(4, initial_in_flight=2, max_consecutive_failures=3)
+    s.add_peer("liar", {0, 1, 2, 3})
+    s.add_peer("good", {0, 1, 2, 3})
+    reqs = s.next_requests(0.0)
+    assert s.on_late_refusal("nobody") == []
+    assert s.on_late_refusal("liar") == [] and s.on_late_refusal("liar") == []
+    assert s.stats["liar"].state is SourceState.LIVE
+    theirs = sorted((r for r in reqs if r.source == "liar"), key=lambda r: r.seq)
+    # the third refusal in a row benches it; what it still had in flight comes back
+    assert sorted(s.on_late_refusal("liar"), key=lambda r: r.seq) == theirs
+    assert s.stats["liar"].state is SourceState.BENCHED
+    assert s.on_late_refusal("liar") == []  # benched: nothing more to do
+    assert all(not s.is_done(r.chunk) for r in theirs)  # the chunks are not blamed
+
+
 def test_no_endgame_above_threshold_or_while_pool_has_work() -> None:
     s = make(6, initial_in_flight=3, endgame_threshold=2)
     s.add_peer("a", range(6))

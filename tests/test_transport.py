@@ -271,6 +271,30 @@ async def test_an_abandoned_request_still_held_back_is_never_sent(make_peer) -> 
     assert peer.stats.total == (1 + 8 + 1) * size  # the two abandoned were never served
 
 
+async def test_a_refusal_after_the_caller_gave_up_is_still_told(make_peer) -> None:
+    # An endgame copy is abandoned once another wins; if the peer then answers "not
+    # held", that still counts against it (``late``), while a served one says nothing.
+    peer = await make_peer()
+    size = 64 << 10
+    late: list[tuple[str, int]] = []
+    async with PeerPool(conns_per_peer=1) as pool:
+        await pool.fetch(peer.addr, peer.full_id, 0, size, MemorySink(size))
+        conn = pool.ready(peer.addr)
+        assert conn is not None
+
+        def never(digest: bytes | None, exc: SourceError | None) -> None:
+            raise AssertionError("done is not called once abandoned")
+
+        lacked = pool.send(conn, "c" * 64, 0, size, MemorySink(size), never)
+        served = pool.send(conn, peer.full_id, size, 2 * size, MemorySink(size), never)
+        pool.abandon(lacked, lambda status: late.append(("lacked", status)))
+        pool.abandon(served, lambda status: late.append(("served", status)))
+        # The connection stays in step: a request behind them gets its own answer.
+        digest = await pool.fetch(peer.addr, peer.full_id, 2 * size, 3 * size, MemorySink(size))
+        assert digest == chunk_digest(peer.full[2 * size : 3 * size])
+    assert late == [("lacked", 404)]
+
+
 async def test_a_partial_file_serves_only_verified_chunks(make_peer) -> None:
     peer = await make_peer()
     async with PeerPool() as pool:
