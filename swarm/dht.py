@@ -265,7 +265,7 @@ class DHTProtocol(KademliaProtocol):
         self.on_new_holder: Callable[[bytes], None] | None = None
         self.on_holder: Callable[[bytes, str, int], None] | None = None
         self.handled: Counter[str] = Counter()  # requests answered or refused, by rpc
-        self._last_drop_log = -math.inf
+        self._drop_log = dht_guard.DropLog()
         self._unresponsive: OrderedDict[Addr, float] = OrderedDict()
         self._family = socket.AF_INET
         self._bound: Addr = ("0.0.0.0", 0)
@@ -326,12 +326,11 @@ class DHTProtocol(KademliaProtocol):
     # -- framing -------------------------------------------------------------
 
     def _drop(self, reason: str, addr: Any) -> None:
-        """Count and log a dropped datagram; warnings at most once a second so
-        a flood cannot flood the log too."""
+        """Count and log a dropped datagram (``DropLog``: each address soon, a flood
+        a few lines a second)."""
         self.drops[reason] += 1
-        now = time.monotonic()
-        if now - self._last_drop_log >= 1.0:
-            self._last_drop_log = now
+        host = str(addr[0]) if isinstance(addr, tuple) and addr else str(addr)
+        if self._drop_log.should_log(host, time.monotonic()):
             log.warning(
                 "dropped datagram from %s: %s (%d so far)", addr, reason, self.drops.total()
             )

@@ -7,6 +7,8 @@ Every function takes ``now`` from the caller's clock, so each rule is tested alo
   An unproven address is never sent more bytes than it sent (no amplification), and
   an announcement needs a token (no record for an address that did not prove it).
 - :class:`RateLimiter`: a token bucket per source address, bounded in memory.
+- :class:`DropLog`: which dropped datagrams are worth a log line: each source address
+  soon after it first misbehaves, a flood never more than a few lines a second.
 - :func:`mac_input`: what a swarm-secret MAC covers: both node ids, both addresses, a
   timestamp and the message, so a captured datagram is worthless from another address
   or to another node, and a node's replay window catches the same one sent again.
@@ -146,3 +148,35 @@ def fit_reply(limit: int, build: Callable[[int, int], bytes], nodes: int, provid
             p = max(0, p - max(1, (len(data) - limit) // 20))
         data = build(p, n)
     return data
+
+
+class DropLog:
+    """Whether a dropped datagram from ``host`` gets a log line now.
+
+    A user reading the log wants every address that sends what it should not (a peer
+    with the wrong swarm secret), yet a flood must not flood the log: each address at
+    most once per ``per_host`` seconds, all together at most ``per_second`` lines a
+    second, and at most ``max_hosts`` addresses remembered (the oldest go first)."""
+
+    def __init__(self, per_host: float = 10.0, per_second: int = 5, max_hosts: int = 256) -> None:
+        self.per_host = per_host
+        self.per_second = per_second
+        self.max_hosts = max_hosts
+        self._last: OrderedDict[str, float] = OrderedDict()
+        self._second = -1.0  # start of the current one-second window
+        self._in_second = 0
+
+    def should_log(self, host: str, now: float) -> bool:
+        last = self._last.get(host)
+        if last is not None and now - last < self.per_host:
+            return False
+        if now - self._second >= 1.0:
+            self._second, self._in_second = now, 0
+        if self._in_second >= self.per_second:
+            return False
+        self._in_second += 1
+        self._last[host] = now
+        self._last.move_to_end(host)
+        while len(self._last) > self.max_hosts:
+            self._last.popitem(last=False)
+        return True

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kademlia.node import Node
 
-from swarm.dht_guard import RateLimiter, TokenCache, Tokens, fit_reply, mac_input
+from swarm.dht_guard import DropLog, RateLimiter, TokenCache, Tokens, fit_reply, mac_input
 from swarm.dht_lookup import LookupState, RttEstimator
 
 
@@ -209,3 +209,19 @@ def test_a_lookup_whose_every_contact_is_slow_waits_for_them() -> None:
     assert not st_.done()  # 2 answered < k, and second may still answer
     st_.failed_to_answer(second)
     assert st_.done() and st_.slow_pending == 0 and len(st_.result()) == 2
+
+
+def test_drop_log_names_each_misbehaving_address_and_caps_a_flood() -> None:
+    log = DropLog(per_host=10.0, per_second=5, max_hosts=256)
+    # two peers with the wrong secret, their datagrams always in the same second:
+    # each is named (a log once a second for all would name only the first, forever)
+    named = [h for t in (0.0, 5.0, 10.0) for h in ("a", "b") if log.should_log(h, t)]
+    assert named == ["a", "b", "a", "b"]  # again once 10 s have passed
+    # a flood from one address: one line per 10 s
+    assert sum(log.should_log("flood", 100.0 + i / 1000) for i in range(10_000)) == 1
+    # a flood from many addresses: at most 5 lines a second, memory bounded
+    lines = sum(
+        log.should_log(f"10.0.{i // 256}.{i % 256}", 200.0 + i / 1000) for i in range(10_000)
+    )
+    assert lines <= 5 * 11
+    assert len(log._last) <= 256
