@@ -13,7 +13,7 @@ from hffs.daemon.lookups import (
     lookup_due,
     lookup_key,
 )
-from swarm.dht import DHTNode
+from tests.dht_nodes import node_starter
 
 
 def test_due_rules() -> None:
@@ -83,19 +83,13 @@ def test_a_dht_node_tells_of_new_holders_not_of_re_announcements() -> None:
     heard: list[bytes] = []
 
     async def main() -> None:
-        a, b = DHTNode(timeout=2.0), DHTNode(timeout=2.0)
-        a.on_new_holder = heard.append
-        await a.listen(0, "127.0.0.1")
-        await b.listen(0, "127.0.0.1")
-        try:
-            addr = a.address
-            assert addr is not None
-            await b.bootstrap([addr])
+        async with node_starter(2.0) as start:
+            a, b = await start("127.0.0.1"), await start("127.0.0.1")
+            a.on_new_holder = heard.append
+            assert a.address is not None
+            await b.bootstrap([a.address])
             for _ in range(3):
                 await b.provide(key)
-        finally:
-            a.stop()
-            b.stop()
 
     anyio.run(main, backend="asyncio")
     assert heard == [key]
@@ -137,21 +131,14 @@ def test_a_dht_node_names_the_new_holder() -> None:
     heard: list[tuple[bytes, str, int]] = []
 
     async def main() -> int:
-        a, b = DHTNode(timeout=2.0), DHTNode(timeout=2.0)
-        a.on_holder = lambda k, host, port: heard.append((k, host, port))
-        await a.listen(0, "127.0.0.1")
-        await b.listen(0, "127.0.0.1")
-        try:
-            addr = a.address
-            assert addr is not None
-            await b.bootstrap([addr])
+        async with node_starter(2.0) as start:
+            a, b = await start("127.0.0.1"), await start("127.0.0.1")
+            a.on_holder = lambda k, host, port: heard.append((k, host, port))
+            assert a.address is not None and b.address is not None
+            await b.bootstrap([a.address])
             await b.provide(key)
             await b.provide(key)
-            assert b.address is not None
             return b.address[1]
-        finally:
-            a.stop()
-            b.stop()
 
     port = anyio.run(main, backend="asyncio")
     assert heard == [(key, "127.0.0.1", port)]
