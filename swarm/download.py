@@ -568,16 +568,35 @@ class _Round:
             held = self.tickets.pop(req, None)
             if held is not None:
                 ticket, sink = held
-                self.pool.abandon(ticket, functools.partial(self._late, req.source))
+                self.pool.abandon(ticket, functools.partial(self._late, req))
                 self.job.budget.give(self.pf.chunk_size)
                 self._unsink(req.chunk, sink)
 
-    def _late(self, pid: str, status: int) -> None:
-        """A request given up on (an endgame loser) was answered "not held" anyway: the
-        peer claimed a chunk it lacks, which counts against it as if it came first."""
-        if status in (404, 416) and self.sched is not None and not self.sched.done:
-            log.debug("late %d from %s", status, pid)
-            self._cancel(self.sched.on_late_refusal(pid))
+    def _late(self, req: Request, digest: bytes | None, exc: SourceError | None) -> None:
+        """A request given up on (an endgame loser) was answered anyway. "Not held" means
+        the peer claimed a chunk it lacks; bytes that match no digest it or the trusted
+        manifest vouched for are a bad chunk. Either counts as if its answer came first."""
+        if self.sched is None or self.sched.done:
+            return
+        try:
+            if exc is not None:
+                if exc.status in (404, 416):
+                    log.debug("late %d from %s", exc.status, req.source)
+                    self._cancel(self.sched.on_late_refusal(req.source))
+                return
+            if req.source in self.banned or digest is None:
+                return
+            trusted = self.pf.manifest
+            if trusted is not None:
+                expected: bytes | None = trusted.digests[req.chunk]
+            else:
+                vouched = self.peer_digests.get(req.source, ())
+                expected = vouched[req.chunk] if req.chunk < len(vouched) else None
+            if expected is not None and digest != expected:
+                self._bad(req)
+        except Exception as failure:  # as in ``_landed``: the round raises it
+            self.failure = failure
+            self.wake.set()
 
     def _abandon_all(self) -> None:
         self._cancel(list(self.tickets))

@@ -102,15 +102,15 @@ class Ticket:
     conn: PeerConnection
     hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
     got: int = 0
-    late: Callable[[int], None] | None = None  # told a refusal after the caller gave up
+    late: Done | None = None  # told how it ended after the caller gave up
 
     def _settle(self, digest: bytes | None, exc: SourceError | None) -> None:
         done, self.done = self.done, None
         late, self.late = self.late, None
         if done is not None:
             done(digest, exc)
-        elif late is not None and exc is not None and exc.status is not None:
-            late(exc.status)
+        elif late is not None:
+            late(digest, exc)
 
 
 def should_send(at_peer: int, held_back: int) -> bool:
@@ -323,11 +323,14 @@ class PeerConnection(asyncio.BufferedProtocol):
 
     def _deliver(self, view: memoryview) -> None:
         req = self._current
-        if req is None or req.sink is None:
+        if req is None:
             return
-        req.hasher.update(view)
-        req.sink.write(view, req.got)
-        req.got += len(view)
+        if req.sink is not None:
+            req.hasher.update(view)
+            req.sink.write(view, req.got)
+            req.got += len(view)
+        elif req.late is not None:
+            req.hasher.update(view)  # written nowhere, but still judged (``abandon``)
 
     def _finish(self) -> None:
         if self._skip:
@@ -335,7 +338,7 @@ class PeerConnection(asyncio.BufferedProtocol):
             return
         req = self._pending.popleft()
         self._current = None
-        if req.sink is not None:
+        if req.sink is not None or req.late is not None:
             req._settle(req.hasher.digest(), None)
 
     def _fail(self, exc: SourceError) -> None:
@@ -410,9 +413,10 @@ class PeerPool:
         return conn.request(f"/v1/blobs/{file_id}", start, end, sink, done)
 
     @staticmethod
-    def abandon(ticket: Ticket, late: Callable[[int], None] | None = None) -> None:
+    def abandon(ticket: Ticket, late: Done | None = None) -> None:
         """The caller gave up: its bytes are written nowhere and ``done`` is not called;
-        ``late`` hears the status if the peer still answers with a refusal."""
+        ``late`` still hears how it ends (a refusal, or the digest of the bytes the peer
+        sent anyway), so a peer that lies in answers nobody waits for is still caught."""
         # Its answer is still read (and dropped): closing would fail the requests
         # pipelined behind it, which count against a good peer.
         ticket.sink = None

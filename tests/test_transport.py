@@ -271,12 +271,20 @@ async def test_an_abandoned_request_still_held_back_is_never_sent(make_peer) -> 
     assert peer.stats.total == (1 + 8 + 1) * size  # the two abandoned were never served
 
 
-async def test_a_refusal_after_the_caller_gave_up_is_still_told(make_peer) -> None:
-    # An endgame copy is abandoned once another wins; if the peer then answers "not
-    # held", that still counts against it (``late``), while a served one says nothing.
+async def test_an_answer_after_the_caller_gave_up_is_still_told(make_peer) -> None:
+    # An endgame copy is abandoned once another wins; the peer's answer still counts
+    # (``late``): a "not held" refusal, or the digest of the bytes it sent anyway, which
+    # are written nowhere.
     peer = await make_peer()
     size = 64 << 10
-    late: list[tuple[str, int]] = []
+    late: list[tuple[str, bytes | None, int | None]] = []
+
+    def told(name: str):
+        def late_done(digest: bytes | None, exc: SourceError | None) -> None:
+            late.append((name, digest, exc.status if exc is not None else None))
+
+        return late_done
+
     async with PeerPool(conns_per_peer=1) as pool:
         await pool.fetch(peer.addr, peer.full_id, 0, size, MemorySink(size))
         conn = pool.ready(peer.addr)
@@ -286,13 +294,18 @@ async def test_a_refusal_after_the_caller_gave_up_is_still_told(make_peer) -> No
             raise AssertionError("done is not called once abandoned")
 
         lacked = pool.send(conn, "c" * 64, 0, size, MemorySink(size), never)
-        served = pool.send(conn, peer.full_id, size, 2 * size, MemorySink(size), never)
-        pool.abandon(lacked, lambda status: late.append(("lacked", status)))
-        pool.abandon(served, lambda status: late.append(("served", status)))
+        sink = MemorySink(size)
+        served = pool.send(conn, peer.full_id, size, 2 * size, sink, never)
+        pool.abandon(lacked, told("lacked"))
+        pool.abandon(served, told("served"))
         # The connection stays in step: a request behind them gets its own answer.
         digest = await pool.fetch(peer.addr, peer.full_id, 2 * size, 3 * size, MemorySink(size))
         assert digest == chunk_digest(peer.full[2 * size : 3 * size])
-    assert late == [("lacked", 404)]
+    assert late == [
+        ("lacked", None, 404),
+        ("served", chunk_digest(peer.full[size : 2 * size]), None),
+    ]
+    assert sink.data == bytes(size)  # the abandoned body went nowhere
 
 
 async def test_a_partial_file_serves_only_verified_chunks(make_peer) -> None:
