@@ -127,6 +127,18 @@ class ManifestCache:
         for stale in self.root.glob(f"{file_id}-*.json"):
             stale.unlink(missing_ok=True)
 
+    def prune(self, held: Callable[[str], bool]) -> int:
+        """Blocking: drop the entries of files no longer ``held`` (removed from the cache);
+        how many went. Without this, each file ever held would leave its manifest behind."""
+        gone = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in self.root.glob("*.json"):
+                file_id = entry.name.partition("-")[0]
+                if not held(file_id):
+                    entry.unlink(missing_ok=True)
+                    gone += 1
+        return gone
+
     def forget(self, file_id: str) -> None:
         """Drop what is known of ``file_id``: the next request digests it again."""
         self._drop_entries(file_id)

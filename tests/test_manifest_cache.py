@@ -328,6 +328,19 @@ async def test_a_seed_digesting_longer_than_the_stuck_grace_is_waited_for(
 # -- a file fetched through hffs is seeded without a digest ---------------------------------
 
 
+def test_entries_of_files_no_longer_held_are_pruned(tmp_path: Path) -> None:
+    cache = ManifestCache(tmp_path / "manifests")
+    assert cache.prune(lambda fid: False) == 0  # nothing stored yet (no directory)
+    kept, kept_path = _blob(tmp_path, _data(5))
+    gone, gone_path = _blob(tmp_path, _data(6))
+    for fid, path in ((kept, kept_path), (gone, gone_path)):
+        assert cache.put(build_manifest(path, fid), path)
+    assert cache.prune(lambda fid: fid == kept) == 1
+    assert cache.cached(kept, kept_path) == build_manifest(kept_path, kept)
+    assert cache.cached(gone, gone_path) is None
+    assert [p.name.partition("-")[0] for p in cache.root.iterdir()] == [kept]
+
+
 def _entries(node: Node, fid: str) -> list[Path]:
     return list((node.home / "state" / "manifests").glob(f"{fid}-*.json"))
 
@@ -358,6 +371,11 @@ def test_a_downloaded_file_is_seeded_from_its_verified_digests(
     # answered from it: a digest would have written the entry anew (a new file)
     after = entry.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # removed from the cache, the file leaves no manifest behind on its seed side
+    r = c.cli("model", "rm", REPO)
+    assert r.returncode == 0, r.stderr
+    assert not blob.exists()
+    assert _entries(c, fid) == []
 
 
 def test_a_busy_holder_is_asked_again_only_when_it_fits_the_budget() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 
@@ -21,6 +21,9 @@ from hffs.daemon.app import (
     repo_key,
     scan_inventory,
 )
+
+if TYPE_CHECKING:
+    from swarm.manifest_cache import ManifestCache
 
 RESCAN_PERIOD = 300.0  # catches cache changes nobody told us about
 
@@ -35,6 +38,8 @@ class Holdings:
         # Called after each scan: what is held or shared may have changed (the peer
         # server forgets the lookups it reuses, swarm.held_cache).
         self.on_scanned: list[Callable[[], None]] = []
+        # The seed's manifests: those of files no longer held are dropped at each scan.
+        self.manifests: ManifestCache | None = None
 
     @property
     def inventory(self) -> Inventory:
@@ -48,9 +53,19 @@ class Holdings:
         self.index.inventory = inventory
         self._extra_files = {k: t for k, t in self._extra_files.items() if t >= started}
         self._extra_repos = {k: t for k, t in self._extra_repos.items() if t >= started}
+        if self.manifests is not None:
+            await anyio.to_thread.run_sync(self.manifests.prune, self._holds)
         for listener in self.on_scanned:
             listener()
         return inventory
+
+    def _holds(self, file_id: str) -> bool:
+        inventory = self.index.inventory
+        return (
+            file_id in inventory.files
+            or file_id in inventory.partials
+            or file_id in self._extra_files
+        )
 
     def held_keys(self) -> set[bytes]:
         keys = self.index.inventory.keys()

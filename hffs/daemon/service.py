@@ -371,6 +371,7 @@ class Daemon:
             on_rotten=self._drop_rotten,
         )
         self.holdings.on_scanned.append(peer.forget_held)  # unshared: not served from now
+        self.holdings.manifests = peer.manifests
         # One verifier for the front and the app: a nonce spent on one is spent on both.
         verifier = Verifier(cfg.swarm_secret) if cfg.swarm_secret else None
         peer_app = create_app(
