@@ -586,17 +586,21 @@ class _Round:
                 return
             if req.source in self.banned or digest is None:
                 return
-            trusted = self.pf.manifest
-            if trusted is not None:
-                expected: bytes | None = trusted.digests[req.chunk]
-            else:
-                vouched = self.peer_digests.get(req.source, ())
-                expected = vouched[req.chunk] if req.chunk < len(vouched) else None
+            expected = self._expected(req)
             if expected is not None and digest != expected:
                 self._bad(req)
         except Exception as failure:  # as in ``_landed``: the round raises it
             self.failure = failure
             self.wake.set()
+
+    def _expected(self, req: Request) -> bytes | None:
+        """The digest ``req``'s chunk must have: the trusted manifest's, else what its peer
+        vouched for (None: nobody said)."""
+        trusted = self.pf.manifest
+        if trusted is not None:
+            return trusted.digests[req.chunk]
+        vouched = self.peer_digests.get(req.source, ())
+        return vouched[req.chunk] if req.chunk < len(vouched) else None
 
     def _abandon_all(self) -> None:
         self._cancel(list(self.tickets))
@@ -673,10 +677,8 @@ class _Round:
             raise _write_error(pf.root / f"{pf.file_id}.part", sink.error)
         if self.on_bytes:
             self.on_bytes(req.source, False, end - start)
-        if pf.manifest is None:
-            vouched = self.peer_digests.get(req.source, ())
-            if chunk >= len(vouched) or vouched[chunk] != digest:
-                return False, 0
+        if pf.manifest is None and self._expected(req) != digest:
+            return False, 0  # checked against the manifest when marked, else here
         if pf.has(chunk) or (isinstance(sink, FileSink) and sink.stopped):
             return True, 0  # another copy got here first
         if isinstance(sink, FileSink):
