@@ -575,8 +575,9 @@ class _Round:
     def _late(self, req: Request, digest: bytes | None, exc: SourceError | None) -> None:
         """A request given up on (an endgame loser) was answered anyway. "Not held" means
         the peer claimed a chunk it lacks; bytes that match no digest it or the trusted
-        manifest vouched for are a bad chunk. Either counts as if its answer came first."""
-        if self.sched is None or self.sched.done:
+        manifest vouched for are a bad chunk. Either counts as if its answer came first,
+        even once the round is over: a peer whose every copy lost is still found out."""
+        if self.sched is None:
             return
         try:
             if exc is not None:
@@ -661,7 +662,14 @@ class _Round:
         start, end = pf.span(chunk)
         sink = self._sink(chunk)
         try:
-            digest = await self.pool.fetch(self.peers[req.source], pf.file_id, start, end, sink)
+            digest = await self.pool.fetch(
+                self.peers[req.source],
+                pf.file_id,
+                start,
+                end,
+                sink,
+                functools.partial(self._late, req),  # if the endgame cancels it
+            )
         finally:
             self._unsink(chunk, sink)
         return self._check_peer(req, sink, digest)

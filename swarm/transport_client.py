@@ -424,8 +424,17 @@ class PeerPool:
         ticket.late = late
         ticket.conn.forget(ticket)
 
-    async def fetch(self, peer: PeerAddr, file_id: str, start: int, end: int, sink: Sink) -> bytes:
-        """Bytes ``[start, end)`` of ``file_id`` from ``peer`` into ``sink``; their digest."""
+    async def fetch(
+        self,
+        peer: PeerAddr,
+        file_id: str,
+        start: int,
+        end: int,
+        sink: Sink,
+        late: Done | None = None,
+    ) -> bytes:
+        """Bytes ``[start, end)`` of ``file_id`` from ``peer`` into ``sink``; their digest.
+        Cancelled once the request is out, it is abandoned with ``late`` (``abandon``)."""
         conn = await self._connection(peer)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
@@ -442,7 +451,7 @@ class PeerPool:
         try:
             return await fut
         except asyncio.CancelledError:
-            self.abandon(ticket)
+            self.abandon(ticket, late)
             raise
 
     def close(self) -> None:

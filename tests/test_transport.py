@@ -308,6 +308,33 @@ async def test_an_answer_after_the_caller_gave_up_is_still_told(make_peer) -> No
     assert sink.data == bytes(size)  # the abandoned body went nowhere
 
 
+async def test_a_fetch_cancelled_once_sent_is_still_judged(make_peer) -> None:
+    # A peer's first requests run as tasks (its connection opening); the endgame cancels
+    # the losers. Their answers still reach ``late``, and the bytes go nowhere.
+    peer = await make_peer()
+    size = 64 << 10
+    told: list[tuple[bytes | None, SourceError | None]] = []
+    async with PeerPool(conns_per_peer=1) as pool:
+        await pool.fetch(peer.addr, peer.full_id, 0, size, MemorySink(size))
+        sink = MemorySink(size)
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # delivered once the request is out, at its first wait
+            await pool.fetch(
+                peer.addr,
+                peer.full_id,
+                size,
+                2 * size,
+                sink,
+                late=lambda digest, exc: told.append((digest, exc)),
+            )
+        assert scope.cancelled_caught
+        # The connection stays in step: a request behind it gets its own answer.
+        digest = await pool.fetch(peer.addr, peer.full_id, 2 * size, 3 * size, MemorySink(size))
+        assert digest == chunk_digest(peer.full[2 * size : 3 * size])
+    assert told == [(chunk_digest(peer.full[size : 2 * size]), None)]
+    assert sink.data == bytes(size)
+
+
 async def test_a_partial_file_serves_only_verified_chunks(make_peer) -> None:
     peer = await make_peer()
     async with PeerPool() as pool:
