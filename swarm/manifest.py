@@ -106,18 +106,40 @@ def build_manifest(path: Path, file_id: str) -> Manifest:
 
     The whole file is checked against its id in the same pass: a holder never vouches
     for a blob that rotted on disk or was altered."""
+    return _digest(path, file_id, whole=True)
+
+
+def chunk_manifest(path: Path, file_id: str) -> Manifest:
+    """Digest every chunk (xxh3 only, ~10x faster than the sha256 of the whole): what a
+    holder can vouch for at once while ``check_whole`` runs. Nothing here says the file
+    matches its id."""
+    return _digest(path, file_id, whole=False)
+
+
+def check_whole(path: Path, file_id: str) -> None:
+    """ManifestError unless the file at ``path`` hashes to its id."""
+    size = path.stat().st_size
+    whole = content_hasher(file_id, size)
+    with path.open("rb") as f:
+        if hash_range(pread_of(f.fileno()), 0, size, whole) != size:
+            raise ManifestError(f"{path} shrank while being read")
+    if whole.hexdigest() != file_id:
+        raise ManifestError(f"{path} does not match its id {file_id[:12]}…")
+
+
+def _digest(path: Path, file_id: str, *, whole: bool) -> Manifest:
     size = path.stat().st_size
     base = Manifest.empty(file_id, size)
     digests: list[bytes | None] = []
-    whole = content_hasher(file_id, size)
+    also = (content_hasher(file_id, size),) if whole else ()
     with path.open("rb") as f:
         read = pread_of(f.fileno())
         for i in range(base.n_chunks):
             start, end = base.span(i)
             hasher = xxhash.xxh3_128()
-            if hash_range(read, start, end, hasher, whole) != end - start:
+            if hash_range(read, start, end, hasher, *also) != end - start:
                 raise ManifestError(f"{path} shrank while being read")
             digests.append(hasher.digest())
-    if whole.hexdigest() != file_id:
+    if also and also[0].hexdigest() != file_id:
         raise ManifestError(f"{path} does not match its id {file_id[:12]}…")
     return Manifest(file_id, size, base.chunk_size, tuple(digests))

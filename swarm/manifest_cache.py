@@ -7,6 +7,12 @@ digested once however many peers ask: a small one at once, a large one in the
 background, one at a time; a request that would wait long for it is told "busy, ask
 again" (``answer``), so a downloader's probe never sits out a cold seed's sha256 of a
 10 GB blob.
+
+A digest runs in two passes: the chunks' xxh3 first (about ten times faster than
+sha256), which peers are answered with at once, then the whole file against its id,
+after which the manifest is stored. So a downloader starts from a cold seed after the
+fast pass, not the slow one; if the whole-file check fails, the seed stops vouching
+(and a downloader's own whole-file check rejects what it got meanwhile).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 import anyio
 
 from swarm.files import atomic_write
-from swarm.manifest import Manifest, ManifestError, build_manifest
+from swarm.manifest import Manifest, ManifestError, check_whole, chunk_manifest
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,8 @@ FAILED_MEMO = 256  # blobs known not to match their id (not digested again per r
 _POLL_MAX = 0.05  # how often a waiting request looks at its digest
 
 Key = tuple[str, int, int]  # file id, size, mtime in ns
-Digester = Callable[[Path, str], Manifest]
+Digester = Callable[[Path, str], Manifest]  # the chunks' digests of a blob
+Checker = Callable[[Path, str], None]  # ManifestError unless the blob matches its id
 
 
 def answer_wait(size: int, small_blob: int = SMALL_BLOB) -> float | None:
@@ -53,7 +60,8 @@ class _Digest:
     key: Key
     path: Path
     done: threading.Event = field(default_factory=threading.Event)
-    manifest: Manifest | None = None
+    early: Manifest | None = None  # the chunks' digests, before the whole-file check
+    manifest: Manifest | None = None  # the same, once the whole file matched its id
     error: Exception | None = None
 
     def result(self) -> Manifest:
@@ -72,13 +80,15 @@ class ManifestCache:
         self,
         root: Path,
         *,
-        digest: Digester = build_manifest,  # the real one; tests slow it down
+        chunks: Digester = chunk_manifest,  # the real ones; tests slow them down
+        whole: Checker = check_whole,
         max_queued: int = MAX_QUEUED,
         small_blob: int = SMALL_BLOB,
     ) -> None:
         self.root = root
         self.small_blob = small_blob
-        self._digest = digest
+        self._chunks = chunks
+        self._whole = whole
         self._max_queued = max_queued
         self._mutex = threading.Lock()
         self._jobs: dict[Key, _Digest] = {}  # queued or running: one per blob version
@@ -187,6 +197,7 @@ class ManifestCache:
         try:
             job.manifest = self._build(job)
         except Exception as exc:  # a digest's failure is its waiters', never the thread's
+            job.early = None  # vouched for no longer
             job.error = exc if isinstance(exc, (OSError, ManifestError)) else OSError(exc)
         with self._mutex:
             self._jobs.pop(job.key, None)
@@ -208,26 +219,36 @@ class ManifestCache:
 
     def _build(self, job: _Digest) -> Manifest:
         file_id = job.key[0]
-        if self.key_of(file_id, job.path) != job.key:
-            raise OSError(f"{file_id[:12]}… changed before its digest began")
+        self._unchanged(job, "before its digest began")
         self._drop_entries(file_id)  # another version's: it no longer vouches for anything
         with self._mutex:  # small blobs are digested in several request threads at once
             self.digests_run += 1
-        manifest = self._digest(job.path, file_id)  # refuses a blob that does not match its id
-        if self.key_of(file_id, job.path) != job.key:
-            raise OSError(f"{file_id[:12]}… changed while being digested")
+        manifest = self._chunks(job.path, file_id)
+        self._unchanged(job, "while being digested")
+        job.early = manifest  # peers hear it now; the whole-file check follows
+        self._whole(job.path, file_id)  # refuses a blob that does not match its id
+        self._unchanged(job, "while being digested")
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(self._entry(job.key), manifest.to_json())
         return manifest
 
+    def _unchanged(self, job: _Digest, when: str) -> None:
+        if self.key_of(job.key[0], job.path) != job.key:
+            raise OSError(f"{job.key[0][:12]}… changed {when}")
+
     @staticmethod
-    async def _wait(job: _Digest, timeout: float | None) -> bool:
+    async def _wait(job: _Digest, timeout: float | None, *, early: bool = False) -> bool:
+        """Whether ``job`` ended (or, with ``early``, has its chunks' digests) in time."""
+
+        def ready() -> bool:
+            return job.done.is_set() or (early and job.early is not None)
+
         delay = 0.002
         with anyio.move_on_after(math.inf if timeout is None else timeout):
-            while not job.done.is_set():
+            while not ready():
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
-        return job.done.is_set()
+        return ready()
 
     async def get(self, file_id: str, path: Path) -> Manifest:
         """The manifest, digesting the blob if needed and waiting however long it takes
@@ -243,7 +264,8 @@ class ManifestCache:
         return found.result()
 
     async def answer(self, file_id: str, path: Path, size: int) -> Manifest | None:
-        """What a peer's manifest request gets: the manifest, or None (busy: ask again
+        """What a peer's manifest request gets: the manifest (the chunks' digests as soon
+        as they are known, while the whole-file check runs), or None (busy: ask again
         after ``RETRY_AFTER``) while the blob is digested in the background. Raises as
         ``get`` does."""
         found = await anyio.to_thread.run_sync(
@@ -251,7 +273,12 @@ class ManifestCache:
         )
         if isinstance(found, Manifest):
             return found
-        if found is not None and await self._wait(found, answer_wait(size, self.small_blob)):
+        wait = answer_wait(size, self.small_blob)
+        if found is not None and await self._wait(found, wait, early=True):
+            early = found.early
+            if early is not None and not found.done.is_set():
+                return early  # the whole-file check still runs
+            await self._wait(found, None)  # ended, or failing right now
             return found.result()
         self.busy_answers += 1
         return None

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import swarm.download as driver
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.download import download_file, gives_up
-from swarm.manifest import Manifest, build_manifest
+from swarm.manifest import Manifest, build_manifest, check_whole, chunk_manifest
 from swarm.manifest_cache import ANSWER_WAIT, ManifestCache, answer_wait
 from swarm.peer_server import PeerServer, peer_app_for
 from swarm.sources import PeerAddr, SourceError, fetch_manifest
@@ -80,7 +80,21 @@ class SlowDisk:
         self.started.append(file_id)
         if (self.slow is None or file_id in self.slow) and not self.gate.wait(60):
             raise OSError("the test never opened the gate")
-        return build_manifest(path, file_id)
+        return chunk_manifest(path, file_id)
+
+
+class SlowCheck:
+    """The real whole-file check, behind a gate the test opens."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.ran: list[str] = []
+
+    def __call__(self, path: Path, file_id: str) -> None:
+        if not self.gate.wait(60):
+            raise OSError("the test never opened the gate")
+        self.ran.append(file_id)
+        check_whole(path, file_id)
 
 
 def _data(seed: int, size: int = SIZE) -> bytes:
@@ -126,7 +140,7 @@ def _cold_seed(
     """A seed holding ``data`` whose every digest waits at a gate (serve ``sock`` to run it)."""
     fid, path = _blob(tmp_path / "seed", data)
     disk = SlowDisk()
-    cache = ManifestCache(tmp_path / "seed" / "manifests", digest=disk, small_blob=0)
+    cache = ManifestCache(tmp_path / "seed" / "manifests", chunks=disk, small_blob=0)
     server = _server(tmp_path / "seed", {fid: path}, cache)
     config = uvicorn.Config(peer_app_for(server), lifespan="off", log_config=None, access_log=False)
     install_front(config, FrontShared(server, None, FrontLimits()))
@@ -164,7 +178,7 @@ async def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> N
 async def test_a_cold_holder_says_busy_digests_once_then_answers(tmp_path: Path) -> None:
     fid, path = _blob(tmp_path, _data(1))
     disk = SlowDisk()
-    cache = ManifestCache(tmp_path / "manifests", digest=disk, small_blob=0)
+    cache = ManifestCache(tmp_path / "manifests", chunks=disk, small_blob=0)
     server = _server(tmp_path, {fid: path}, cache)
     answers: list[httpx.Response] = []
     async with _client(server) as c:
@@ -205,11 +219,58 @@ async def test_a_rotten_blob_is_refused_and_not_digested_per_request(tmp_path: P
 
 
 @pytest.mark.anyio
+async def test_peers_hear_the_chunk_digests_before_the_whole_file_check_ends(
+    tmp_path: Path,
+) -> None:
+    fid, path = _blob(tmp_path, _data(4))
+    check = SlowCheck()
+    cache = ManifestCache(tmp_path / "manifests", whole=check, small_blob=0)
+    server = _server(tmp_path, {fid: path}, cache)
+    async with _client(server) as c:
+        with anyio.fail_after(30):  # the sha256 pass is held: the xxh3 pass answers
+            while (r := await c.get(f"/v1/blobs/{fid}/manifest")).status_code == 503:
+                await anyio.sleep(0.02)
+        assert r.status_code == 200 and check.ran == []
+        assert Manifest.from_json(r.content, file_id=fid) == build_manifest(path, fid)
+        assert not list((tmp_path / "manifests").glob("*.json"))  # stored once checked
+        check.gate.set()
+        await _until(lambda: len(list((tmp_path / "manifests").glob("*.json"))) == 1, "stored")
+        assert (await c.get(f"/v1/blobs/{fid}/manifest")).content == r.content
+    assert check.ran == [fid] and cache.digests_run == 1
+
+
+@pytest.mark.anyio
+async def test_a_blob_failing_its_whole_file_check_is_vouched_for_no_longer(
+    tmp_path: Path,
+) -> None:
+    good = _data(5)
+    fid, path = _blob(tmp_path, bytes(b ^ 1 for b in good), hashlib.sha256(good).hexdigest())
+    check = SlowCheck()
+    cache = ManifestCache(tmp_path / "manifests", whole=check, small_blob=0)
+    server = _server(tmp_path, {fid: path}, cache)
+    async with _client(server) as c:
+        with anyio.fail_after(30):
+            while (r := await c.get(f"/v1/blobs/{fid}/manifest")).status_code == 503:
+                await anyio.sleep(0.02)
+        assert r.status_code == 200  # the chunks' digests, while the check is held
+        check.gate.set()
+        await _until(lambda: check.ran == [fid], "the whole-file check")
+        with anyio.fail_after(30):
+            while (r := await c.get(f"/v1/blobs/{fid}/manifest")).status_code == 200:
+                await anyio.sleep(0.02)
+        assert r.status_code == 404
+        for _ in range(3):  # remembered: not digested again per request
+            assert (await c.get(f"/v1/blobs/{fid}/manifest")).status_code == 404
+    assert cache.digests_run == 1
+    assert not list((tmp_path / "manifests").glob("*.json"))
+
+
+@pytest.mark.anyio
 async def test_background_digests_are_bounded_and_run_one_at_a_time(tmp_path: Path) -> None:
     blobs = dict(_blob(tmp_path, _data(10 + i, MIN_CHUNK_SIZE)) for i in range(3))
     a, b, c_ = list(blobs)
     disk = SlowDisk()
-    cache = ManifestCache(tmp_path / "manifests", digest=disk, small_blob=0, max_queued=1)
+    cache = ManifestCache(tmp_path / "manifests", chunks=disk, small_blob=0, max_queued=1)
     server = _server(tmp_path, blobs, cache)
     async with _client(server) as c:
         assert (await c.get(f"/v1/blobs/{a}/manifest")).status_code == 503
@@ -235,7 +296,7 @@ async def test_a_small_blob_is_answered_at_once_while_a_large_one_digests(
     big, big_path = _blob(tmp_path, _data(20, 2 * MIN_CHUNK_SIZE))
     small, small_path = _blob(tmp_path, _data(21, MIN_CHUNK_SIZE))
     disk = SlowDisk(slow={big})
-    cache = ManifestCache(tmp_path / "manifests", digest=disk, small_blob=MIN_CHUNK_SIZE)
+    cache = ManifestCache(tmp_path / "manifests", chunks=disk, small_blob=MIN_CHUNK_SIZE)
     server = _server(tmp_path, {big: big_path, small: small_path}, cache)
     async with _client(server) as c:
         assert (await c.get(f"/v1/blobs/{big}/manifest")).status_code == 503
