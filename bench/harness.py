@@ -429,6 +429,12 @@ def warm_manifest(node: Node, file_id: str, timeout: float = 120.0) -> None:
         time.sleep(0.1)
     if r.status_code != 200:
         raise RuntimeError(f"{node.addr} has no manifest of {file_id[:12]}: HTTP {r.status_code}")
+    # Answered after the chunks' digests; warm means the whole-file check ended too (the
+    # manifest is stored), so no digest of the seed runs on the clock.
+    while not any(Path(node.home).rglob(f"manifests/{file_id}-*.json")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{node.addr} never stored the manifest of {file_id[:12]}")
+        time.sleep(0.05)
 
 
 def wait_providers(node: Node, file_id: str, want: int, timeout: float = 60.0) -> None:
