@@ -376,6 +376,18 @@ def link_or_copy(src: Path, dst: Path, *, symlink: bool = True) -> str:
         return "copy"
 
 
+def sync_file(path: Path) -> None:
+    """Flush ``path``'s data to its disk. Windows' flush (``_commit``) needs a handle that
+    may write; POSIX syncs through any. Best effort: the file may be gone already."""
+    flags = (os.O_RDWR if WINDOWS else os.O_RDONLY) | O_BINARY
+    with contextlib.suppress(OSError):
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def file_key(path: Path) -> tuple[int, int] | None:
     """What two hard links of one file share (device and inode on POSIX, volume serial and
     file index on Windows); None when unknown."""

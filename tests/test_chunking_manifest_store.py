@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,36 @@ def test_store_writes_resumes_and_publishes(tmp_path: Path) -> None:
     pf.publish(dest)
     assert dest.read_bytes() == data
     assert not any(root.iterdir())
+
+
+def test_publish_ends_at_the_rename_and_the_blob_reaches_the_disk_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "partial"
+    _, data, fid = make_file(tmp_path, 2 * MIN_CHUNK_SIZE + 5)
+    disk = threading.Event()  # a disk that takes as long as the test says
+    flushed: list[int] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        assert disk.wait(30)
+        flushed.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    with PartialFile(root, fid, len(data)) as pf:
+        for i in range(pf.n_chunks):
+            s, e = pf.span(i)
+            assert pf.write_chunk(i, data[s:e])
+        assert pf.verify_whole()
+        dest = tmp_path / "blobs" / fid
+        pf.publish(dest)  # returns while the flush waits for the disk
+    assert dest.read_bytes() == data and flushed == []
+    disk.set()
+    deadline = time.monotonic() + 30
+    while not flushed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert flushed == [dest.stat().st_ino]  # the published blob itself was flushed
 
 
 def test_store_drops_torn_chunks_on_resume(tmp_path: Path) -> None:
