@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import xxhash
 from swarm.chunking import MAX_FILE_SIZE, chunk_count, chunk_size_for, chunk_span
 from swarm.files import hash_range, pread_of
 from swarm.ids import check_file_id, content_hasher
+
+Progress = Callable[[int], None]  # told (or asked to wait for) a position in a file
 
 DIGEST_SIZE = 16
 READ_BLOCK = 1 << 20
@@ -109,25 +112,38 @@ def build_manifest(path: Path, file_id: str) -> Manifest:
     return _digest(path, file_id, whole=True)
 
 
-def chunk_manifest(path: Path, file_id: str) -> Manifest:
+def chunk_manifest(path: Path, file_id: str, read_up_to: Progress | None = None) -> Manifest:
     """Digest every chunk (xxh3 only, ~10x faster than the sha256 of the whole): what a
     holder can vouch for at once while ``check_whole`` runs. Nothing here says the file
-    matches its id."""
-    return _digest(path, file_id, whole=False)
+    matches its id. ``read_up_to(pos)`` hears how far it has read, chunk by chunk."""
+    return _digest(path, file_id, whole=False, read_up_to=read_up_to)
 
 
-def check_whole(path: Path, file_id: str) -> None:
-    """ManifestError unless the file at ``path`` hashes to its id."""
+def check_whole(path: Path, file_id: str, readable: Progress | None = None) -> None:
+    """ManifestError unless the file at ``path`` hashes to its id. ``readable(pos)``, if
+    given, is called (and may block) before each block up to ``pos`` is read: trailing
+    ``chunk_manifest``, this pass finds the pages that one brought into memory, so a
+    blob on a slow disk is read from it once."""
     size = path.stat().st_size
     whole = content_hasher(file_id, size)
     with path.open("rb") as f:
-        if hash_range(pread_of(f.fileno()), 0, size, whole) != size:
+        read = pread_of(f.fileno())
+        if readable is not None:
+            plain, wait = read, readable
+
+            def read(n: int, offset: int) -> bytes:
+                wait(min(offset + n, size))
+                return plain(n, offset)
+
+        if hash_range(read, 0, size, whole) != size:
             raise ManifestError(f"{path} shrank while being read")
     if whole.hexdigest() != file_id:
         raise ManifestError(f"{path} does not match its id {file_id[:12]}…")
 
 
-def _digest(path: Path, file_id: str, *, whole: bool) -> Manifest:
+def _digest(
+    path: Path, file_id: str, *, whole: bool, read_up_to: Progress | None = None
+) -> Manifest:
     size = path.stat().st_size
     base = Manifest.empty(file_id, size)
     digests: list[bytes | None] = []
@@ -140,6 +156,8 @@ def _digest(path: Path, file_id: str, *, whole: bool) -> Manifest:
             if hash_range(read, start, end, hasher, *also) != end - start:
                 raise ManifestError(f"{path} shrank while being read")
             digests.append(hasher.digest())
+            if read_up_to is not None:
+                read_up_to(end)
     if also and also[0].hexdigest() != file_id:
         raise ManifestError(f"{path} does not match its id {file_id[:12]}…")
     return Manifest(file_id, size, base.chunk_size, tuple(digests))

@@ -8,11 +8,12 @@ background, one at a time; a request that would wait long for it is told "busy, 
 again" (``answer``), so a downloader's probe never sits out a cold seed's sha256 of a
 10 GB blob.
 
-A digest runs in two passes: the chunks' xxh3 first (about ten times faster than
-sha256), which peers are answered with at once, then the whole file against its id,
-after which the manifest is stored. So a downloader starts from a cold seed after the
-fast pass, not the slow one; if the whole-file check fails, the seed stops vouching
-(and a downloader's own whole-file check rejects what it got meanwhile).
+A digest runs in two passes at once: the chunks' xxh3 (about ten times faster than
+sha256), which peers are answered with as soon as it ends, and the whole file against
+its id, trailing it in a second thread (so a blob on a slow disk is read from it once),
+after which the manifest is stored. A downloader starts from a cold seed after the fast
+pass, not the slow one; if the whole-file check fails, the seed stops vouching (and a
+downloader's own whole-file check rejects what it got meanwhile).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import anyio
 
 from swarm.files import atomic_write
-from swarm.manifest import Manifest, ManifestError, check_whole, chunk_manifest
+from swarm.manifest import Manifest, ManifestError, Progress, check_whole, chunk_manifest
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ FAILED_MEMO = 256  # blobs known not to match their id (not digested again per r
 _POLL_MAX = 0.05  # how often a waiting request looks at its digest
 
 Key = tuple[str, int, int]  # file id, size, mtime in ns
-Digester = Callable[[Path, str], Manifest]  # the chunks' digests of a blob
-Checker = Callable[[Path, str], None]  # ManifestError unless the blob matches its id
+# The chunks' digests of a blob (telling how far it read), and the whole-file check
+# (ManifestError unless the blob matches its id; waiting before it reads past a point).
+Digester = Callable[[Path, str, Progress], Manifest]
+Checker = Callable[[Path, str, Progress], None]
 
 
 def answer_wait(size: int, small_blob: int = SMALL_BLOB) -> float | None:
@@ -69,6 +72,33 @@ class _Digest:
             raise self.error
         assert self.manifest is not None
         return self.manifest
+
+
+class _Trail:
+    """How far the chunk pass has read, which the whole-file pass never gets ahead of."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pos = 0
+        self._ended = False
+        self._failed = False
+
+    def advance(self, pos: int) -> None:
+        with self._cond:
+            self._pos = pos
+            self._cond.notify_all()
+
+    def end(self, *, failed: bool) -> None:
+        with self._cond:
+            self._ended, self._failed = True, failed
+            self._cond.notify_all()
+
+    def wait_past(self, pos: int) -> None:
+        """Until the chunk pass has read up to ``pos`` (or ended: then read alone)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pos >= pos or self._ended)
+            if self._failed:
+                raise OSError("the chunk pass failed")
 
 
 class ManifestCache:
@@ -223,10 +253,29 @@ class ManifestCache:
         self._drop_entries(file_id)  # another version's: it no longer vouches for anything
         with self._mutex:  # small blobs are digested in several request threads at once
             self.digests_run += 1
-        manifest = self._chunks(job.path, file_id)
-        self._unchanged(job, "while being digested")
-        job.early = manifest  # peers hear it now; the whole-file check follows
-        self._whole(job.path, file_id)  # refuses a blob that does not match its id
+        trail = _Trail()
+        checked: list[BaseException] = []
+
+        def check() -> None:
+            try:
+                self._whole(job.path, file_id, trail.wait_past)
+            except BaseException as exc:  # handed to the digest thread below
+                checked.append(exc)
+
+        checker = threading.Thread(target=check, name="hffs-manifest-check", daemon=True)
+        checker.start()
+        try:
+            manifest = self._chunks(job.path, file_id, trail.advance)
+            self._unchanged(job, "while being digested")
+        except BaseException:
+            trail.end(failed=True)
+            checker.join()
+            raise
+        trail.end(failed=False)
+        job.early = manifest  # peers hear it now; the whole-file check goes on
+        checker.join()
+        if checked:
+            raise checked[0]  # refuses a blob that does not match its id
         self._unchanged(job, "while being digested")
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(self._entry(job.key), manifest.to_json())

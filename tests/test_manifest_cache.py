@@ -8,6 +8,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 import swarm.download as driver
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.download import download_file, gives_up
-from swarm.manifest import Manifest, build_manifest, check_whole, chunk_manifest
+from swarm.manifest import Manifest, Progress, build_manifest, check_whole, chunk_manifest
 from swarm.manifest_cache import ANSWER_WAIT, ManifestCache, answer_wait
 from swarm.peer_server import PeerServer, peer_app_for
 from swarm.sources import PeerAddr, SourceError, fetch_manifest
@@ -76,11 +77,11 @@ class SlowDisk:
         self.slow = slow  # the blobs held at the gate (None: every one)
         self.started: list[str] = []
 
-    def __call__(self, path: Path, file_id: str) -> Manifest:
+    def __call__(self, path: Path, file_id: str, read_up_to: Progress) -> Manifest:
         self.started.append(file_id)
         if (self.slow is None or file_id in self.slow) and not self.gate.wait(60):
             raise OSError("the test never opened the gate")
-        return chunk_manifest(path, file_id)
+        return chunk_manifest(path, file_id, read_up_to)
 
 
 class SlowCheck:
@@ -90,11 +91,11 @@ class SlowCheck:
         self.gate = threading.Event()
         self.ran: list[str] = []
 
-    def __call__(self, path: Path, file_id: str) -> None:
+    def __call__(self, path: Path, file_id: str, readable: Progress) -> None:
         if not self.gate.wait(60):
             raise OSError("the test never opened the gate")
         self.ran.append(file_id)
-        check_whole(path, file_id)
+        check_whole(path, file_id, readable)
 
 
 def _data(seed: int, size: int = SIZE) -> bytes:
@@ -237,6 +238,37 @@ async def test_peers_hear_the_chunk_digests_before_the_whole_file_check_ends(
         await _until(lambda: len(list((tmp_path / "manifests").glob("*.json"))) == 1, "stored")
         assert (await c.get(f"/v1/blobs/{fid}/manifest")).content == r.content
     assert check.ran == [fid] and cache.digests_run == 1
+
+
+@pytest.mark.anyio
+async def test_the_whole_file_check_trails_the_chunk_pass_and_never_overtakes_it(
+    tmp_path: Path,
+) -> None:
+    fid, path = _blob(tmp_path, _data(6, 6 * MIN_CHUNK_SIZE + 3))
+    told: list[int] = []  # how far the chunk pass has read, as it says so
+    ahead: list[int] = []  # reads of the whole-file pass past that point
+
+    def chunks(path: Path, file_id: str, read_up_to: Progress) -> Manifest:
+        def tell(pos: int) -> None:
+            time.sleep(0.02)  # a disk slower than sha256
+            told.append(pos)
+            read_up_to(pos)
+
+        return chunk_manifest(path, file_id, tell)
+
+    def whole(path: Path, file_id: str, readable: Progress) -> None:
+        def wait(pos: int) -> None:
+            readable(pos)
+            if pos > max(told, default=0):
+                ahead.append(pos)
+
+        check_whole(path, file_id, wait)
+
+    cache = ManifestCache(tmp_path / "manifests", chunks=chunks, whole=whole, small_blob=0)
+    with anyio.fail_after(30):
+        assert await cache.get(fid, path) == build_manifest(path, fid)
+    assert len(told) == 7 and ahead == []
+    assert cache.cached(fid, path) is not None  # checked whole, then stored
 
 
 @pytest.mark.anyio
