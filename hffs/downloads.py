@@ -593,6 +593,29 @@ class DownloadManager:
             self._tg.start_soon(self._drive, t, job)
         return t
 
+    async def prefetch(self, job: FileJob, wait: float) -> bool:
+        """Start (or join) the download of ``job``'s whole file, run to completion whoever
+        leaves (as for an HF client's GET), and wait up to ``wait`` seconds for it: True
+        once the file is complete in the cache. TransferFailed if it failed meanwhile."""
+        if await anyio.to_thread.run_sync(self.complete_blob, job.file_id, job.size):
+            return True
+        t = await self._transfer(job)
+        if t.size != job.size:
+            raise TransferFailed("two listings disagree on this file's size")
+        t.keep = True
+        t.goal.add(0, t.size)  # the whole file, checked whole: no span of it goes unvouched
+        if job not in t.jobs:
+            t.jobs.append(job)  # linked in the snapshot once complete
+        with anyio.move_on_after(wait):
+            while True:
+                changed = t.changed()
+                if t.finished:
+                    break
+                await changed.wait()
+        if t.error is not None:
+            raise TransferFailed(t.error)
+        return t.blob is not None
+
     async def fetch(
         self, job: FileJob, on_bytes: OnBytes | None = None
     ) -> tuple[Path, dict[str, int]]:

@@ -53,6 +53,7 @@ from tests.nodes import Node, wait_for
 
 REPO, DATASET, PRIVATE, SHARED = "org/swarmed", "org/data", "org/secret", "org/shared"
 UPSTREAM_ONLY = "org/upstream-only"  # no peer holds it
+HEADED = "org/headed"  # fetched once, by a client that shares the daemon's cache
 TOKEN = "hf_good_token"
 XET_HASH = "ab" * 32
 
@@ -158,6 +159,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         PRIVATE: {"config.json": b'{"secret": true}\n', "weights.bin": big[::2]},
         SHARED: {"model.safetensors": shared},
         UPSTREAM_ONLY: {"slow.bin": shared[::-1] + big},
+        HEADED: {"model.safetensors": big[1:] + b"h"},
     }
     hub = LocalHub(tokens=[TOKEN])
     hub.app.add_middleware(XetLies)
@@ -169,11 +171,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             PRIVATE: hub.add_repo(PRIVATE, files[PRIVATE], private=True),
             SHARED: hub.add_repo(SHARED, files[SHARED]),
             UPSTREAM_ONLY: hub.add_repo(UPSTREAM_ONLY, files[UPSTREAM_ONLY]),
+            HEADED: hub.add_repo(HEADED, files[HEADED]),
         }
         try:
             a, b, c = (Node(root / h, h) for h in ("127.0.0.2", "127.0.0.3", "127.0.0.4"))
             nodes += [a, b, c]
-            for repo in (REPO, PRIVATE, SHARED):
+            for repo in (REPO, PRIVATE, SHARED, HEADED):
                 seed(a, hub, "model", repo, commits[repo], list(files[repo]))
             seed(a, hub, "dataset", DATASET, commits[DATASET], list(files[DATASET]))
             seed(b, hub, "model", REPO, commits[REPO], list(files[REPO]))
@@ -202,13 +205,6 @@ def test_range_requests_stream_exact_bytes(world: World) -> None:
     world.hub.reset_stats()
     spans = [(100, 199), (MIN_CHUNK_SIZE - 10, MIN_CHUNK_SIZE + 9), (len(data) - 5, len(data) - 1)]
     with httpx.Client(trust_env=False, timeout=20) as http:
-        head = http.head(url)
-        assert head.status_code == 200
-        assert head.headers["x-repo-commit"] == world.commits[REPO]
-        assert head.headers["x-linked-size"] == head.headers["content-length"] == str(len(data))
-        assert head.headers["x-linked-etag"] == head.headers["etag"]
-        assert head.headers["accept-ranges"] == "bytes"
-        assert_no_xet(head)
         for first, last in spans:  # the first one is served while the download runs
             r = http.get(url, headers={"Range": f"bytes={first}-{last}"})
             assert r.status_code == 206, r.text
@@ -220,6 +216,13 @@ def test_range_requests_stream_exact_bytes(world: World) -> None:
         r = http.get(url, headers={"Range": f"bytes={len(data)}-"})
         assert r.status_code == 416
         assert r.headers["content-range"] == f"bytes */{len(data)}"
+        head = http.head(url)
+        assert head.status_code == 200
+        assert head.headers["x-repo-commit"] == world.commits[REPO]
+        assert head.headers["x-linked-size"] == head.headers["content-length"] == str(len(data))
+        assert head.headers["x-linked-etag"] == head.headers["etag"]
+        assert head.headers["accept-ranges"] == "bytes"
+        assert_no_xet(head)
         r = http.get(url)
         assert (r.status_code, r.content) == (200, data)
     # Every byte came from the peers; upstream only vouched for the two spans that end the
@@ -255,6 +258,31 @@ def test_huggingface_hub_downloads_through_the_daemon(world: World) -> None:
     held = {f.path for f in HubCache(world.c.hub).files("model", REPO, commit)}
     assert held == set(world.files[REPO])
     assert HubCache(world.c.hub).read_ref("model", REPO, "main") == commit
+
+
+def test_a_client_sharing_the_daemons_cache_finds_the_file_after_its_head(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.file_download as fd
+
+    data = world.files[HEADED]["model.safetensors"]
+    got: list[str] = []  # every body huggingface_hub downloads itself
+    real_get = fd.http_get
+
+    def counting_get(url: str, *args: Any, **kwargs: Any) -> Any:
+        got.append(url)
+        return real_get(url, *args, **kwargs)
+
+    monkeypatch.setattr(fd, "http_get", counting_get)
+    path = hf_hub_download(
+        HEADED, "model.safetensors", endpoint=world.c.url, cache_dir=world.c.hub, token=False
+    )
+    assert Path(path).read_bytes() == data
+    # The daemon fetched the file while answering the HEAD, into the cache both use: the
+    # client found the blob there and wrote no byte of it again.
+    assert got == []
+    blob = HubCache(world.c.hub).blob_path("model", HEADED, hashlib.sha256(data).hexdigest())
+    assert Path(path).resolve() == blob.resolve()
 
 
 def test_clients_at_once_share_one_download(world: World) -> None:

@@ -28,6 +28,7 @@ endpoints in ``upstream``, the per-file downloads in ``downloads``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -70,6 +71,9 @@ from swarm.wire import PeerAuth
 log = logging.getLogger(__name__)
 
 FIRST_BLOCK_WAIT = 8.0  # a body that fails before its first byte gets a clean 502
+# A HEAD of a whole file starts its download and answers once it is complete, or after
+# this long (huggingface_hub gives a HEAD 10 s: HF_HUB_ETAG_TIMEOUT).
+HEAD_WAIT = 5.0
 MAX_REQUEST_BYTES = 1 << 20
 UPSTREAM_TIMEOUT = httpx.Timeout(20.0, connect=3.0)
 
@@ -252,9 +256,6 @@ class HubEndpoint:
         span = span_for(request.headers.get("range"), f, file_headers(found, f))
         if isinstance(span, BadRange):
             return hub_error(416, None, span.detail, span.headers)
-        if request.method == "HEAD":
-            return Response(status_code=span.status, headers=span.headers)
-
         job = FileJob(
             repo_type,
             repo_id,
@@ -266,6 +267,13 @@ class HubEndpoint:
             ref=rev if found.endpoint is not None and not is_commit(rev) else None,
             hub_listed=found.endpoint is not None,
         )
+        if request.method == "HEAD":
+            if span.start == 0 and span.end == f.size:
+                # huggingface_hub HEADs a file, then GETs it only if its cache lacks the
+                # blob: one sharing this daemon's cache finds it there and copies nothing.
+                with contextlib.suppress(TransferFailed):  # the GET will say what failed
+                    await self.downloads.prefetch(job, HEAD_WAIT)
+            return Response(status_code=span.status, headers=span.headers)
         try:
             reader = await self.downloads.reader(job, span.start, span.end)
         except TransferFailed as exc:
