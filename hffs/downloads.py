@@ -164,6 +164,13 @@ class Transfer:
         """Set at the next change; take it before checking the state it guards."""
         return self._changed
 
+    async def until_finished(self) -> None:
+        while True:
+            changed = self.changed()
+            if self.finished:
+                return
+            await changed.wait()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
@@ -607,11 +614,7 @@ class DownloadManager:
         if job not in t.jobs:
             t.jobs.append(job)  # linked in the snapshot once complete
         with anyio.move_on_after(wait):
-            while True:
-                changed = t.changed()
-                if t.finished:
-                    break
-                await changed.wait()
+            await t.until_finished()
         if t.error is not None:
             raise TransferFailed(t.error)
         return t.blob is not None
@@ -632,11 +635,7 @@ class DownloadManager:
         t.listeners[me] = on_bytes or (lambda source, upstream, n: None)
         t.goal.add(0, t.size)  # a job wants the whole file
         try:
-            while True:
-                changed = t.changed()
-                if t.finished:
-                    break
-                await changed.wait()
+            await t.until_finished()
         finally:
             del t.listeners[me]
             if not t.listeners and not t.keep and not t.finished:
