@@ -205,6 +205,11 @@ class ManifestCache:
             job = self._jobs.get(key)
             if job is not None:
                 return job
+            # A digest that ended since the read above stored its entry before leaving
+            # ``_jobs``: look again, or this request would digest the blob a second time.
+            manifest = self._read(key)
+            if manifest is not None:
+                return manifest
             inline = key[1] <= self.small_blob
             if not inline and len(self._queue) >= self._max_queued and not queue_full_ok:
                 return None

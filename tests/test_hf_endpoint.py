@@ -25,6 +25,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
 from hffs.cache import HubCache
 from hffs.daemon.hub_api import (
+    HOPS_HEADER,
     ApiCall,
     Listing,
     is_hub_path,
@@ -54,6 +55,7 @@ from tests.nodes import Node, wait_for
 REPO, DATASET, PRIVATE, SHARED = "org/swarmed", "org/data", "org/secret", "org/shared"
 UPSTREAM_ONLY = "org/upstream-only"  # no peer holds it
 HEADED = "org/headed"  # fetched once, by a client that shares the daemon's cache
+HOPPED = "org/hopped"  # HEAD by another daemon, then by a client
 TOKEN = "hf_good_token"
 XET_HASH = "ab" * 32
 
@@ -160,6 +162,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         SHARED: {"model.safetensors": shared},
         UPSTREAM_ONLY: {"slow.bin": shared[::-1] + big},
         HEADED: {"model.safetensors": big[1:] + b"h"},
+        HOPPED: {"model.safetensors": big[2:] + b"hh"},
     }
     hub = LocalHub(tokens=[TOKEN])
     hub.app.add_middleware(XetLies)
@@ -172,11 +175,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             SHARED: hub.add_repo(SHARED, files[SHARED]),
             UPSTREAM_ONLY: hub.add_repo(UPSTREAM_ONLY, files[UPSTREAM_ONLY]),
             HEADED: hub.add_repo(HEADED, files[HEADED]),
+            HOPPED: hub.add_repo(HOPPED, files[HOPPED]),
         }
         try:
             a, b, c = (Node(root / h, h) for h in ("127.0.0.2", "127.0.0.3", "127.0.0.4"))
             nodes += [a, b, c]
-            for repo in (REPO, PRIVATE, SHARED, HEADED):
+            for repo in (REPO, PRIVATE, SHARED, HEADED, HOPPED):
                 seed(a, hub, "model", repo, commits[repo], list(files[repo]))
             seed(a, hub, "dataset", DATASET, commits[DATASET], list(files[DATASET]))
             seed(b, hub, "model", REPO, commits[REPO], list(files[REPO]))
@@ -283,6 +287,20 @@ def test_a_client_sharing_the_daemons_cache_finds_the_file_after_its_head(
     assert got == []
     blob = HubCache(world.c.hub).blob_path("model", HEADED, hashlib.sha256(data).hexdigest())
     assert Path(path).resolve() == blob.resolve()
+
+
+def test_another_daemons_head_starts_no_download(world: World) -> None:
+    data = world.files[HOPPED]["model.safetensors"]
+    blob = HubCache(world.c.hub).blob_path("model", HOPPED, hashlib.sha256(data).hexdigest())
+    url = f"{world.c.url}/{HOPPED}/resolve/main/model.safetensors"
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        # a daemon checking access to a gated repo upstream (it says how many hops)
+        head = http.head(url, headers={HOPS_HEADER: "1"})
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+        assert not blob.exists()  # answered without fetching the file
+        head = http.head(url)  # an HF client's HEAD: the file is fetched first
+        assert head.status_code == 200
+        assert blob.read_bytes() == data
 
 
 def test_clients_at_once_share_one_download(world: World) -> None:

@@ -268,9 +268,10 @@ class HubEndpoint:
             hub_listed=found.endpoint is not None,
         )
         if request.method == "HEAD":
-            if span.start == 0 and span.end == f.size:
+            if span.start == 0 and span.end == f.size and hops == 0:
                 # huggingface_hub HEADs a file, then GETs it only if its cache lacks the
                 # blob: one sharing this daemon's cache finds it there and copies nothing.
+                # (Another daemon's HEAD, with hops, only checks access to a gated repo.)
                 with contextlib.suppress(TransferFailed):  # the GET will say what failed
                     await self.downloads.prefetch(job, HEAD_WAIT)
             return Response(status_code=span.status, headers=span.headers)
