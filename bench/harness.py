@@ -437,6 +437,25 @@ def warm_manifest(node: Node, file_id: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def one_seed(
+    make: Callable[..., Node], root: Path, repo: str, name: str, src: Path, *, warm: bool = True
+) -> tuple[Node, Node, str, Path]:
+    """A seed daemon holding ``src`` as ``repo``/``name`` and a downloader daemon that knows
+    it, both up; the file also hard-linked into ``root``/www for nginx. Returns (seed,
+    downloader, file id, www); the seed's manifest is digested first when ``warm``."""
+    www = root / "www"
+    www.mkdir()
+    os.link(src, www / name)
+    seed = make("127.0.0.2")
+    file_id = seed.add_file(repo, name, src)
+    seed.up()
+    dl = make("127.0.0.10", peers=[seed]).up(bootstrap=[seed])
+    wait_providers(dl, file_id, 1)
+    if warm:
+        warm_manifest(seed, file_id)
+    return seed, dl, file_id, www
+
+
 def wait_providers(node: Node, file_id: str, want: int, timeout: float = 60.0) -> None:
     """Until ``node``'s daemon finds at least ``want`` holders of file_id in the DHT."""
 

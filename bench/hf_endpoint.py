@@ -59,15 +59,7 @@ def main() -> None:
     runs: dict[str, list[h.CliRun]] = {"curl": [], "shared": [], "own": []}
     with h.scratch("hf-endpoint") as tmp, h.nodes(Path(tmp)) as make:
         root = Path(tmp)
-        www = root / "www"
-        www.mkdir()
-        os.link(src, www / NAME)
-        seed = make("127.0.0.2")
-        file_id = seed.add_file(REPO, NAME, src)
-        seed.up()
-        dl = make("127.0.0.10", peers=[seed]).up(bootstrap=[seed])
-        h.wait_providers(dl, file_id, 1)
-        h.warm_manifest(seed, file_id)
+        _, dl, file_id, www = h.one_seed(make, root, REPO, NAME, src)
         own = root / "client-cache"
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):

@@ -58,16 +58,7 @@ def main() -> None:
     job_cpu: list[float] = []
     with h.scratch("single") as tmp, h.nodes(Path(tmp)) as make:
         root = Path(tmp)
-        www = root / "www"
-        www.mkdir()
-        os.link(src, www / NAME)
-        seed = make("127.0.0.2")
-        file_id = seed.add_file(REPO, NAME, src)
-        seed.up()
-        dl = make("127.0.0.10", peers=[seed]).up(bootstrap=[seed])
-        h.wait_providers(dl, file_id, 1)
-        if not args.cold:
-            h.warm_manifest(seed, file_id)
+        seed, dl, file_id, www = h.one_seed(make, root, REPO, NAME, src, warm=not args.cold)
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):  # alternate, so neither side gets a warmer machine
                 r = run_curl(f"{nginx.url}/{NAME}", root / "curl.out")
