@@ -56,6 +56,10 @@ from swarm.wire import PeerAuth
 
 log = logging.getLogger(__name__)
 
+# How long a client sharing the cache may wait on huggingface_hub's lock for a download
+# this daemon runs: it shows no progress meanwhile, so a slow one (a mirror at 20 MB/s)
+# lets it go on with its own GET, which streams what is verified, after this long.
+CLIENT_LOCK_HOLD = 60.0
 BLOCK = 256 * 1024  # bytes per read and send: bounds memory per client
 FILES_AT_ONCE = 8  # downloads running at once (huggingface_hub asks for 8 files at a time)
 # Bytes of peer chunks in flight across every download of the host (the schedulers'
@@ -613,9 +617,9 @@ class DownloadManager:
         t.goal.add(0, t.size)  # the whole file, checked whole: no span of it goes unvouched
         if job not in t.jobs:
             t.jobs.append(job)  # linked in the snapshot once complete
-        # Hold huggingface_hub's lock on the blob until the download ends: a client that
-        # shares this cache and comes back before then waits on it, then finds the blob
-        # (whatever the file's size), instead of copying it again through HTTP.
+        # Hold huggingface_hub's lock on the blob until the download ends (up to
+        # CLIENT_LOCK_HOLD): a client that shares this cache waits on it, then finds the
+        # blob, instead of copying it again through HTTP.
         lock = await anyio.to_thread.run_sync(self._lock_blob_for_clients, job)
         if lock is not None:
             assert self._tg is not None
@@ -639,7 +643,8 @@ class DownloadManager:
     @staticmethod
     async def _unlock_when_finished(t: Transfer, lock: int) -> None:
         try:
-            await t.until_finished()
+            with anyio.move_on_after(CLIENT_LOCK_HOLD):
+                await t.until_finished()
         finally:
             portable.unlock_file(lock)
 
