@@ -17,7 +17,7 @@ import xxhash
 
 from swarm.chunking import MAX_FILE_SIZE, chunk_count, chunk_size_for, chunk_span
 from swarm.files import hash_range, pread_of
-from swarm.ids import check_file_id, content_hasher
+from swarm.ids import Hasher, check_file_id, content_hasher
 
 Progress = Callable[[int], None]  # told (or asked to wait for) a position in a file
 
@@ -137,6 +137,10 @@ def check_whole(path: Path, file_id: str, readable: Progress | None = None) -> N
 
         if hash_range(read, 0, size, whole) != size:
             raise ManifestError(f"{path} shrank while being read")
+    _matches(whole, path, file_id)
+
+
+def _matches(whole: Hasher, path: Path, file_id: str) -> None:
     if whole.hexdigest() != file_id:
         raise ManifestError(f"{path} does not match its id {file_id[:12]}…")
 
@@ -158,6 +162,6 @@ def _digest(
             digests.append(hasher.digest())
             if read_up_to is not None:
                 read_up_to(end)
-    if also and also[0].hexdigest() != file_id:
-        raise ManifestError(f"{path} does not match its id {file_id[:12]}…")
+    if also:
+        _matches(also[0], path, file_id)
     return Manifest(file_id, size, base.chunk_size, tuple(digests))
