@@ -437,6 +437,12 @@ def warm_manifest(node: Node, file_id: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+def curl_to(url: str, dest: Path) -> CliRun:
+    """`curl -o dest url` (the reference transfer), timed; dest is replaced."""
+    dest.unlink(missing_ok=True)
+    return run_timed(["curl", "-fsS", "--noproxy", "*", "-o", str(dest), url], timeout=600)
+
+
 def one_seed(
     make: Callable[..., Node], root: Path, repo: str, name: str, src: Path, *, warm: bool = True
 ) -> tuple[Node, Node, str, Path]:

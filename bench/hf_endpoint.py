@@ -63,11 +63,7 @@ def main() -> None:
         own = root / "client-cache"
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):
-                r = h.run_timed(
-                    ["curl", "-fsS", "--noproxy", "*", "-o", str(root / "curl.out"),
-                     f"{nginx.url}/{NAME}"],
-                    timeout=600,
-                )  # fmt: skip
+                r = h.curl_to(f"{nginx.url}/{NAME}", root / "curl.out")
                 if not r.ok:
                     raise SystemExit(f"curl failed: {r.tail()}")
                 (root / "curl.out").unlink()

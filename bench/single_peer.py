@@ -35,11 +35,6 @@ REPO = "org/single-peer"
 NAME = "model.safetensors"
 
 
-def run_curl(url: str, dest: Path) -> h.CliRun:
-    dest.unlink(missing_ok=True)
-    return h.run_timed(["curl", "-fsS", "--noproxy", "*", "-o", str(dest), url], timeout=600)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=h.parse_size, default="1G", help="file size (default 1G)")
@@ -61,7 +56,7 @@ def main() -> None:
         seed, dl, file_id, www = h.one_seed(make, root, REPO, NAME, src, warm=not args.cold)
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):  # alternate, so neither side gets a warmer machine
-                r = run_curl(f"{nginx.url}/{NAME}", root / "curl.out")
+                r = h.curl_to(f"{nginx.url}/{NAME}", root / "curl.out")
                 if not r.ok or (i == 0 and h.sha256_file(root / "curl.out") != file_id):
                     raise SystemExit(f"curl failed: {r.tail()}")
                 (root / "curl.out").unlink()

@@ -68,11 +68,7 @@ def main() -> None:
         peer = PeerAddr(seed.host, seed.port)
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):  # interleaved: neither side gets a quieter machine
-                out = root / "curl.out"
-                out.unlink(missing_ok=True)
-                r = h.run_timed(
-                    ["curl", "-fsS", "--noproxy", "*", "-o", str(out), f"{nginx.url}/f.bin"]
-                )
+                r = h.curl_to(f"{nginx.url}/f.bin", root / "curl.out")
                 assert r.ok
                 curl_mbps.append(h.mbps(size, r.seconds))
                 c0, t0 = cpu(), time.perf_counter()

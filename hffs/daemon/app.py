@@ -79,8 +79,12 @@ class Inventory:
     repos: frozenset[RepoRev] = frozenset()
     partials: frozenset[str] = frozenset()  # ids with at least one verified chunk
 
+    def file_ids(self) -> set[str]:
+        """Every file held, complete or in part."""
+        return {*self.files, *self.partials}
+
     def keys(self) -> set[bytes]:
-        keys = {file_key(i) for i in (*self.files, *self.partials)}
+        keys = {file_key(i) for i in self.file_ids()}
         for repo_type, repo_id, commit in self.repos:
             keys.add(repo_key(repo_type, repo_id, commit))
             keys.add(any_revision_key(repo_type, repo_id))

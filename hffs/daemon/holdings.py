@@ -54,18 +54,11 @@ class Holdings:
         self._extra_files = {k: t for k, t in self._extra_files.items() if t >= started}
         self._extra_repos = {k: t for k, t in self._extra_repos.items() if t >= started}
         if self.manifests is not None:
-            await anyio.to_thread.run_sync(self.manifests.prune, self._holds)
+            held = inventory.file_ids() | set(self._extra_files)
+            await anyio.to_thread.run_sync(self.manifests.prune, held.__contains__)
         for listener in self.on_scanned:
             listener()
         return inventory
-
-    def _holds(self, file_id: str) -> bool:
-        inventory = self.index.inventory
-        return (
-            file_id in inventory.files
-            or file_id in inventory.partials
-            or file_id in self._extra_files
-        )
 
     def held_keys(self) -> set[bytes]:
         keys = self.index.inventory.keys()
