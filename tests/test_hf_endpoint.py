@@ -28,6 +28,7 @@ from hffs.daemon.hub_api import (
     HOPS_HEADER,
     ApiCall,
     Listing,
+    head_fetches,
     is_hub_path,
     listing_from_holders,
     parse_api,
@@ -634,6 +635,21 @@ def test_a_reader_holds_the_last_block_and_refuses_changed_chunks(tmp_path: Path
             await failed.read()
 
     anyio.run(main, backend="asyncio")
+
+
+def test_only_a_head_that_may_share_the_cache_fetches_the_file() -> None:
+    here = ("192.168.1.20", 8000)  # the address the daemon was reached on
+    # on this machine: by loopback, or by its own address
+    assert head_fetches(True, 0, ("127.0.0.1", 50000), here)
+    assert head_fetches(True, 0, ("::1", 50000), ("::1", 8000))
+    assert head_fetches(True, 0, ("192.168.1.20", 50000), here)
+    # another machine (its own cache), another daemon, a range, a malformed scope
+    assert not head_fetches(True, 0, ("192.168.1.21", 50000), here)
+    assert not head_fetches(True, 0, ("0.0.0.0", 50000), ("0.0.0.0", 8000))
+    assert not head_fetches(True, 1, ("127.0.0.1", 50000), here)
+    assert not head_fetches(False, 0, ("127.0.0.1", 50000), here)
+    assert not head_fetches(True, 0, None, here)
+    assert not head_fetches(True, 0, ("not-an-ip", 1), here)
 
 
 def test_request_parsing_and_xet_stripping() -> None:

@@ -162,6 +162,30 @@ def is_loopback(client: Any) -> bool:
         return False
 
 
+def same_machine(client: Any, server: Any) -> bool:
+    """Whether an ASGI ``client`` (host, port) is on this machine: a loopback address,
+    or the very address it reached (``server``): a machine calling itself by its own IP."""
+    if is_loopback(client):
+        return True
+    try:
+        mine, theirs = ipaddress.ip_address(server[0]), ipaddress.ip_address(client[0])
+    except (TypeError, ValueError, IndexError):
+        return False
+    return not mine.is_unspecified and mine == theirs
+
+
+def head_fetches(whole: bool, hops: int, client: Any, server: Any) -> bool:
+    """Whether a HEAD starts the file's download and waits for it before the answer.
+
+    huggingface_hub HEADs a file, then GETs it only if its cache lacks the blob: a client
+    sharing this daemon's cache then finds the blob there and copies nothing. Only a
+    client on this machine can share the cache; for one elsewhere (or with its own cache
+    that holds the file, checking it is current) the fetch would be wasted, and a GET
+    starts it soon enough. Another daemon's HEAD (with hops) only checks access to a
+    gated repo; a HEAD of a range is no sign a GET of the file follows."""
+    return whole and hops == 0 and same_machine(client, server)
+
+
 # -- revision listings -----------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from hffs.daemon.hub_api import (
     HOPS_HEADER,
     MAX_HOPS,
     ApiCall,
+    head_fetches,
     hop_count,
     hub_error,
     is_hub_path,
@@ -268,10 +269,8 @@ class HubEndpoint:
             hub_listed=found.endpoint is not None,
         )
         if request.method == "HEAD":
-            if span.start == 0 and span.end == f.size and hops == 0:
-                # huggingface_hub HEADs a file, then GETs it only if its cache lacks the
-                # blob: one sharing this daemon's cache finds it there and copies nothing.
-                # (Another daemon's HEAD, with hops, only checks access to a gated repo.)
+            whole = span.start == 0 and span.end == f.size
+            if head_fetches(whole, hops, request.scope.get("client"), request.scope.get("server")):
                 with contextlib.suppress(TransferFailed):  # the GET will say what failed
                     await self.downloads.prefetch(job, HEAD_WAIT)
             return Response(status_code=span.status, headers=span.headers)

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hffs.activity import Activity
-from hffs.daemon.hub_api import is_hub_path, is_loopback
+from hffs.daemon.hub_api import is_hub_path, same_machine
 from hffs.daemon.metrics import CONTENT_TYPE, render
 
 LOCAL_PATHS = frozenset({"/metrics", "/ui", "/ui/", "/ui/state.json"})
@@ -59,12 +59,7 @@ def local_caller(scope: Scope) -> bool:
     """A caller on this machine, under a Host that names this machine (see above)."""
     client, server = scope.get("client"), scope.get("server")
     server_ip = str(server[0]) if server else None
-    if is_loopback(client):
-        same = True
-    else:
-        mine = _ip(server_ip) if server_ip else None
-        theirs = _ip(str(client[0])) if client else None
-        same = mine is not None and not mine.is_unspecified and mine == theirs
+    same = same_machine(client, server)
     return same and loopback_host(Headers(scope=scope).get("host"), server_ip)
 
 
