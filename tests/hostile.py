@@ -66,8 +66,10 @@ class FakePeer:
         repo_path: str | None = None,
         manifest_raw: bytes | None = None,
         have_raw: bytes | None = None,
+        blob_delay: float = 0.0,
     ) -> None:
         self.host = host
+        self.blob_delay = blob_delay  # seconds before each blob answer (a slow peer)
         self.file_id = file_id
         self.data = data
         self.manifest = manifest
@@ -92,6 +94,11 @@ class FakePeer:
     def authorizations(self) -> list[str | None]:
         with self._lock:
             return [s.authorization for s in self.seen]
+
+    def asked(self, suffix: str) -> int:
+        """How many requests for this file's ``suffix`` ("/have", "/manifest") came."""
+        with self._lock:
+            return sum(s.path == f"/v1/blobs/{self.file_id}{suffix}" for s in self.seen)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -181,6 +188,8 @@ class FakePeer:
             await _reply(send, exc.status, b"bad range\n", "text/plain")
             return
         start, end = span if span is not None else (0, size)
+        if self.blob_delay:
+            await asyncio.sleep(self.blob_delay)
         if self.blob == "404":
             await _reply(send, 404, b"not held\n", "text/plain")
             return

@@ -3,6 +3,7 @@ store records it, from the in-process hook, not from reading its state on a time
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import threading
@@ -122,3 +123,51 @@ async def test_another_process_s_chunks_are_read_from_the_state(peer, monkeypatc
 
     seen = await _follow_until(peer, {1}, write)
     assert {0, 1, 2} <= set(seen)
+
+
+async def test_a_whole_holder_is_asked_once_a_partial_one_as_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holders are looked for again every REFRESH_SECONDS: a holder of a chunk subset (one
+    that cannot push its haves) is asked again for its bitmap; one already known to hold
+    the whole file has nothing new to say and is not asked again."""
+    import hashlib
+
+    import httpx
+
+    from swarm import download
+    from swarm.chunking import MIN_CHUNK_SIZE
+    from swarm.sources import PeerAddr
+    from tests.hostile import FakePeer, manifest_of
+
+    monkeypatch.setattr(download, "REFRESH_SECONDS", 0.1)
+    monkeypatch.setattr(download, "HAVE_REFRESH_SECONDS", 0.05)
+    data = random.Random(3).randbytes(8 * MIN_CHUNK_SIZE)
+    fid = hashlib.sha256(data).hexdigest()
+    right = manifest_of(fid, data)
+    half = [i < 4 for i in range(8)]
+    whole = FakePeer("127.0.0.4", fid, data, manifest=right, blob_delay=0.5)
+    partial = FakePeer("127.0.0.5", fid, data, manifest=right, have=half, blob_delay=0.5)
+
+    class Static:
+        async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
+            return [PeerAddr(p.host, p.port) for p in (whole, partial)]
+
+        async def announce_partial(self, file_id: str) -> None:
+            pass
+
+    with whole, partial:
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            with anyio.fail_after(60):
+                await download.download_file(
+                    fid,
+                    len(data),
+                    dest=tmp_path / "blob",
+                    store_root=tmp_path / "partial",
+                    upstream=[],
+                    client=client,
+                    holders=Static(),
+                )
+        assert (tmp_path / "blob").read_bytes() == data
+        assert partial.asked("/have") >= 3  # several refreshes ran meanwhile
+        assert whole.asked("/have") == 1
