@@ -154,6 +154,7 @@ class Transfer:
         self.by_source: dict[str, int] = {}  # verified bytes per source, once complete
         self.scope = anyio.CancelScope()
         self._changed = anyio.Event()
+        self._watched = False  # whether ``_changed`` was handed out since it was made
 
     @property
     def finished(self) -> bool:
@@ -166,6 +167,7 @@ class Transfer:
 
     def changed(self) -> anyio.Event:
         """Set at the next change; take it before checking the state it guards."""
+        self._watched = True
         return self._changed
 
     async def until_finished(self) -> None:
@@ -176,8 +178,12 @@ class Transfer:
             await changed.wait()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        # Every verified chunk notifies; an event nobody took needs no setting or
+        # replacing (that was a new event per chunk, on the event loop).
+        if self._watched:
+            self._changed.set()
+            self._changed = anyio.Event()
+            self._watched = False
 
     def chunk_verified(self, index: int) -> None:
         self.have[index] = True
