@@ -59,8 +59,9 @@ def local_caller(scope: Scope) -> bool:
     """A caller on this machine, under a Host that names this machine (see above)."""
     client, server = scope.get("client"), scope.get("server")
     server_ip = str(server[0]) if server else None
-    same = same_machine(client, server)
-    return same and loopback_host(Headers(scope=scope).get("host"), server_ip)
+    return same_machine(client, server) and loopback_host(
+        Headers(scope=scope).get("host"), server_ip
+    )
 
 
 def route_kind(path: str) -> str:
