@@ -327,6 +327,12 @@ class _Round:
                         self.client, peer, fid, self.pf.size, self.peer_auth
                     )
                     self.peer_digests[pid] = manifest.digests
+                if self.pf.manifest is None:
+                    # Only chunks it vouches for: a cold holder's bitmap may run ahead of
+                    # its digest (it holds the whole blob), and a chunk with no digest
+                    # to check it by could only fail.
+                    vouched = self.peer_digests[pid]
+                    have = {i for i in have if i < len(vouched) and vouched[i] is not None}
         except (SourceError, TimeoutError) as exc:
             log.debug("holder %s: %s", pid, exc)
             if isinstance(exc, SourceError) and exc.status == 503:  # e.g. digesting: coming

@@ -4,16 +4,17 @@ The peer server answers manifest requests from here. A download that just verifi
 file hands its digests over at publish (``put``), so a seed never digests what it
 fetched. A blob nobody handed over (imported, or cached before this existed) is
 digested once however many peers ask: a small one at once, a large one in the
-background, one at a time; a request that would wait long for it is told "busy, ask
-again" (``answer``), so a downloader's probe never sits out a cold seed's sha256 of a
-10 GB blob.
+background, one at a time. A request that would wait long for it is answered with the
+chunks digested so far (``answer``; /have and the haves stream say the same and grow
+with the digest), or told "busy, ask again" while there are none, so a downloader's
+probe never sits out a cold seed's digest of a 10 GB blob: it takes each chunk right
+behind the digest, from the pages that pass just read.
 
 A digest runs in two passes at once: the chunks' xxh3 (about ten times faster than
-sha256), which peers are answered with as soon as it ends, and the whole file against
-its id, trailing it in a second thread (so a blob on a slow disk is read from it once),
-after which the manifest is stored. A downloader starts from a cold seed after the fast
-pass, not the slow one; if the whole-file check fails, the seed stops vouching (and a
-downloader's own whole-file check rejects what it got meanwhile).
+sha256), which peers hear of chunk by chunk, and the whole file against its id,
+trailing it in a second thread (so a blob on a slow disk is read from it once), after
+which the manifest is stored. If the whole-file check fails, the seed stops vouching
+(and a downloader's own whole-file check rejects what it got meanwhile).
 """
 
 from __future__ import annotations
@@ -23,14 +24,21 @@ import logging
 import math
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
 from swarm.files import atomic_write
-from swarm.manifest import Manifest, ManifestError, Progress, check_whole, chunk_manifest
+from swarm.manifest import (
+    ChunkDone,
+    Manifest,
+    ManifestError,
+    Progress,
+    check_whole,
+    chunk_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +52,9 @@ FAILED_MEMO = 256  # blobs known not to match their id (not digested again per r
 _POLL_MAX = 0.05  # how often a waiting request looks at its digest
 
 Key = tuple[str, int, int]  # file id, size, mtime in ns
-# The chunks' digests of a blob (telling how far it read), and the whole-file check
+# The chunks' digests of a blob (telling of each as it goes), and the whole-file check
 # (ManifestError unless the blob matches its id; waiting before it reads past a point).
-Digester = Callable[[Path, str, Progress], Manifest]
+Digester = Callable[[Path, str, ChunkDone], Manifest]
 Checker = Callable[[Path, str, Progress], None]
 
 
@@ -63,6 +71,7 @@ class _Digest:
     key: Key
     path: Path
     done: threading.Event = field(default_factory=threading.Event)
+    digests: list[bytes] = field(default_factory=list)  # the chunk pass's so far, in order
     early: Manifest | None = None  # the chunks' digests, before the whole-file check
     manifest: Manifest | None = None  # the same, once the whole file matched its id
     error: Exception | None = None
@@ -72,6 +81,23 @@ class _Digest:
             raise self.error
         assert self.manifest is not None
         return self.manifest
+
+    def known(self) -> Manifest | None:
+        """The chunks' digests as far as they are vouched for now: all of them once the
+        chunk pass ended (or the whole digest), else those digested so far (the rest
+        None); None while there is none, or once the blob failed its check. Raises as
+        ``result`` does once the digest ended."""
+        if self.done.is_set():
+            return self.result()
+        early = self.early
+        if early is not None:
+            return early
+        so_far = self.digests[:]  # a copy: the digest thread appends meanwhile
+        if not so_far or self.error is not None:
+            return None
+        file_id, size, _ = self.key
+        base = Manifest.empty(file_id, size)
+        return Manifest(file_id, size, base.chunk_size, (*so_far, *base.digests[len(so_far) :]))
 
 
 class _Trail:
@@ -232,8 +258,8 @@ class ManifestCache:
         try:
             job.manifest = self._build(job)
         except Exception as exc:  # a digest's failure is its waiters', never the thread's
-            job.early = None  # vouched for no longer
             job.error = exc if isinstance(exc, (OSError, ManifestError)) else OSError(exc)
+            job.early = None  # vouched for no longer
         with self._mutex:
             self._jobs.pop(job.key, None)
             if isinstance(job.error, ManifestError):
@@ -269,8 +295,13 @@ class ManifestCache:
 
         checker = threading.Thread(target=check, name="hffs-manifest-check", daemon=True)
         checker.start()
+
+        def chunk_done(end: int, digest: bytes) -> None:
+            job.digests.append(digest)  # vouched for from now on (``known``)
+            trail.advance(end)
+
         try:
-            manifest = self._chunks(job.path, file_id, trail.advance)
+            manifest = self._chunks(job.path, file_id, chunk_done)
             self._unchanged(job, "while being digested")
         except BaseException:
             trail.end(failed=True)
@@ -334,5 +365,44 @@ class ManifestCache:
                 return early  # the whole-file check still runs
             await self._wait(found, None)  # ended, or failing right now
             return found.result()
+        if found is not None and (so_far := found.known()) is not None:
+            return so_far  # the chunks digested so far: a downloader starts on them
         self.busy_answers += 1
         return None
+
+    def running(self, file_id: str) -> _Digest | None:
+        """The digest of ``file_id`` queued or running now, if any (no I/O)."""
+        with self._mutex:
+            return next((job for key, job in self._jobs.items() if key[0] == file_id), None)
+
+    async def follow(
+        self, file_id: str, path: Path, alive: Callable[[], bool]
+    ) -> AsyncIterator[dict[int, bytes]]:
+        """The chunks' digests of this blob as its digest goes: what is known now, then
+        each batch the chunk pass adds (a cold holder's haves stream); ends once every
+        chunk is known, or once ``alive()`` is false. Raises as ``get`` does, also midway
+        (vouched for no longer)."""
+        found = await anyio.to_thread.run_sync(
+            lambda: self._lookup(file_id, path, queue_full_ok=True)
+        )
+        if isinstance(found, Manifest):
+            yield {i: d for i, d in enumerate(found.digests) if d is not None}
+            return
+        assert found is not None
+        sent, delay = 0, 0.002
+        while alive():
+            ended = found.done.is_set() or found.early is not None
+            known = found.known()
+            if known is not None:
+                new = {i: d for i, d in enumerate(known.digests[sent:], sent) if d is not None}
+                if new:
+                    yield new
+                    sent = max(new) + 1
+                    delay = 0.002
+            if ended and known is not None and sent >= known.n_chunks:
+                return
+            if ended and known is None:
+                found.result()  # raises: it failed (a rotten or changed blob)
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)

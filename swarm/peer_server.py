@@ -571,6 +571,11 @@ class PeerServer:
         if isinstance(held, Response):
             return held
         flags = held.flags()
+        digest = self.manifests.running(file_id) if held.have is None else None
+        with contextlib.suppress(OSError, ManifestError):  # failed: its manifest says so
+            if digest is not None and (known := digest.known()) is not None:
+                # A cold blob vouches for the chunks digested so far, more as it goes.
+                flags = [d is not None for d in known.digests]
         return Response(
             encode_have(flags),
             media_type="application/octet-stream",

@@ -28,6 +28,7 @@ decided by swarm/choke.py (send slots, super-seeding, round robin by address); t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -420,7 +421,8 @@ class FrontProtocol(asyncio.Protocol):
         )
 
     async def _haves(self, head: Head, file_id: str) -> None:
-        """The haves stream (swarm.have): frames until the file is complete here."""
+        """The haves stream (swarm.have): frames until the file is complete here (for a
+        complete blob digested now, until its digest has told every chunk)."""
         transport = self._transport
         assert transport is not None
         server = self.shared.server
@@ -438,13 +440,12 @@ class FrontProtocol(asyncio.Protocol):
         head_out = render_head(
             200, {"Content-Type": "application/octet-stream", "X-Chunk-Count": str(n)}, close=True
         )
-        if held.have is None:  # complete: every chunk at once, from the manifest
-            try:
-                manifest = await server.manifests.get(file_id, held.path)
-            except (OSError, ManifestError):
-                await self._answer(404, "not held\n", close=True)
-                return
-            transport.write(head_out + encode_frames(dict(enumerate(manifest.digests))))  # type: ignore[arg-type]
+        if held.have is None:  # complete: each chunk as its digest is known (at once, warm)
+            transport.write(head_out)
+            alive = lambda: not transport.is_closing()  # noqa: E731
+            with contextlib.suppress(OSError, ManifestError):  # vouched for no longer: ends
+                async for batch in server.manifests.follow(file_id, held.path, alive):
+                    transport.write(encode_frames(batch))
             return
         transport.write(head_out)
         await self.shared.feed.follow(

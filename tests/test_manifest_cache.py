@@ -22,12 +22,25 @@ from hypothesis import strategies as st
 import swarm.download as driver
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.download import download_file, gives_up
-from swarm.manifest import Manifest, Progress, build_manifest, check_whole, chunk_manifest
+from swarm.manifest import (
+    ChunkDone,
+    Manifest,
+    Progress,
+    build_manifest,
+    check_whole,
+    chunk_manifest,
+)
 from swarm.manifest_cache import ANSWER_WAIT, ManifestCache, answer_wait
 from swarm.peer_server import PeerServer, peer_app_for
 from swarm.sources import PeerAddr, SourceError, fetch_manifest
 from swarm.transport_server import FrontLimits, FrontShared, install_front
-from swarm.wire import MAX_RETRY_AFTER, PeerAuth, busy_retry_delay, parse_retry_after
+from swarm.wire import (
+    MAX_RETRY_AFTER,
+    PeerAuth,
+    busy_retry_delay,
+    decode_have,
+    parse_retry_after,
+)
 from tests.blob_index import DictIndex
 from tests.nodes import REPO, Node, wait_for
 
@@ -77,11 +90,33 @@ class SlowDisk:
         self.slow = slow  # the blobs held at the gate (None: every one)
         self.started: list[str] = []
 
-    def __call__(self, path: Path, file_id: str, read_up_to: Progress) -> Manifest:
+    def __call__(self, path: Path, file_id: str, done: ChunkDone) -> Manifest:
         self.started.append(file_id)
         if (self.slow is None or file_id in self.slow) and not self.gate.wait(60):
             raise OSError("the test never opened the gate")
-        return chunk_manifest(path, file_id, read_up_to)
+        return chunk_manifest(path, file_id, done)
+
+
+class HalfDisk:
+    """The real chunk pass, stopping at a gate the test opens once ``first`` chunks are
+    digested: a cold seed midway through its digest."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.gate = threading.Event()
+        self.started: list[str] = []
+        self.digested = 0
+
+    def __call__(self, path: Path, file_id: str, done: ChunkDone) -> Manifest:
+        self.started.append(file_id)
+
+        def tell(end: int, digest: bytes) -> None:
+            done(end, digest)
+            self.digested += 1
+            if self.digested == self.first and not self.gate.wait(60):
+                raise OSError("the test never opened the gate")
+
+        return chunk_manifest(path, file_id, tell)
 
 
 class SlowCheck:
@@ -136,11 +171,11 @@ class _OneHolder:
 
 
 def _cold_seed(
-    tmp_path: Path, data: bytes
-) -> tuple[str, SlowDisk, ManifestCache, uvicorn.Server, socket.socket, PeerAddr, _OneHolder]:
-    """A seed holding ``data`` whose every digest waits at a gate (serve ``sock`` to run it)."""
+    tmp_path: Path, data: bytes, disk: SlowDisk | HalfDisk
+) -> tuple[str, ManifestCache, PeerServer, uvicorn.Server, socket.socket, PeerAddr, _OneHolder]:
+    """A seed holding ``data`` whose digest waits at ``disk``'s gate (serve ``sock`` to
+    run it)."""
     fid, path = _blob(tmp_path / "seed", data)
-    disk = SlowDisk()
     cache = ManifestCache(tmp_path / "seed" / "manifests", chunks=disk, small_blob=0)
     server = _server(tmp_path / "seed", {fid: path}, cache)
     config = uvicorn.Config(peer_app_for(server), lifespan="off", log_config=None, access_log=False)
@@ -148,7 +183,7 @@ def _cold_seed(
     sock = socket.socket()
     sock.bind((HOST, 0))
     addr = PeerAddr(HOST, sock.getsockname()[1])
-    return fid, disk, cache, uvicorn.Server(config), sock, addr, _OneHolder(fid, addr)
+    return fid, cache, server, uvicorn.Server(config), sock, addr, _OneHolder(fid, addr)
 
 
 async def _download(
@@ -248,11 +283,11 @@ async def test_the_whole_file_check_trails_the_chunk_pass_and_never_overtakes_it
     told: list[int] = []  # how far the chunk pass has read, as it says so
     ahead: list[int] = []  # reads of the whole-file pass past that point
 
-    def chunks(path: Path, file_id: str, read_up_to: Progress) -> Manifest:
-        def tell(pos: int) -> None:
+    def chunks(path: Path, file_id: str, done: ChunkDone) -> Manifest:
+        def tell(pos: int, digest: bytes) -> None:
             time.sleep(0.02)  # a disk slower than sha256
             told.append(pos)
-            read_up_to(pos)
+            done(pos, digest)
 
         return chunk_manifest(path, file_id, tell)
 
@@ -346,7 +381,8 @@ async def test_a_downloader_gets_busy_at_once_and_completes_from_a_cold_seed(
     tmp_path: Path,
 ) -> None:
     data = _data(3)
-    fid, disk, cache, seed, sock, addr, holders = _cold_seed(tmp_path, data)
+    disk = SlowDisk()
+    fid, cache, _, seed, sock, addr, holders = _cold_seed(tmp_path, data, disk)
     dest = tmp_path / "dl" / "blob"
     async with anyio.create_task_group() as tg, httpx.AsyncClient(trust_env=False) as client:
         tg.start_soon(seed.serve, [sock])
@@ -372,6 +408,70 @@ async def test_a_downloader_gets_busy_at_once_and_completes_from_a_cold_seed(
     assert disk.started == [fid]
 
 
+@pytest.mark.anyio
+async def test_a_cold_holder_vouches_for_the_chunks_digested_so_far(tmp_path: Path) -> None:
+    data = _data(7, 6 * MIN_CHUNK_SIZE + 5)
+    fid, path = _blob(tmp_path, data)
+    full = build_manifest(path, fid).digests
+    disk = HalfDisk(first=2)
+    cache = ManifestCache(tmp_path / "manifests", chunks=disk, small_blob=0)
+    server = _server(tmp_path, {fid: path}, cache)
+    async with _client(server) as c:
+        with anyio.fail_after(30):  # the first ask starts the digest, which stops midway
+            r = await c.get(f"/v1/blobs/{fid}/manifest")
+        assert r.status_code == 200
+        got = Manifest.from_json(r.content, file_id=fid, size=len(data))
+        assert got.digests == full[:2] + (None,) * 5
+        have = await c.get(f"/v1/blobs/{fid}/have")
+        assert decode_have(have.content, 7) == [True, True] + [False] * 5
+        seen: dict[int, bytes] = {}
+        with anyio.fail_after(30):
+            async for batch in cache.follow(fid, path, lambda: True):
+                assert not seen.keys() & batch.keys()  # each chunk told once
+                seen.update(batch)
+                if len(seen) == 2:
+                    assert not disk.gate.is_set()  # told before the pass goes on
+                    disk.gate.set()
+        assert tuple(seen[i] for i in range(7)) == full  # then the rest, and it ended
+        # the chunk pass is done: the whole manifest, every chunk held
+        r = await c.get(f"/v1/blobs/{fid}/manifest")
+        assert Manifest.from_json(r.content, file_id=fid).digests == full
+        have = await c.get(f"/v1/blobs/{fid}/have")
+        assert decode_have(have.content, 7) == [True] * 7
+    assert cache.digests_run == 1 and cache.busy_answers == 0
+
+
+@pytest.mark.anyio
+async def test_a_downloader_takes_a_cold_seeds_chunks_as_it_digests_them(
+    tmp_path: Path,
+) -> None:
+    data = _data(8, 6 * MIN_CHUNK_SIZE + 5)
+    disk = HalfDisk(first=3)
+    fid, cache, server, seed, sock, addr, holders = _cold_seed(tmp_path, data, disk)
+    dest = tmp_path / "dl" / "blob"
+    async with anyio.create_task_group() as tg, httpx.AsyncClient(trust_env=False) as client:
+        tg.start_soon(seed.serve, [sock])
+        await _until(lambda: seed.started, "the seed to listen")
+        done = anyio.Event()
+
+        async def download() -> None:
+            report = await _download(tmp_path, fid, len(data), client, holders)
+            assert report.bytes_by_source == {str(addr): len(data)}
+            done.set()
+
+        tg.start_soon(download)
+        # The digest stops after 3 chunks: those 3 are sent (and no more) before it goes on.
+        await _until(lambda: server.stats.total >= 3 * MIN_CHUNK_SIZE, "the first chunks", 60)
+        await anyio.sleep(0.3)
+        assert server.stats.total == 3 * MIN_CHUNK_SIZE and not done.is_set()
+        disk.gate.set()
+        with anyio.fail_after(60):
+            await done.wait()
+        seed.should_exit = True
+    assert dest.read_bytes() == data
+    assert disk.started == [fid] and cache.busy_answers == 0
+
+
 def test_a_stuck_download_waits_for_holders_saying_busy_but_not_forever() -> None:
     grace, patience, fresh = 9.0, 100.0, 9.0
     # nobody can serve: patience runs out after the grace
@@ -392,7 +492,8 @@ async def test_a_seed_digesting_longer_than_the_stuck_grace_is_waited_for(
     # holders to show up: the download waits for it, then takes every byte from it.
     monkeypatch.setattr(driver, "STUCK_GRACE", 0.3)  # probes still see "busy" every few s
     data = _data(4)
-    fid, disk, cache, seed, sock, addr, holders = _cold_seed(tmp_path, data)
+    disk = SlowDisk()
+    fid, cache, _, seed, sock, addr, holders = _cold_seed(tmp_path, data, disk)
     dest = tmp_path / "dl" / "blob"
     outcome: list[object] = []
     async with anyio.create_task_group() as tg, httpx.AsyncClient(trust_env=False) as client:
