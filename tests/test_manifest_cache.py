@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 import uvicorn
@@ -199,6 +200,26 @@ async def _download(
         client=client,
         holders=holders,
     )
+
+
+def _start_download(
+    tg: anyio.abc.TaskGroup,
+    tmp_path: Path,
+    fid: str,
+    size: int,
+    client: httpx.AsyncClient,
+    holders: _OneHolder,
+) -> anyio.Event:
+    """``_download`` in ``tg``; the event is set once every byte came from the holder."""
+    done = anyio.Event()
+
+    async def download() -> None:
+        report = await _download(tmp_path, fid, size, client, holders)
+        assert report.bytes_by_source == {str(holders.addr): size}
+        done.set()
+
+    tg.start_soon(download)
+    return done
 
 
 async def _until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -391,14 +412,7 @@ async def test_a_downloader_gets_busy_at_once_and_completes_from_a_cold_seed(
         with pytest.raises(SourceError) as busy:
             await fetch_manifest(client, addr, fid, len(data), PeerAuth())
         assert (busy.value.status, busy.value.retry_after) == (503, 1)
-        done = anyio.Event()
-
-        async def download() -> None:
-            report = await _download(tmp_path, fid, len(data), client, holders)
-            assert report.bytes_by_source == {str(addr): len(data)}
-            done.set()
-
-        tg.start_soon(download)
+        done = _start_download(tg, tmp_path, fid, len(data), client, holders)
         await _until(lambda: cache.busy_answers >= 2, "the downloader to be told busy")
         disk.gate.set()
         with anyio.fail_after(60):
@@ -447,19 +461,12 @@ async def test_a_downloader_takes_a_cold_seeds_chunks_as_it_digests_them(
 ) -> None:
     data = _data(8, 6 * MIN_CHUNK_SIZE + 5)
     disk = HalfDisk(first=3)
-    fid, cache, server, seed, sock, addr, holders = _cold_seed(tmp_path, data, disk)
+    fid, cache, server, seed, sock, _, holders = _cold_seed(tmp_path, data, disk)
     dest = tmp_path / "dl" / "blob"
     async with anyio.create_task_group() as tg, httpx.AsyncClient(trust_env=False) as client:
         tg.start_soon(seed.serve, [sock])
         await _until(lambda: seed.started, "the seed to listen")
-        done = anyio.Event()
-
-        async def download() -> None:
-            report = await _download(tmp_path, fid, len(data), client, holders)
-            assert report.bytes_by_source == {str(addr): len(data)}
-            done.set()
-
-        tg.start_soon(download)
+        done = _start_download(tg, tmp_path, fid, len(data), client, holders)
         # The digest stops after 3 chunks: those 3 are sent (and no more) before it goes on.
         await _until(lambda: server.stats.total >= 3 * MIN_CHUNK_SIZE, "the first chunks", 60)
         await anyio.sleep(0.3)
