@@ -529,8 +529,6 @@ class DownloadManager:
                     await self.view.announce([], [(job.repo_type, job.repo_id, job.commit)], False)
             return SpanReader(start, end, blob=blob)
         transfer = await self._transfer(job)
-        if transfer.size != job.size:
-            raise TransferFailed("two listings disagree on this file's size")
         transfer.keep = True
         transfer.goal.add(start, end)  # Range: bytes=0-0 fetches one chunk, not the file
         t = transfer
@@ -601,6 +599,8 @@ class DownloadManager:
         return False
 
     async def _transfer(self, job: FileJob) -> Transfer:
+        """The download of ``job``'s file, started or joined; TransferFailed when the one
+        running was started for another size (two listings disagree)."""
         await self._ready.wait()
         assert self._tg is not None
         t = self._transfers.get(job.file_id)
@@ -608,6 +608,8 @@ class DownloadManager:
             t = Transfer(job.file_id, job.size)
             self._transfers[job.file_id] = t
             self._tg.start_soon(self._drive, t, job)
+        if t.size != job.size:
+            raise TransferFailed("two listings disagree on this file's size")
         return t
 
     async def prefetch(self, job: FileJob, wait: float) -> bool:
@@ -617,8 +619,6 @@ class DownloadManager:
         if await anyio.to_thread.run_sync(self.complete_blob, job.file_id, job.size):
             return True
         t = await self._transfer(job)
-        if t.size != job.size:
-            raise TransferFailed("two listings disagree on this file's size")
         t.keep = True
         t.goal.add(0, t.size)  # the whole file, checked whole: no span of it goes unvouched
         if job not in t.jobs:
@@ -664,8 +664,6 @@ class DownloadManager:
         if blob is not None:
             return blob, {}
         t = await self._transfer(job)
-        if t.size != job.size:
-            raise TransferFailed("two listings disagree on this file's size")
         me = object()
         t.listeners[me] = on_bytes or (lambda source, upstream, n: None)
         t.goal.add(0, t.size)  # a job wants the whole file
