@@ -440,17 +440,17 @@ class FrontProtocol(asyncio.Protocol):
         head_out = render_head(
             200, {"Content-Type": "application/octet-stream", "X-Chunk-Count": str(n)}, close=True
         )
+        transport.write(head_out)
+
+        def alive() -> bool:
+            return not transport.is_closing()
+
         if held.have is None:  # complete: each chunk as its digest is known (at once, warm)
-            transport.write(head_out)
-            alive = lambda: not transport.is_closing()  # noqa: E731
             with contextlib.suppress(OSError, ManifestError):  # vouched for no longer: ends
                 async for batch in server.manifests.follow(file_id, held.path, alive):
                     transport.write(encode_frames(batch))
             return
-        transport.write(head_out)
-        await self.shared.feed.follow(
-            file_id, server.partial_root, n, transport.write, lambda: not transport.is_closing()
-        )
+        await self.shared.feed.follow(file_id, server.partial_root, n, transport.write, alive)
 
     async def _blob(self, head: Head, file_id: str) -> bool:
         """Answer one blob request; False when the connection must close after it."""
