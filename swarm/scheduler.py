@@ -21,7 +21,8 @@ Assignment, each :meth:`Scheduler.next_requests` call, in this order:
 2. Upstream. A chunk that no live peer can serve at the chunk's lowest failure level (below)
    goes to the first endpoint, in priority order, at that level: chunks no peer holds go to the
    mirror, chunks the mirror failed go to huggingface.co. Upstream never takes a chunk a live
-   peer could serve, even if that peer is busy: it is the costly last resort.
+   peer could serve, even if that peer is busy: it is the costly last resort. It takes them in
+   stretches of file order kept away from other downloaders' (swarm/upstream_order.py).
 3. Endgame. Once no unassigned chunk can be served by anyone and at most
    ``endgame_threshold`` chunks are in flight, free peer slots duplicate in-flight chunks they
    hold and never failed (fewest copies first, then the longest outstanding), up to
@@ -89,6 +90,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+
+from swarm.upstream_order import shadow_rule, upstream_order
 
 __all__ = [
     "Request",
@@ -212,6 +215,7 @@ class _Source:
     limit: int
     max_limit: int
     have: set[int] = field(default_factory=set)
+    fetching: set[int] = field(default_factory=set)  # a peer's upstream requests, as it says
     state: SourceState = SourceState.LIVE
     in_flight: dict[Request, None] = field(default_factory=dict)  # ordered set
     bytes: int = 0
@@ -260,7 +264,9 @@ class Scheduler:
             self._rng.shuffle(window)
             order += window
         self._by_rank = order  # tie-break among equally rare chunks (see rule 1)
-        self._upstream_start = self._rng.randrange(num_chunks) if num_chunks else 0
+        # Where upstream goes next (swarm/upstream_order.py); the first stretch starts at
+        # random, so downloaders that start together begin apart.
+        self._upstream_follow = self._rng.randrange(num_chunks) if num_chunks else 0
         self._rank = [0] * num_chunks
         for pos, c in enumerate(order):
             self._rank[c] = pos
@@ -322,6 +328,18 @@ class Scheduler:
             self._add_rarity(c, 1)
         src.have = new
 
+    def set_fetching(self, peer: str, chunks: Iterable[int]) -> None:
+        """Replace the chunks a peer says it is fetching from upstream now: upstream here
+        leaves them (and the stretch after them) for last, so downloaders sharing a slow
+        upstream do not fetch the same chunk twice. Only an order: a peer that claims
+        every chunk delays nothing, since what comes last is still fetched."""
+        src = self._peer(peer)
+        new = set(chunks)
+        for c in new:
+            self._check_chunk(c)
+        if src.state is SourceState.LIVE:
+            src.fetching = new
+
     def remove_peer(self, peer: str) -> list[Request]:
         """Stop using a peer; returns its in-flight requests (back in the pool) to cancel."""
         src = self._peer(peer)
@@ -381,13 +399,22 @@ class Scheduler:
         # 2. Upstream: what no live peer can serve at the chunk's lowest failure level.
         ups = [u for u in self._upstreams if u.state is SourceState.LIVE]
         if any(self._room(u) for u in ups):
-            # In file order from a random start: downloaders sharing a slow upstream fetch
-            # different stretches, which they then trade (a shared order would make them
-            # fetch the same chunks at the same time and have nothing to trade).
-            start, n = self._upstream_start, self.num_chunks
-            cands = sorted(
+            # Stretches in file order, away from what other downloaders are fetching
+            # (swarm/upstream_order.py), so those sharing a slow upstream have chunks to trade.
+            done, rarity = self._done, self._rarity
+            claimed: set[int] = set()
+            for p in self._sources.values():
+                if p.fetching and p.state is SourceState.LIVE:
+                    claimed |= p.fetching
+            cands = upstream_order(
                 (self._pool & self._unheld) | self._pool.intersection(self._fails),
-                key=lambda c: (c - start) % n,
+                self._upstream_follow,
+                shadow_rule(
+                    lambda c: (rarity[c] and not done[c]) or c in claimed,
+                    claimed,
+                    self.config.upstream_max_in_flight,
+                ),
+                self._rng,
             )
             for c in cands:
                 level = self._level(c, levels)
@@ -397,6 +424,7 @@ class Scheduler:
                 u = next(u for u in ups if chunk_fails.get(u.id, 0) == level)
                 if self._room(u):
                     out.append(self._issue(u, c, now))
+                    self._upstream_follow = c + 1
                     if not any(self._room(x) for x in ups):
                         break
 
@@ -828,6 +856,7 @@ class Scheduler:
         if src.state is SourceState.LIVE and src.kind is SourceKind.PEER:
             for c in src.have:
                 self._add_rarity(c, -1)
+        src.fetching = set()
         src.state = state
         dropped = list(src.in_flight)
         for r in dropped:
