@@ -493,8 +493,19 @@ class Scheduler:
         for r in due:
             if self._tracked(r):  # else already dropped with its benched source, and in out
                 out.append(r)
+                self._back_off(r, now)
                 out.extend(self._fail(r, timeout=True))
         return out
+
+    def _back_off(self, req: Request, now: float) -> None:
+        """``req`` timed out: its source's estimate ran ahead of it (completions that come in
+        bursts, as on a link shared with other downloaders, look fast). Back off as TCP's
+        timer does, to at most what the source can have sent since ``req`` was issued, so
+        deadlines catch up with the source instead of expiring every request it serves."""
+        src = self._sources[req.source]
+        if src.throughput is not None:
+            could = len(src.in_flight) * self.chunk_size / max(now - req.issued_at, 1e-9)
+            src.throughput = min(src.throughput / 2, could)
 
     # ---- events --------------------------------------------------------------------------
 

@@ -343,6 +343,30 @@ def test_deadline_follows_measured_throughput_with_floor() -> None:
     assert all(r.deadline == pytest.approx(0.01 + 5.0) for r in fast.next_requests(0.01))
 
 
+def test_timeouts_stretch_deadlines_until_a_source_can_meet_them() -> None:
+    """Two chunks that came back together made the upstream look fast; from then on it needs
+    8 s a chunk (a link shared by other downloaders). Each timeout backs the estimate off,
+    so a deadline soon outlasts a transfer instead of every request expiring at the floor."""
+    s = make(64, upstream_initial_in_flight=2, timeout_floor=1.0, attempts_per_source=20)
+    s.add_upstream("hub")
+    r1, r2 = s.next_requests(0.0)
+    s.on_success(r1, 1.0, CHUNK)
+    s.on_success(r2, 1.01, CHUNK)  # a burst: 1 MiB in 10 ms
+    now, spans = 1.01, []
+    for _ in range(10):  # bounded: each pass is one timeout
+        reqs = s.next_requests(now)
+        if not reqs:
+            break
+        first = min(reqs, key=lambda r: r.deadline)
+        spans.append(first.deadline - first.issued_at)
+        if spans[-1] > 8.0:
+            break
+        now = first.deadline
+        s.expire(now)
+    assert spans[-1] > 8.0, spans
+    assert len(spans) <= 6, spans
+
+
 def test_late_success_after_timeout_is_used() -> None:
     s = make(1, max_duplicates=0)
     s.add_peer("a", {0})
