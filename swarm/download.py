@@ -32,7 +32,7 @@ import httpx
 
 from swarm.budget import ByteBudget
 from swarm.goal import Goal
-from swarm.have import follow_haves
+from swarm.have import claim, follow_haves
 from swarm.ids import content_hasher
 from swarm.manifest import Manifest
 from swarm.scheduler import (
@@ -447,6 +447,14 @@ class _Round:
             self.sched.set_have(pid, set(have))
             self.wake.set()
 
+    def _on_claims(self, pid: str, claims: frozenset[int]) -> None:
+        """A holder still downloading says what it fetches from upstream now: upstream
+        here leaves those chunks for last (swarm/upstream_order.py)."""
+        if pid in self.banned or self.sched is None or pid not in self.sources:
+            return
+        self.sched.set_fetching(pid, claims)
+        self.wake.set()
+
     async def _follow(self, pid: str) -> None:
         peer = self.peers[pid]
         try:
@@ -456,6 +464,7 @@ class _Round:
                 self.pf.n_chunks,
                 self.peer_auth,
                 lambda batch: self._on_have(pid, batch),
+                lambda claims: self._on_claims(pid, claims),
             )
         except SourceError as exc:
             log.debug("haves of %s: %s", pid, exc)
@@ -475,7 +484,10 @@ class _Round:
             if self.holders is None:
                 return
             await anyio.sleep(HAVE_REFRESH_SECONDS)
-            if tick % rounds == 0:
+            # Also at the first tick: a downloader that started with us announced itself
+            # while we looked, and each second both fetch blind is a second of upstream
+            # fetched twice.
+            if tick % rounds == 0 or tick == 1:
                 self._add_holders(await self._discover())
             elif polled := self.partial_peers & self.unfollowable - self.banned:
                 self._add_holders(await self._probe_all([self.peers[p] for p in polled]))
@@ -731,6 +743,7 @@ class _Round:
                 self.on_bytes(req.source, True, len(block))
 
         self.upstream_writing.add(chunk)
+        claim(pf.root, pf.file_id, self.upstream_writing)  # followers fetch other chunks
         try:
             if not pf.has(chunk) and done < end - start:
                 await stream_range(self.client, source, start + done, end, sink)
@@ -738,6 +751,7 @@ class _Round:
             return True, 0
         finally:
             self.upstream_writing.discard(chunk)
+            claim(pf.root, pf.file_id, self.upstream_writing)
         if pf.has(chunk):
             return True, 0
         if pf.finish_streamed(chunk) is None:

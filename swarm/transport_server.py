@@ -41,7 +41,7 @@ from typing import Any
 
 from swarm import portable
 from swarm.choke import ChokeConfig, Decision, UploadChoker
-from swarm.have import HaveFeed, encode_frames
+from swarm.have import CLAIMS_HEADER, HaveFeed, encode_frames
 from swarm.ids import is_file_id
 from swarm.manifest import ManifestError
 from swarm.peer_auth import Verifier, dest_of
@@ -450,7 +450,10 @@ class FrontProtocol(asyncio.Protocol):
                 async for batch in server.manifests.follow(file_id, held.path, alive):
                     transport.write(encode_frames(batch))
             return
-        await self.shared.feed.follow(file_id, server.partial_root, n, transport.write, alive)
+        claims = head.headers.get(CLAIMS_HEADER.lower()) == "1"
+        await self.shared.feed.follow(
+            file_id, server.partial_root, n, transport.write, alive, claims=claims
+        )
 
     async def _blob(self, head: Head, file_id: str) -> bool:
         """Answer one blob request; False when the connection must close after it."""

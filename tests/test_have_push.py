@@ -3,6 +3,7 @@ store records it, from the in-process hook, not from reading its state on a time
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -171,3 +172,101 @@ async def test_a_whole_holder_is_asked_once_a_partial_one_as_it_grows(
         assert (tmp_path / "blob").read_bytes() == data
         assert partial.asked("/have") >= 3  # several refreshes ran meanwhile
         assert whole.asked("/have") == 1
+
+
+async def test_a_follower_that_asks_hears_what_the_holder_fetches_from_upstream(
+    peer, monkeypatch
+) -> None:
+    monkeypatch.setattr(have, "LOCAL_CHECK_SECONDS", 3600.0)  # only the hooks can tell
+    seen: dict[int, bytes] = {}
+    claims: list[frozenset[int]] = []
+    grew = anyio.Event()
+
+    def on_have(batch: dict[int, bytes]) -> None:
+        seen.update(batch)
+        grew.set()
+
+    def on_claims(now: frozenset[int]) -> None:
+        claims.append(now)
+        grew.set()
+
+    async def until(cond: object) -> None:
+        nonlocal grew
+        with anyio.fail_after(10):
+            while not cond():  # type: ignore[operator]
+                await grew.wait()
+                grew = anyio.Event()
+
+    # A follower that did not ask (as one that predates claims) must get none: one claim
+    # frame would end its stream with an error.
+    plain: dict[int, bytes] = {}
+    plain_ended: list[BaseException | None] = []
+
+    async def follow_plain() -> None:
+        try:
+            await follow_haves(peer.addr, peer.part_id, 4, PeerAuth(), plain.update)
+            plain_ended.append(None)
+        except Exception as exc:
+            plain_ended.append(exc)
+
+    auth = PeerAuth()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follow_plain)
+        tg.start_soon(follow_haves, peer.addr, peer.part_id, 4, auth, on_have, on_claims)
+        await until(lambda: {0, 2} <= set(seen))
+        have.claim(peer.partial_root, peer.part_id, {1, 3})
+        await until(lambda: claims and claims[-1] == {1, 3})
+        with PartialFile(peer.partial_root, peer.part_id, SIZE) as pf:
+            start, end = pf.span(1)
+            assert pf.write_chunk(1, peer.part[start:end])
+        # A chunk held is no longer fetched: its have frame ends the claim.
+        await until(lambda: 1 in seen and claims[-1] == {3})
+        have.claim(peer.partial_root, peer.part_id, ())
+        await until(lambda: claims[-1] == frozenset())
+        with anyio.fail_after(10):
+            while 1 not in plain:
+                await anyio.sleep(0.02)
+        assert plain_ended == []  # still following, no frame it could not read
+        tg.cancel_scope.cancel()
+    with anyio.fail_after(10):  # nobody follows: the claim hook is gone too
+        while have.claim_hooks:
+            await anyio.sleep(0.02)
+
+
+async def _serve_frames(frames: bytes) -> tuple[object, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + frames)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "frame, asks",
+    [
+        (have.FRAME.pack(have.CLAIM | 4, bytes(16)), True),  # a claim outside the file
+        (have.FRAME.pack(have.CLAIM | have.RELEASE | 1, bytes(16)), True),  # no such kind
+        (have.FRAME.pack(have.CLAIM | 1, bytes(16)), False),  # a claim nobody asked for
+    ],
+)
+async def test_a_holder_whose_claims_make_no_sense_is_dropped(frame: bytes, asks: bool) -> None:
+    from swarm.sources import PeerAddr, SourceError
+
+    server, port = await _serve_frames(frame)
+    got: list[frozenset[int]] = []
+    try:
+        with pytest.raises(SourceError), anyio.fail_after(10):
+            await follow_haves(
+                PeerAddr("127.0.0.1", port),
+                "a" * 64,
+                4,
+                PeerAuth(),
+                lambda b: None,
+                got.append if asks else None,
+            )
+    finally:
+        server.close()  # type: ignore[attr-defined]
+    assert got == []  # nothing of it reached the scheduler

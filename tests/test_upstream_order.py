@@ -63,32 +63,49 @@ def test_shadowed_chunks_still_come_last() -> None:
 # ---- two downloaders, one slow upstream ------------------------------------------------------
 
 
-def share_a_slow_upstream(seed: int, n: int = 32) -> float:
-    """Two schedulers download one file from a shared upstream serving one chunk per unit of
-    time in all (split evenly between the requests in flight, each request a few percent
+def share_a_slow_upstream(seed: int, n: int = 32, k: int = 2, claims: bool = False) -> float:
+    """``k`` schedulers download one file from a shared upstream serving one chunk per unit
+    of time in all (split evenly between the requests in flight, each request a few percent
     more or less work, as no real link is exactly fair) and from each other in
-    ``PEER_TIME``; each hears of the other's verified chunks at once. Returns the chunks
-    upstream sent, counting the part of any request cancelled midway."""
+    ``PEER_TIME``; each hears of the others' verified chunks at once, and with ``claims`` of
+    what they fetch from upstream. Returns the chunks upstream sent, counting the part of
+    any request cancelled midway."""
     rng = random.Random(seed)
     scheds = [
         Scheduler(n, CHUNK, rng=random.Random(rng.random()), config=SchedulerConfig())
-        for _ in range(2)
+        for _ in range(k)
     ]
     for i, s in enumerate(scheds):
         s.add_upstream("hub")
-        s.add_peer(f"d{1 - i}")
+        for j in range(k):
+            if j != i:
+                s.add_peer(f"d{j}")
     progress: dict[tuple[int, Request], float] = {}  # upstream requests: fraction sent
     peer_due: dict[tuple[int, Request], float] = {}
-    sent, now, dt = 0.0, 0.0, 0.01
-    for _ in range(100_000):  # bounded: 32 chunks at 1 per unit take ~3200 steps
+    sent, now = 0.0, 0.0
+    for _ in range(100_000):  # bounded: each pass is an event (a request starts or ends)
         for i, s in enumerate(scheds):
+            for r in s.expire(now):  # a timeout aborts the transfer (its bytes were sent)
+                progress.pop((i, r), None)
+                peer_due.pop((i, r), None)
             for r in s.next_requests(now):
                 if r.kind is SourceKind.UPSTREAM:
                     progress[(i, r)] = rng.uniform(-0.05, 0.05)
                 else:
                     peer_due[(i, r)] = now + PEER_TIME
+        if claims:
+            for i, s in enumerate(scheds):
+                fetching = [r.chunk for r in s.in_flight if r.kind is SourceKind.UPSTREAM]
+                for j, other in enumerate(scheds):
+                    if j != i:
+                        other.set_fetching(f"d{i}", fetching)
         if all(s.done for s in scheds):
             return sent
+        # On to the next event: a transfer ends, or a deadline passes.
+        events = [due - now for due in peer_due.values()]
+        events += [(1.0 - p) * len(progress) for p in progress.values()]
+        events += [d - now for s in scheds if (d := s.next_deadline) is not None]
+        dt = max(min(events), 1e-6)
         now += dt
         finished: list[tuple[int, Request]] = []
         if progress:
@@ -96,9 +113,9 @@ def share_a_slow_upstream(seed: int, n: int = 32) -> float:
             for key in progress:
                 progress[key] += share
                 sent += share
-                if progress[key] >= 1.0:
+                if progress[key] >= 1.0 - 1e-9:
                     finished.append(key)
-        finished += [key for key, due in peer_due.items() if due <= now]
+        finished += [key for key, due in peer_due.items() if due <= now + 1e-9]
         for i, r in finished:
             progress.pop((i, r), None)
             peer_due.pop((i, r), None)
@@ -106,8 +123,10 @@ def share_a_slow_upstream(seed: int, n: int = 32) -> float:
                 scheds[i].on_cancelled(lost)
                 progress.pop((i, lost), None)
                 peer_due.pop((i, lost), None)
-            other = scheds[1 - i]
-            other.set_have(f"d{i}", [c for c in range(n) if scheds[i].is_done(c)])
+            held = [c for c in range(n) if scheds[i].is_done(c)]
+            for j, other in enumerate(scheds):
+                if j != i:
+                    other.set_have(f"d{i}", held)
     raise AssertionError("the download did not end")
 
 
@@ -120,3 +139,13 @@ def test_two_downloaders_sharing_a_slow_upstream_fetch_each_chunk_about_once() -
     # fetches little more than the file's 32.
     assert max(sent) < 1.5 * 32, sent
     assert statistics.mean(sent) < 1.25 * 32, sent
+
+
+def test_claims_keep_eight_downloaders_off_each_others_chunks() -> None:
+    """Eight nodes of a cluster start the same download at once. What the others fetch
+    is only known from their claims: without them, each jumps into gaps another is
+    already fetching."""
+    with_claims = [share_a_slow_upstream(seed, n=64, k=8, claims=True) for seed in range(4)]
+    without = [share_a_slow_upstream(seed, n=64, k=8) for seed in range(4)]
+    assert statistics.mean(with_claims) < 1.5 * 64, with_claims
+    assert statistics.mean(with_claims) < 0.85 * statistics.mean(without), (with_claims, without)
