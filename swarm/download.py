@@ -452,7 +452,7 @@ class _Round:
         here leaves those chunks for last (swarm/upstream_order.py)."""
         if pid in self.banned or self.sched is None or pid not in self.sources:
             return
-        self.sched.set_fetching(pid, claims)
+        self.sched.set_fetching(pid, claims, anyio.current_time())
         self.wake.set()
 
     async def _follow(self, pid: str) -> None:

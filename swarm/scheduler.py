@@ -91,7 +91,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from swarm.upstream_order import shadow_rule, upstream_order
+from swarm.upstream_order import level_rule, upstream_order
 
 __all__ = [
     "Request",
@@ -215,7 +215,8 @@ class _Source:
     limit: int
     max_limit: int
     have: set[int] = field(default_factory=set)
-    fetching: set[int] = field(default_factory=set)  # a peer's upstream requests, as it says
+    # A peer's upstream requests, as it says: chunk -> when first claimed.
+    fetching: dict[int, float] = field(default_factory=dict)
     state: SourceState = SourceState.LIVE
     in_flight: dict[Request, None] = field(default_factory=dict)  # ordered set
     bytes: int = 0
@@ -328,17 +329,22 @@ class Scheduler:
             self._add_rarity(c, 1)
         src.have = new
 
-    def set_fetching(self, peer: str, chunks: Iterable[int]) -> None:
-        """Replace the chunks a peer says it is fetching from upstream now: upstream here
-        leaves them (and the stretch after them) for last, so downloaders sharing a slow
-        upstream do not fetch the same chunk twice. Only an order: a peer that claims
-        every chunk delays nothing, since what comes last is still fetched."""
+    def set_fetching(self, peer: str, chunks: Iterable[int], now: float) -> None:
+        """Replace the chunks a peer says it is fetching from upstream now. Upstream here
+        leaves them, and the stretch after them, for last (swarm/upstream_order.py), and
+        takes a claimed chunk only once the claim is older than the deadline it would give
+        a request queued behind every claimed chunk: on a shared link a second copy only
+        slows the first. A claim only orders and delays: a peer claiming more than twice
+        the upstream requests this scheduler would make at once breaks the rules those
+        peers follow, and its claims are ignored, so the delay stays bounded."""
         src = self._peer(peer)
         new = set(chunks)
         for c in new:
             self._check_chunk(c)
+        if len(new) > 2 * self.config.upstream_max_in_flight:
+            new = set()
         if src.state is SourceState.LIVE:
-            src.fetching = new
+            src.fetching = {c: src.fetching.get(c, now) for c in new}
 
     def remove_peer(self, peer: str) -> list[Request]:
         """Stop using a peer; returns its in-flight requests (back in the pool) to cancel."""
@@ -402,15 +408,16 @@ class Scheduler:
             # Stretches in file order, away from what other downloaders are fetching
             # (swarm/upstream_order.py), so those sharing a slow upstream have chunks to trade.
             done, rarity = self._done, self._rarity
-            claimed: set[int] = set()
+            claimed: dict[int, float] = {}  # chunk -> since when
             for p in self._sources.values():
                 if p.fetching and p.state is SourceState.LIVE:
-                    claimed |= p.fetching
+                    for c, since in p.fetching.items():
+                        claimed[c] = min(since, claimed.get(c, since))
             cands = upstream_order(
                 (self._pool & self._unheld) | self._pool.intersection(self._fails),
                 self._upstream_follow,
-                shadow_rule(
-                    lambda c: (rarity[c] and not done[c]) or c in claimed,
+                level_rule(
+                    lambda c: rarity[c] and not done[c],
                     claimed,
                     self.config.upstream_max_in_flight,
                 ),
@@ -422,6 +429,10 @@ class Scheduler:
                     continue
                 chunk_fails = self._fails.get(c, {})
                 u = next(u for u in ups if chunk_fails.get(u.id, 0) == level)
+                if c in claimed and now - claimed[c] < self._timeout(u, len(claimed) + 1):
+                    # Another is fetching it, and the link has not had the time it needs for
+                    # every claimed chunk (and one of ours) yet: a copy would only slow both.
+                    continue
                 if self._room(u):
                     out.append(self._issue(u, c, now))
                     self._upstream_follow = c + 1
@@ -867,7 +878,7 @@ class Scheduler:
         if src.state is SourceState.LIVE and src.kind is SourceKind.PEER:
             for c in src.have:
                 self._add_rarity(c, -1)
-        src.fetching = set()
+        src.fetching = {}
         src.state = state
         dropped = list(src.in_flight)
         for r in dropped:

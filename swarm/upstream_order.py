@@ -1,24 +1,33 @@
 """The order in which a downloader takes from upstream the chunks no peer can give it.
 
 Plain code without I/O, used by the scheduler (rule 2 of swarm/scheduler.py). The problem:
-several downloaders of one file share a slow upstream (a lab's internet link) and trade
-what each fetched. They cannot see each other's requests, only each other's verified
-chunks, so every chunk two of them fetch at once is fetched twice. Fetching in file order
-keeps the running whole-file hash fed; a random start alone is not enough, since two starts
-a few chunks apart make the two fetch the same stretch side by side to the end.
+several downloaders of one file share a slow upstream (a lab's internet link, the nodes of
+a cluster starting one model) and trade what each fetched. Every chunk two of them fetch
+at once crosses that link twice. Fetching in file order keeps the running whole-file hash
+fed; a random start alone is not enough, since two starts a few chunks apart make the two
+fetch the same stretch side by side to the end.
 
-The rule:
+Each candidate chunk has a level:
+
+- 2, *claimed*: a peer says it is fetching it from upstream now (swarm/have.py).
+- 1, *shadowed*: among the ``window`` chunks before it, a peer holds or claims one this
+  downloader lacks: that peer is probably fetching the chunks just after (``window`` is
+  about its upstream requests in flight). Two downloaders fetching side by side find out
+  this way as soon as either verifies a chunk before the other.
+- 0, clear.
+
+The order:
 
 1. Keep going: the chunk after the last one this downloader took from upstream, while it
-   is a candidate and not *shadowed*.
-2. A chunk is shadowed when, among the ``window`` chunks before it, a peer holds one this
-   downloader has not verified yet: that peer is probably fetching the chunks just after
-   it (``window`` is about its upstream requests in flight). Two downloaders fetching side
-   by side find out this way as soon as either verifies a chunk before the other.
-3. Otherwise jump into the largest run of candidates that are not shadowed, at a random
-   point of its middle half (a fixed midpoint would send two downloaders that jump at the
-   same moment to the same chunk), and keep going from there; then the rest of that run.
-4. Shadowed candidates last, in file order: they are still fetched if nobody else does.
+   is clear.
+2. Else jump into the largest run of clear chunks, at a random point of its middle half (a
+   fixed midpoint would send two downloaders that jump at the same moment to the same
+   chunk), and keep going from there; then the rest of that run; then the next run.
+3. Then shadowed chunks, then claimed ones, each in file order from a random chunk (all
+   from the first chunk would make every downloader pick the same one). They are still
+   fetched if nobody else does: a claim only orders, so a peer claiming every chunk
+   delays nothing. (The scheduler also takes a claimed chunk only while it has no other
+   upstream request in flight.)
 """
 
 from __future__ import annotations
@@ -26,47 +35,58 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Collection, Iterator
 
-__all__ = ["shadow_rule", "upstream_order"]
+__all__ = ["CLAIMED", "CLEAR", "SHADOWED", "level_rule", "upstream_order"]
+
+CLEAR, SHADOWED, CLAIMED = 0, 1, 2
 
 
-def shadow_rule(
-    is_caster: Callable[[int], object], claimed: Collection[int], window: int
-) -> Callable[[int], bool]:
-    """Rules 2 and 3 as a predicate: a chunk is shadowed when a peer claims it, or when one
-    of the ``window`` chunks before it is a caster (held or claimed by a peer, not yet
-    verified here)."""
+def level_rule(
+    lacks_held: Callable[[int], object], claimed: Collection[int], window: int
+) -> Callable[[int], int]:
+    """Each chunk's level, as the module docstring says. ``lacks_held(c)``: a peer holds
+    ``c`` and this downloader has not verified it."""
 
-    def is_shadowed(c: int) -> bool:
-        return c in claimed or any(is_caster(x) for x in range(max(0, c - window), c))
+    def level(c: int) -> int:
+        if c in claimed:
+            return CLAIMED
+        for x in range(max(0, c - window), c):
+            if x in claimed or lacks_held(x):
+                return SHADOWED
+        return CLEAR
 
-    return is_shadowed
+    return level
 
 
 def upstream_order(
     candidates: Collection[int],
     follow: int | None,
-    is_shadowed: Callable[[int], bool],
+    level: Callable[[int], int],
     rng: random.Random,
 ) -> Iterator[int]:
-    """Every candidate once, in the order of the module docstring's rule. ``follow`` is the
-    chunk after the one last taken from upstream (None before the first). Lazy, and the
-    runs are only looked for once the stretch being followed ends: the caller usually takes
-    one or two chunks per call."""
+    """Every candidate once, in the order of the module docstring. ``follow`` is the chunk
+    after the one last taken from upstream (None before the first). Lazy, and the runs are
+    only looked for once the stretch being followed ends: the caller usually takes one or
+    two chunks per call."""
     left = set(candidates)
     nxt = follow
-    while nxt is not None and nxt in left and not is_shadowed(nxt):
+    while nxt is not None and nxt in left and level(nxt) == CLEAR:
         left.discard(nxt)
         yield nxt
         nxt += 1
-    clear = [c for c in sorted(left) if not is_shadowed(c)]
-    for start, end in sorted(_runs(clear), key=_longest_first):
+    by_level: dict[int, list[int]] = {CLEAR: [], SHADOWED: [], CLAIMED: []}
+    for c in sorted(left):
+        by_level[level(c)].append(c)
+    for start, end in sorted(_runs(by_level[CLEAR]), key=_longest_first):
         length = end - start
         first = start + length // 4 + rng.randrange(length // 2 + 1) if length > 1 else start
         first = min(first, end - 1)
-        for c in (*range(first, end), *range(start, first)):
-            left.discard(c)
-            yield c
-    yield from sorted(left)
+        yield from range(first, end)
+        yield from range(start, first)
+    for lower in (by_level[SHADOWED], by_level[CLAIMED]):
+        if lower:
+            pivot = rng.randrange(len(lower))
+            yield from lower[pivot:]
+            yield from lower[:pivot]
 
 
 def _runs(chunks: list[int]) -> list[tuple[int, int]]:

@@ -7,13 +7,13 @@ import random
 import statistics
 
 from swarm.scheduler import Request, Scheduler, SchedulerConfig, SourceKind
-from swarm.upstream_order import shadow_rule, upstream_order
+from swarm.upstream_order import CLEAR, level_rule, upstream_order
 
 CHUNK = 1 << 20
 
 
-def never(c: int) -> bool:
-    return False
+def never(c: int) -> int:
+    return CLEAR
 
 
 def test_a_stretch_is_followed_in_file_order() -> None:
@@ -24,15 +24,15 @@ def test_a_stretch_is_followed_in_file_order() -> None:
 def test_every_candidate_comes_once() -> None:
     cands = {0, 1, 2, 5, 6, 9, 14, 15, 16, 17}
     for seed in range(20):
-        shadow = shadow_rule(lambda c: c in (4, 13), {13}, 3)
+        shadow = level_rule(lambda c: c in (4, 13), {13}, 3)
         got = list(upstream_order(cands, 1, shadow, random.Random(seed)))
         assert sorted(got) == sorted(cands)
 
 
 def test_a_peer_holding_what_comes_just_before_sends_us_elsewhere() -> None:
     # A peer verified chunk 9, which we lack: it is probably fetching 10, 11, ... now.
-    shadow = shadow_rule(lambda c: c == 9, (), 4)
-    assert [shadow(c) for c in range(8, 15)] == [False, False, True, True, True, True, False]
+    shadow = level_rule(lambda c: c == 9, (), 4)
+    assert [shadow(c) for c in range(8, 15)] == [0, 0, 1, 1, 1, 1, 0]
     cands = set(range(10, 40))
     for seed in range(20):
         first = next(upstream_order(cands, 10, shadow, random.Random(seed)))
@@ -42,9 +42,9 @@ def test_a_peer_holding_what_comes_just_before_sends_us_elsewhere() -> None:
 
 def test_what_a_peer_fetches_and_the_stretch_after_it_come_last() -> None:
     claimed = {4, 5}  # a peer says it is fetching these from upstream now
-    shadow = shadow_rule(lambda c: c in claimed, claimed, 2)
+    shadow = level_rule(lambda c: False, claimed, 2)
     got = list(upstream_order(set(range(12)), 3, shadow, random.Random(0)))
-    assert got[:1] == [3] and set(got[-4:]) == {4, 5, 6, 7}
+    assert got[:1] == [3] and set(got[-4:]) == {4, 5, 6, 7} and set(got[-2:]) == claimed
 
 
 def test_jumps_land_apart_so_two_that_jump_at_once_rarely_meet() -> None:
@@ -56,8 +56,14 @@ def test_jumps_land_apart_so_two_that_jump_at_once_rarely_meet() -> None:
 
 def test_shadowed_chunks_still_come_last() -> None:
     # A partial holder that stopped: what follows its chunks is fetched all the same.
-    shadow = shadow_rule(lambda c: c < 5, (), 8)
-    assert list(upstream_order({5, 6, 7}, 5, shadow, random.Random(0))) == [5, 6, 7]
+    shadow = level_rule(lambda c: c < 5, (), 8)
+    firsts = set()
+    for seed in range(16):
+        got = list(upstream_order(set(range(5, 12)), 5, shadow, random.Random(seed)))
+        assert sorted(got) == list(range(5, 12))
+        firsts.add(got[0])
+    # ... from a random chunk: downloaders left with only such chunks pick different ones
+    assert len(firsts) > 3
 
 
 # ---- two downloaders, one slow upstream ------------------------------------------------------
@@ -98,7 +104,7 @@ def share_a_slow_upstream(seed: int, n: int = 32, k: int = 2, claims: bool = Fal
                 fetching = [r.chunk for r in s.in_flight if r.kind is SourceKind.UPSTREAM]
                 for j, other in enumerate(scheds):
                     if j != i:
-                        other.set_fetching(f"d{i}", fetching)
+                        other.set_fetching(f"d{i}", fetching, now)
         if all(s.done for s in scheds):
             return sent
         # On to the next event: a transfer ends, or a deadline passes.
@@ -149,3 +155,22 @@ def test_claims_keep_eight_downloaders_off_each_others_chunks() -> None:
     without = [share_a_slow_upstream(seed, n=64, k=8) for seed in range(4)]
     assert statistics.mean(with_claims) < 1.5 * 64, with_claims
     assert statistics.mean(with_claims) < 0.85 * statistics.mean(without), (with_claims, without)
+
+
+def test_a_claimed_chunk_waits_for_its_claimer_then_for_nobody() -> None:
+    s = Scheduler(4, CHUNK, rng=random.Random(0), config=SchedulerConfig(timeout_initial=30.0))
+    s.add_upstream("hub")
+    s.add_peer("other")
+    s.set_fetching("other", [0, 1, 2, 3], 0.0)  # it fetches the whole file already
+    assert s.next_requests(0.0) == []  # a second copy would only slow its copy down
+    assert s.next_requests(29.0) == []
+    late = s.next_requests(31.0)  # older than the deadline of a request of ours
+    assert late and all(r.source == "hub" for r in late)
+
+
+def test_a_peer_claiming_more_than_any_honest_one_fetches_is_not_believed() -> None:
+    s = Scheduler(64, CHUNK, rng=random.Random(0), config=SchedulerConfig())
+    s.add_upstream("hub")
+    s.add_peer("liar")
+    s.set_fetching("liar", range(64), 0.0)
+    assert s.next_requests(0.0)  # upstream goes ahead at once
