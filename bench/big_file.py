@@ -12,7 +12,6 @@ if twice the size fits in RAM. The bound is the reference; also printed: MB/s an
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
@@ -25,8 +24,7 @@ BOUND = 150e6  # bytes: the issue's bound on each daemon's peak RSS
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="10G", help="file size (10G)")
+    ap = h.arguments(__doc__, size="10G")
     args = ap.parse_args()
     size: int = args.size
     free = shutil.disk_usage(h.SCRATCH_ROOT if h.SCRATCH_ROOT.exists() else "/").free

@@ -11,7 +11,6 @@ counters (they must show the file: the daemon did the transfer).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -22,8 +21,7 @@ NAME = "model.safetensors"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="1G", help="file size (default 1G)")
+    ap = h.arguments(__doc__, size="1G")
     args = ap.parse_args()
     size: int = args.size
     src = h.cached_random_file(size)

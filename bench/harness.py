@@ -8,6 +8,7 @@ on loopback with a temporary config, and the LocalHub from tests/localhub.py.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -49,6 +50,17 @@ COMMIT = "be7c4" + "0" * 35  # the commit seeds claim, so peers can answer for i
 
 
 # -- small things -------------------------------------------------------------------
+
+
+def arguments(
+    doc: str | None, *, size: str | None = None, what: str = "file size"
+) -> argparse.ArgumentParser:
+    """The argument parser every script starts with: its docstring's first line as the
+    description, and ``--size`` (binary units, ``size`` by default) when it takes one."""
+    ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    if size is not None:
+        ap.add_argument("--size", type=parse_size, default=size, help=f"{what} ({size})")
+    return ap
 
 
 def parse_size(text: str) -> int:
@@ -334,6 +346,12 @@ class SwarmRun:
     @property
     def ok(self) -> bool:
         return all(rc == 0 for rc in self.returncodes)
+
+    def print_failures(self) -> None:
+        """The end of each failed downloader's log."""
+        for log, rc in zip(self.logs, self.returncodes, strict=True):
+            if rc:
+                print("--- failed downloader:\n" + log[-1500:])
 
 
 def swarm_download(

@@ -20,7 +20,6 @@ raw speed of the hash(es) the step must compute.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import time
 from collections.abc import Callable
@@ -62,8 +61,7 @@ def read_file(path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="512M", help="bytes hashed (512M)")
+    ap = h.arguments(__doc__, size="512M", what="bytes hashed")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, best kept (3)")
     ap.add_argument("--publish", action="store_true", help="copy the plot to bench/plots/")
     args = ap.parse_args()

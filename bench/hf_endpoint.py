@@ -19,7 +19,6 @@ The passes alternate curl and the clients; every copy is removed after each.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -48,8 +47,7 @@ def run_client(dl: h.Node, cache: Path) -> h.CliRun:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="1G", help="file size (default 1G)")
+    ap = h.arguments(__doc__, size="1G")
     ap.add_argument("--repeat", type=int, default=3, help="passes (default 3)")
     ap.add_argument("--publish", action="store_true", help="copy the plot to bench/plots/")
     args = ap.parse_args()

@@ -16,7 +16,6 @@ how many bytes came from the seed vs from other downloaders.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -43,8 +42,7 @@ def make_repo(size: int) -> dict[str, Path]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="128M", help="repo size (128M)")
+    ap = h.arguments(__doc__, size="128M", what="repo size")
     ap.add_argument("--seed-rate", type=h.parse_size, default="8M", help="seed bytes/s (8M)")
     ap.add_argument("--downloaders", type=int, default=8, help="downloaders at once (8)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds (1800)")
@@ -149,10 +147,7 @@ def main() -> None:
         f"{res['downloader_daemon_peak_rss_MiB']} MiB, CLIs up to "
         f"{res['downloader_cli_peak_rss_MiB']} MiB"
     )
-    if correct < n:
-        for log, rc in zip(run.logs, run.returncodes, strict=True):
-            if rc:
-                print("--- failed downloader:\n" + log[-1500:])
+    run.print_failures()
 
     fig, (ax1, ax2) = h.subplots(
         f"{n} downloaders x {size / h.MIB:.0f} MiB, seed at {rate / h.MIB:g} MiB/s", 2

@@ -18,7 +18,6 @@ peak RSS of the daemons and of the downloader.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +94,7 @@ def run_layout(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="256M", help="file size (256M)")
+    ap = h.arguments(__doc__, size="256M")
     ap.add_argument("--peer-rate", type=h.parse_size, default="8M", help="bytes/s per peer (8M)")
     ap.add_argument("--hub-rate", type=h.parse_size, default="8M", help="hub bytes/s (8M)")
     ap.add_argument("--layout", choices=["full", "split", "both"], default="both")

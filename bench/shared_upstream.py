@@ -15,7 +15,6 @@ when every chunk crosses the link once).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 from collections import Counter
@@ -31,8 +30,7 @@ NAME = "model.safetensors"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="128M", help="file size (128M)")
+    ap = h.arguments(__doc__, size="128M")
     ap.add_argument("--hub-rate", type=h.parse_size, default="16M", help="hub bytes/s (16M)")
     ap.add_argument("--downloaders", type=int, default=8, help="downloaders at once (8)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds (1800)")
@@ -97,10 +95,7 @@ def main() -> None:
         f"  time / (size / hub rate) = {res['time_over_size_per_rate']:.2f} "
         f"(bound {bound:.1f} s); per downloader {res['finish']}"
     )
-    if correct < n:
-        for log, rc in zip(run.logs, run.returncodes, strict=True):
-            if rc:
-                print("--- failed downloader:\n" + log[-1500:])
+    run.print_failures()
 
 
 if __name__ == "__main__":

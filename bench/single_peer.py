@@ -24,7 +24,6 @@ and CPU s per GiB (the downloader counts its CLI and the daemon's work during th
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 from pathlib import Path
@@ -36,8 +35,7 @@ NAME = "model.safetensors"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="1G", help="file size (default 1G)")
+    ap = h.arguments(__doc__, size="1G")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side (default 3)")
     ap.add_argument("--cold", action="store_true", help="the seed builds its manifest in pass 1")
     ap.add_argument("--publish", action="store_true", help="copy the plot to bench/plots/")

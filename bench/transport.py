@@ -10,7 +10,6 @@ a download does per chunk, without the driver (scheduler, holders, whole-file ha
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
@@ -49,8 +48,7 @@ def cpu() -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="512M")
+    ap = h.arguments(__doc__, size="512M")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--depth", type=int, default=8, help="requests in flight (default 8)")
     args = ap.parse_args()

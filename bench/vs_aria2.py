@@ -11,7 +11,6 @@ checked against the sha256. Prints the time of each and the ratio.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 from pathlib import Path
@@ -23,8 +22,7 @@ NAME = "model.safetensors"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="256M", help="file size (256M)")
+    ap = h.arguments(__doc__, size="256M")
     ap.add_argument("--throttle", type=h.parse_size, default="32M", help="hub bytes/s (32M)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of each side (2)")
     ap.add_argument("--publish", action="store_true", help="copy the plot to bench/plots/")

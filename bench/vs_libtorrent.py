@@ -16,7 +16,6 @@ Measured: time until every downloader has the whole file (checked), and the rati
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -140,8 +139,7 @@ def run_hffs(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", type=h.parse_size, default="256M", help="file size (256M)")
+    ap = h.arguments(__doc__, size="256M")
     ap.add_argument("--downloaders", type=int, default=3, help="downloading peers (3)")
     ap.add_argument("--seed-rate", type=h.parse_size, default="0", help="seed bytes/s, 0 = none")
     ap.add_argument("--timeout", type=float, default=900.0, help="per side, seconds (900)")
