@@ -16,8 +16,9 @@ is fetching from upstream now: a frame whose index has bit 31 set claims that ch
 bit 30 releases the claim (a have frame of the chunk ends it too); their digest field
 is zero. Downloaders sharing a slow upstream leave each other's claims for last
 (swarm/upstream_order.py), so each chunk crosses that link about once. A claim only
-orders: a peer that claims every chunk delays nothing. Holders that predate claims
-ignore the header and send haves only.
+orders and delays, by one deadline at most, and a peer claiming more than an honest one
+fetches at once is not believed (swarm/scheduler.py, ``set_fetching``). Holders that
+predate claims ignore the header and send haves only.
 
 Holders learn of new chunks the moment they are recorded: ``HaveFeed`` hooks
 ``swarm.store.chunk_hooks`` (a download in this process), so a follower hears of a

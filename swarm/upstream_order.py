@@ -25,9 +25,9 @@ The order:
    chunk), and keep going from there; then the rest of that run; then the next run.
 3. Then shadowed chunks, then claimed ones, each in file order from a random chunk (all
    from the first chunk would make every downloader pick the same one). They are still
-   fetched if nobody else does: a claim only orders, so a peer claiming every chunk
-   delays nothing. (The scheduler also takes a claimed chunk only while it has no other
-   upstream request in flight.)
+   fetched if nobody else does. (The scheduler takes a claimed chunk only once the claim
+   has outlived a deadline, and does not believe a peer that claims too many: see
+   ``Scheduler.set_fetching``.)
 """
 
 from __future__ import annotations
