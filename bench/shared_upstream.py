@@ -24,6 +24,7 @@ from typing import Any
 import harness as h
 
 from swarm.chunking import chunk_size_for
+from swarm.peer_server import parse_range
 
 REPO = "org/cluster-start"
 NAME = "model.safetensors"
@@ -61,9 +62,10 @@ def main() -> None:
         crossed: dict[int, float] = {}
         chunk = chunk_size_for(size)
         for r in hub.records:
-            if r.range and r.bytes_sent:
-                start = int(r.range.split("=")[1].split("-")[0])
-                crossed[start // chunk] = crossed.get(start // chunk, 0.0) + r.bytes_sent / chunk
+            span = parse_range(r.range, size) if r.bytes_sent else None
+            if span is not None:
+                first = span[0] // chunk
+                crossed[first] = crossed.get(first, 0.0) + r.bytes_sent / chunk
         between = sum(d.status()["bytes_up"] for d in downloaders)
 
     bound = size / rate
