@@ -220,7 +220,10 @@ class Held:
 
 def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | None:
     """Blocking: find a complete copy, else a partial one with a sane state; content the
-    index does not share is not held, as far as peers can tell."""
+    index does not share is not held, as far as peers can tell. A download that has no
+    chunk yet is held too, with an empty bitmap (BitTorrent's empty bitfield): it
+    announced itself as it started, and downloaders starting with it follow its haves
+    stream from then on (its claims first) instead of finding it a refresh later."""
     if not index.shares(file_id):
         return None
     path = index.complete_path(file_id)
@@ -234,7 +237,7 @@ def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | Non
     if state is None:
         return None
     size, have = state
-    if len(have) != chunk_count(size, chunk_size_for(size)) or not any(have):
+    if len(have) != chunk_count(size, chunk_size_for(size)):
         return None
     part = partial_root / f"{file_id}.part"
     try:

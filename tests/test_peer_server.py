@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
+from swarm import portable
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.manifest import Manifest, build_manifest, chunk_digest
 from swarm.peer_server import (
@@ -248,6 +249,28 @@ async def test_a_partial_file_serves_only_verified_chunks(swarm: Swarm) -> None:
         assert m.digests[0] == chunk_digest(data[:MIN_CHUNK_SIZE])
         assert m.digests[1] is None
         assert m.digests[2] == chunk_digest(data[2 * MIN_CHUNK_SIZE :])
+
+
+async def test_a_download_with_no_chunk_yet_is_a_holder_of_nothing(swarm: Swarm) -> None:
+    """It announced itself as it started, so downloaders starting with it find it at
+    once: it answers with an empty bitmap and a manifest of no digest (BitTorrent's empty
+    bitfield), and serves no byte until a chunk verifies, not even bytes already
+    written in place."""
+    data = _data(3)
+    fid = hashlib.sha256(data).hexdigest()
+    with PartialFile(swarm.partial_root, fid, SIZE) as pf:
+        portable.pwrite(pf.fileno(), data, 0)  # landed in place, not verified: not held
+    async with swarm.client() as c:
+        r = await c.get(f"/v1/blobs/{fid}/have")
+        assert r.status_code == 200
+        assert decode_have(r.content, 3) == [False, False, False]
+        r = await c.get(f"/v1/blobs/{fid}/manifest")
+        assert Manifest.from_json(r.content, file_id=fid, size=SIZE).digests == (None,) * 3
+        for span in ("bytes=0-99", f"bytes={MIN_CHUNK_SIZE}-", "bytes=-1"):
+            r = await c.get(f"/v1/blobs/{fid}", headers={"Range": span})
+            assert r.status_code == 416
+            assert data[:16] not in r.content
+        assert (await c.get(f"/v1/blobs/{fid}")).status_code == 404
 
 
 async def test_manifest_and_have_of_a_complete_file(swarm: Swarm) -> None:
