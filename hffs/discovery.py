@@ -61,6 +61,10 @@ class SavedPeers:
         # Every saved peer is a candidate: the downloader asks each for its bitmap anyway.
         return [{"host": p.host, "port": p.port, "source": "peer"} for p in self.cfg.peers]
 
+    async def holder_news(self, file_id: str, seen: int) -> int:
+        await anyio.sleep_forever()  # no DHT node here: nobody announces to us
+        return seen
+
     async def announce(
         self, file_ids: list[str], repos: list[tuple[str, str, str]], wait: bool
     ) -> int | None:

@@ -86,6 +86,11 @@ class SwarmView(Protocol):
         """Who holds a file, for a download (``{"host", "port"}`` each); may be cached."""
         ...
 
+    async def holder_news(self, file_id: str, seen: int) -> int:
+        """Returns once more holders of the file announced themselves than the ``seen``
+        it returned last (0 at first): ``holders`` names them now. The new count."""
+        ...
+
     async def announce(
         self, file_ids: list[str], repos: list[tuple[str, str, str]], wait: bool
     ) -> int | None: ...
@@ -101,6 +106,9 @@ class DaemonHolders:
     async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
         found = await self.view.holders(file_id, fresh=fresh)
         return list(dict.fromkeys(PeerAddr(p["host"], p["port"]) for p in found))
+
+    async def news(self, file_id: str, seen: int) -> int:
+        return await self.view.holder_news(file_id, seen)
 
     async def announce_partial(self, file_id: str) -> None:
         await self.view.announce([file_id], [], False)

@@ -40,7 +40,6 @@ from swarm.scheduler import (
     Scheduler,
     SchedulerConfig,
     SourceKind,
-    SourceState,
     State,
 )
 from swarm.sources import (
@@ -61,6 +60,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 2.0  # how often the holder list is asked for (Holders may answer from a cache)
 HAVE_REFRESH_SECONDS = 0.5  # how often holders still downloading are asked what they have
+NEWS_GAP = 0.25  # news of holders is acted on at most this often (announcements can flood)
 TICK_SECONDS = 0.25  # upper bound on how long a timed-out request goes unnoticed
 MAX_ROUNDS = 4  # attempts at one file: replans and failed whole-file checks
 MEMORY_BUDGET = 64 << 20  # bytes of peer chunks in flight (a file's own budget, when not shared)
@@ -113,6 +113,12 @@ class Holders(Protocol):
     async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
         """Who holds ``file_id``; may answer from a cache unless ``fresh`` (every holder
         known failed or left: look again)."""
+        ...
+
+    async def news(self, file_id: str, seen: int) -> int:
+        """Returns once more holders announced themselves than the ``seen`` count it
+        returned last (0 at first), with the new count: a download then looks at once
+        instead of at its next refresh."""
         ...
 
     async def announce_partial(self, file_id: str) -> None: ...
@@ -387,12 +393,9 @@ class _Round:
         return Trust.vouchers(self.peer_digests, trusted.digests if trusted else None)
 
     def _no_live_peer(self) -> bool:
-        if self.sched is None:
-            return True
-        return not any(
-            s.kind is SourceKind.PEER and s.state is SourceState.LIVE
-            for s in self.sched.stats.values()
-        )
+        """No peer that answers holds a chunk (one just starting, as we are, holds none):
+        the next lookup may ask the DHT afresh."""
+        return self.sched is None or not self.sched.live_peer_holds_any()
 
     async def _discover(self) -> dict[str, set[int]]:
         """Ask for holders, probe each (new or known) for its bitmap, keep those we trust."""
@@ -491,6 +494,18 @@ class _Round:
                 self._add_holders(await self._discover())
             elif polled := self.partial_peers & self.unfollowable - self.banned:
                 self._add_holders(await self._probe_all([self.peers[p] for p in polled]))
+
+    async def _news_loop(self) -> None:
+        """Holders that announced themselves since we looked (downloaders starting with
+        us) are probed at once, not at the next refresh: each second two downloaders
+        fetch blind is a second of upstream fetched twice. At most every NEWS_GAP."""
+        if self.holders is None:
+            return
+        seen = 0
+        while True:
+            seen = await self.holders.news(self.pf.file_id, seen)
+            self._add_holders(await self._discover())
+            await anyio.sleep(NEWS_GAP)
 
     # -- requests ------------------------------------------------------------
 
@@ -838,6 +853,7 @@ class _Round:
             self.tg = tg
             self._add_holders(found)
             tg.start_soon(self._refresh_loop)
+            tg.start_soon(self._news_loop)
             tg.start_soon(self.running_hash.run)
             try:
                 await self._drive(sched)

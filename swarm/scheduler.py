@@ -638,6 +638,13 @@ class Scheduler:
     def in_endgame(self) -> bool:
         return self._endgame({})
 
+    def live_peer_holds_any(self) -> bool:
+        """Whether a live peer holds a chunk (a downloader just starting holds none)."""
+        return any(
+            s.kind is SourceKind.PEER and s.state is SourceState.LIVE and s.have
+            for s in self._sources.values()
+        )
+
     @property
     def stats(self) -> dict[str, SourceStats]:
         """Per-source counters, in the order sources were added."""

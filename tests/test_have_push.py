@@ -4,6 +4,7 @@ store records it, from the in-process hook, not from reading its state on a time
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import subprocess
 import sys
@@ -154,6 +155,10 @@ async def test_a_whole_holder_is_asked_once_a_partial_one_as_it_grows(
         async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
             return [PeerAddr(p.host, p.port) for p in (whole, partial)]
 
+        async def news(self, file_id: str, seen: int) -> int:
+            await anyio.sleep_forever()
+            return seen
+
         async def announce_partial(self, file_id: str) -> None:
             pass
 
@@ -172,6 +177,81 @@ async def test_a_whole_holder_is_asked_once_a_partial_one_as_it_grows(
         assert (tmp_path / "blob").read_bytes() == data
         assert partial.asked("/have") >= 3  # several refreshes ran meanwhile
         assert whole.asked("/have") == 1
+
+
+async def test_a_holder_that_announces_itself_is_asked_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Push, not poll, for holders too: one that announces itself while we download
+    (another downloader starting with us, a seed coming up) is probed when the news
+    comes, not at the next refresh. Refreshes are an hour apart here, so only the news
+    can find the holder of the chunks the first one lacks; without it the download
+    gives up on them (STUCK_GRACE)."""
+    import hashlib
+
+    import httpx
+
+    from swarm import download
+    from swarm.chunking import MIN_CHUNK_SIZE
+    from swarm.sources import PeerAddr
+    from tests.hostile import FakePeer, manifest_of
+
+    monkeypatch.setattr(download, "REFRESH_SECONDS", 3600.0)
+    monkeypatch.setattr(download, "HAVE_REFRESH_SECONDS", 3600.0)
+    data = random.Random(4).randbytes(8 * MIN_CHUNK_SIZE)
+    fid = hashlib.sha256(data).hexdigest()
+    right = manifest_of(fid, data)
+    partial = FakePeer("127.0.0.4", fid, data, manifest=right, have=[i < 4 for i in range(8)])
+    late = FakePeer("127.0.0.5", fid, data, manifest=right)
+
+    class Announcing:
+        def __init__(self) -> None:
+            self.listed = [partial]
+            self.count = 0
+            self.changed = anyio.Event()
+
+        async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
+            return [PeerAddr(p.host, p.port) for p in self.listed]
+
+        async def news(self, file_id: str, seen: int) -> int:
+            while self.count <= seen:
+                await self.changed.wait()
+                self.changed = anyio.Event()
+            return self.count
+
+        def announce(self, peer: FakePeer) -> None:
+            self.listed.append(peer)
+            self.count += 1
+            self.changed.set()
+
+        async def announce_partial(self, file_id: str) -> None:
+            pass
+
+    holders = Announcing()
+    with partial, late:
+        async with (
+            httpx.AsyncClient(trust_env=False, timeout=5) as client,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(
+                functools.partial(
+                    download.download_file,
+                    fid,
+                    len(data),
+                    dest=tmp_path / "blob",
+                    store_root=tmp_path / "partial",
+                    upstream=[],
+                    client=client,
+                    holders=holders,
+                )
+            )
+            with anyio.fail_after(10):
+                while not partial.asked("/have"):
+                    await anyio.sleep(0.01)
+            holders.announce(late)
+        assert (tmp_path / "blob").read_bytes() == data
+        assert late.asked("/have") == 1
+        assert late.blob_requests >= 4  # the chunks only it holds came from it
 
 
 async def test_a_follower_that_asks_hears_what_the_holder_fetches_from_upstream(

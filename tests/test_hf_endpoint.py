@@ -526,6 +526,10 @@ class QuietSwarm:
     async def holders(self, file_id: str, *, fresh: bool = False) -> list[dict[str, Any]]:
         return []
 
+    async def holder_news(self, file_id: str, seen: int) -> int:
+        await anyio.sleep_forever()
+        return seen
+
     async def announce(
         self, file_ids: list[str], repos: list[tuple[str, str, str]], wait: bool
     ) -> int | None:

@@ -142,3 +142,44 @@ def test_a_dht_node_names_the_new_holder() -> None:
 
     port = anyio.run(main, backend="asyncio")
     assert heard == [(key, "127.0.0.1", port)]
+
+
+def test_holders_announced_during_a_crawl_join_its_answer_and_news_counts_them() -> None:
+    """A downloader that starts with others crawls while they announce: their records
+    reach this node after the crawl asked, so they are kept aside and join its answer.
+    ``news`` returns as soon as the cached answer gained holders since the caller's last
+    count (no edge is missed between two calls) and not before."""
+    key = lookup_key(("file", "a"))
+    lookups_box: list[Lookups] = []
+
+    async def crawl(query: tuple[str, ...]) -> list[dict[str, object]]:
+        lookups_box[0].new_holder(key, ("127.0.0.4", 4))  # arrives mid-crawl
+        lookups_box[0].new_holder(key, ("127.0.0.2", 1))  # the crawl found it too
+        return [{"host": "127.0.0.2", "port": 1}]
+
+    async def main() -> tuple[list[dict[str, object]], list[int], bool]:
+        lookups = Lookups(crawl, clock=lambda: 0.0)
+        lookups_box.append(lookups)
+        found = await lookups.get(("file", "a"))
+        counts = [await lookups.news(("file", "a"), 0)]  # the mid-crawl one: at once
+        waiting = True
+        async with anyio.create_task_group() as tg:
+
+            async def wait() -> None:
+                nonlocal waiting
+                counts.append(await lookups.news(("file", "a"), counts[0]))
+                waiting = False
+
+            tg.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            blocked = waiting  # nothing new: still waiting
+            lookups.new_holder(key, ("127.0.0.4", 4))  # known already: no news
+            await anyio.wait_all_tasks_blocked()
+            blocked = blocked and waiting
+            lookups.new_holder(key, ("127.0.0.5", 5))
+        return found, counts, blocked
+
+    found, counts, blocked = anyio.run(main)
+    assert [(f["host"], f["port"]) for f in found] == [("127.0.0.2", 1), ("127.0.0.4", 4)]
+    assert counts == [1, 2]
+    assert blocked

@@ -167,6 +167,10 @@ class _OneHolder:
     async def holders(self, file_id: str, *, fresh: bool = False) -> list[PeerAddr]:
         return [self.addr] if file_id == self.fid else []
 
+    async def news(self, file_id: str, seen: int) -> int:
+        await anyio.sleep_forever()
+        return seen
+
     async def announce_partial(self, file_id: str) -> None:
         pass
 

@@ -5,8 +5,10 @@ A download asks who holds its file every few seconds; a DHT crawl per ask would
 flood the swarm (a BitTorrent client asks its tracker every few minutes and then
 trades have-messages). So an answer is kept for LOOKUP_TTL (EMPTY_TTL when nobody
 was found: a holder may announce any moment), and a download whose holders all
-failed may ask for a fresh one, at most every MIN_GAP. The control API's own
-lookups (``hffs model search``) stay uncached: a person asked.
+failed may ask for a fresh one, at most every MIN_GAP. A holder announcing a key
+here joins its cached answer at once, and downloads waiting on ``news`` of that key
+hear of it then, not at their next ask. The control API's own lookups (``hffs model
+search``) stay uncached: a person asked.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Lookups:
         self._locks: dict[Query, anyio.Lock] = {}
         self._by_key: dict[bytes, Query] = {}  # DHT key -> the cached query it answers
         self._news: set[Query] = set()  # queries whose key gained a holder since
+        self._listeners: dict[Query, set[anyio.Event]] = {}  # waiting in ``news``
+        self._added: dict[Query, int] = {}  # holders that joined each cached answer
+        self._crawling: dict[Query, Found] = {}  # announced while the crawl runs
         self.crawls = 0  # lookups made
         self.asks = 0  # answers given, cached or not
 
@@ -67,38 +72,79 @@ class Lookups:
             fresh = fresh or query in self._news
             if hit is not None and not lookup_due(hit[0], len(hit[1]), self._clock(), fresh=fresh):
                 return hit[1]
-            found = await self._find(query)
+            # Holders announcing while the crawl runs are not in its answer: kept aside.
+            self._by_key[lookup_key(query)] = query
+            self._crawling[query] = []
+            try:
+                found = await self._find(query)
+            finally:
+                announced = self._crawling.pop(query)
             self.crawls += 1
             self._cache[query] = (self._clock(), found)
-            self._by_key[lookup_key(query)] = query
             self._news.discard(query)
+            for entry in announced:
+                self._add(query, entry)
+            found = self._cache[query][1]
         if len(self._cache) > MAX_KEYS:  # forget the oldest answers
             for key, _ in sorted(self._cache.items(), key=lambda kv: kv[1][0])[: MAX_KEYS // 2]:
                 del self._cache[key]
                 self._locks.pop(key, None)
                 self._news.discard(key)
-            self._by_key = {k: q for k, q in self._by_key.items() if q in self._cache}
+                self._added.pop(key, None)
+            self._by_key = {
+                k: q for k, q in self._by_key.items() if q in self._cache or q in self._crawling
+            }
         return found
 
     def new_holder(self, key: bytes, holder: tuple[str, int] | None = None) -> None:
         """A holder this node had no record of announced ``key`` here: the next ask for
         it looks again, though never sooner than MIN_GAP after the last lookup (so a
         flood of announcements costs at most one crawl per MIN_GAP). A named ``holder``
-        (the address the DHT proved) joins the cached answer at once: downloaders of one
-        file find each other as they start, not a crawl later (at most MAX_ADDED)."""
+        (the address the DHT proved) joins the cached answer at once (or the answer of
+        the crawl under way), and ``news`` tells the downloads waiting for it: those
+        of one file find each other as they start, not a crawl later (at most
+        MAX_ADDED)."""
         query = self._by_key.get(key)
         if query is None:
             return
         self._news.add(query)
-        hit = self._cache.get(query)
-        if holder is None or hit is None:
+        if holder is None:
             return
-        host, port = holder
-        found = hit[1]
-        if len(found) < MAX_ADDED and not any(
+        entry = {"host": holder[0], "port": holder[1], "source": "dht"}
+        crawling = self._crawling.get(query)
+        if crawling is not None:
+            if len(crawling) < MAX_ADDED:
+                crawling.append(entry)
+        elif query in self._cache:
+            self._add(query, entry)
+
+    def _add(self, query: Query, entry: dict[str, Any]) -> None:
+        """``entry`` joins ``query``'s cached answer unless listed (or the answer is full)."""
+        looked_at, found = self._cache[query]
+        host, port = entry.get("host"), entry.get("port")
+        if len(found) >= MAX_ADDED or any(
             f.get("host") == host and f.get("port") == port for f in found
         ):
-            self._cache[query] = (hit[0], [*found, {"host": host, "port": port, "source": "dht"}])
+            return
+        self._cache[query] = (looked_at, [*found, entry])
+        self._added[query] = self._added.get(query, 0) + 1
+        for event in self._listeners.get(query, ()):
+            event.set()
+
+    async def news(self, query: Query, seen: int) -> int:
+        """Returns once more holders joined ``query``'s cached answer than the ``seen``
+        the caller got last time (0 at first); returns the new count."""
+        while self._added.get(query, 0) <= seen:
+            event = anyio.Event()
+            listeners = self._listeners.setdefault(query, set())
+            listeners.add(event)
+            try:
+                await event.wait()
+            finally:
+                listeners.discard(event)
+                if not listeners:
+                    self._listeners.pop(query, None)
+        return self._added[query]
 
 
 LOOKUP_TIMEOUT = 15.0  # one DHT lookup

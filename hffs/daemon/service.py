@@ -262,6 +262,11 @@ class Daemon:
         """For the downloads: the lookup of a file's holders, cached (lookups.py)."""
         return await self.lookups.get(("file", file_id), fresh=fresh)
 
+    async def holder_news(self, file_id: str, seen: int) -> int:
+        """For the downloads: returns once holders of the file announced themselves
+        since the ``seen`` count the caller got last (0 at first); the new count."""
+        return await self.lookups.news(("file", file_id), seen)
+
     async def find_providers(self, query: Query) -> list[dict[str, Any]]:
         return await self.finder.find_providers(query)
 
