@@ -4,7 +4,6 @@ store records it, from the in-process hook, not from reading its state on a time
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import subprocess
 import sys
@@ -13,9 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from swarm import have, store
+from swarm.download import Holders
 from swarm.have import follow_haves
 from swarm.store import PartialFile
 from swarm.wire import PeerAuth
@@ -127,6 +128,23 @@ async def test_another_process_s_chunks_are_read_from_the_state(peer, monkeypatc
     assert {0, 1, 2} <= set(seen)
 
 
+async def _from_peers(
+    tmp_path: Path, fid: str, size: int, client: httpx.AsyncClient, holders: Holders
+) -> None:
+    """Download ``fid`` into ``tmp_path / "blob"`` from ``holders`` only (no upstream)."""
+    from swarm import download
+
+    await download.download_file(
+        fid,
+        size,
+        dest=tmp_path / "blob",
+        store_root=tmp_path / "partial",
+        upstream=[],
+        client=client,
+        holders=holders,
+    )
+
+
 async def test_a_whole_holder_is_asked_once_a_partial_one_as_it_grows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -134,8 +152,6 @@ async def test_a_whole_holder_is_asked_once_a_partial_one_as_it_grows(
     that cannot push its haves) is asked again for its bitmap; one already known to hold
     the whole file has nothing new to say and is not asked again."""
     import hashlib
-
-    import httpx
 
     from swarm import download
     from swarm.chunking import MIN_CHUNK_SIZE
@@ -165,15 +181,7 @@ async def test_a_whole_holder_is_asked_once_a_partial_one_as_it_grows(
     with whole, partial:
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
             with anyio.fail_after(60):
-                await download.download_file(
-                    fid,
-                    len(data),
-                    dest=tmp_path / "blob",
-                    store_root=tmp_path / "partial",
-                    upstream=[],
-                    client=client,
-                    holders=Static(),
-                )
+                await _from_peers(tmp_path, fid, len(data), client, Static())
         assert (tmp_path / "blob").read_bytes() == data
         assert partial.asked("/have") >= 3  # several refreshes ran meanwhile
         assert whole.asked("/have") == 1
@@ -188,8 +196,6 @@ async def test_a_holder_that_announces_itself_is_asked_at_once(
     can find the holder of the chunks the first one lacks; without it the download
     gives up on them (STUCK_GRACE)."""
     import hashlib
-
-    import httpx
 
     from swarm import download
     from swarm.chunking import MIN_CHUNK_SIZE
@@ -233,18 +239,7 @@ async def test_a_holder_that_announces_itself_is_asked_at_once(
             httpx.AsyncClient(trust_env=False, timeout=5) as client,
             anyio.create_task_group() as tg,
         ):
-            tg.start_soon(
-                functools.partial(
-                    download.download_file,
-                    fid,
-                    len(data),
-                    dest=tmp_path / "blob",
-                    store_root=tmp_path / "partial",
-                    upstream=[],
-                    client=client,
-                    holders=holders,
-                )
-            )
+            tg.start_soon(_from_peers, tmp_path, fid, len(data), client, holders)
             with anyio.fail_after(10):
                 while not partial.asked("/have"):
                     await anyio.sleep(0.01)
