@@ -397,13 +397,14 @@ class _Round:
         the next lookup may ask the DHT afresh."""
         return self.sched is None or not self.sched.live_peer_holds_any()
 
-    async def _discover(self) -> dict[str, set[int]]:
-        """Ask for holders, probe each (new or known) for its bitmap, keep those we trust."""
+    async def _discover(self, *, new_only: bool = False) -> dict[str, set[int]]:
+        """Ask for holders, probe each (new or known; ``new_only``: those we never
+        probed) for its bitmap, keep those we trust."""
         if self.holders is None:
             if self.observer:
                 self.observer.manifest_vouched(0)  # no peer this round
             return {}
-        fresh = self.sched is not None and self._no_live_peer()
+        fresh = not new_only and self.sched is not None and self._no_live_peer()
         try:
             with anyio.fail_after(PROBE_TIMEOUT):
                 listed = await self.holders.holders(self.pf.file_id, fresh=fresh)
@@ -411,6 +412,8 @@ class _Round:
             log.warning("looking up holders of %s failed: %s", self.pf.file_id[:12], exc)
             listed = []
         wanted = {str(p): p for p in listed if str(p) not in self.banned}
+        if new_only:  # known holders tell their news on their haves streams
+            return await self._probe_all(p for k, p in wanted.items() if k not in self.peers)
         wanted.update((k, v) for k, v in self.peers.items() if k not in self.banned)
         # A holder known to hold the whole file has nothing new to say (its answers only
         # set the same bitmap again): asked every REFRESH_SECONDS for every file at once,
@@ -504,7 +507,7 @@ class _Round:
         seen = 0
         while True:
             seen = await self.holders.news(self.pf.file_id, seen)
-            self._add_holders(await self._discover())
+            self._add_holders(await self._discover(new_only=True))
             await anyio.sleep(NEWS_GAP)
 
     # -- requests ------------------------------------------------------------

@@ -192,9 +192,10 @@ async def test_a_holder_that_announces_itself_is_asked_at_once(
 ) -> None:
     """Push, not poll, for holders too: one that announces itself while we download
     (another downloader starting with us, a seed coming up) is probed when the news
-    comes, not at the next refresh. Refreshes are an hour apart here, so only the news
-    can find the holder of the chunks the first one lacks; without it the download
-    gives up on them (STUCK_GRACE)."""
+    comes, not at the next refresh, and it alone (holders already known tell their news
+    on their haves streams). Refreshes are an hour apart here, so only the news can find
+    the holder of the chunks the first one lacks; without it the download gives up on
+    them (STUCK_GRACE)."""
     import hashlib
 
     from swarm import download
@@ -247,6 +248,7 @@ async def test_a_holder_that_announces_itself_is_asked_at_once(
         assert (tmp_path / "blob").read_bytes() == data
         assert late.asked("/have") == 1
         assert late.blob_requests >= 4  # the chunks only it holds came from it
+        assert partial.asked("/have") == 1  # news costs a probe of the new holder only
 
 
 async def test_a_follower_that_asks_hears_what_the_holder_fetches_from_upstream(
