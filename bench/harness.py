@@ -53,14 +53,36 @@ COMMIT = "be7c4" + "0" * 35  # the commit seeds claim, so peers can answer for i
 
 
 def arguments(
-    doc: str | None, *, size: str | None = None, what: str = "file size"
+    doc: str | None, *, size: str | None = None, what: str = "file size", settle: bool = False
 ) -> argparse.ArgumentParser:
     """The argument parser every script starts with: its docstring's first line as the
-    description, and ``--size`` (binary units, ``size`` by default) when it takes one."""
+    description, ``--size`` (binary units, ``size`` by default) when it takes one, and
+    ``--settle`` when it compares transfers that each write a fresh copy (see ``settle``)."""
     ap = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     if size is not None:
         ap.add_argument("--size", type=parse_size, default=size, help=f"{what} ({size})")
+    if settle:
+        ap.add_argument(
+            "--settle",
+            type=float,
+            default=SETTLE,
+            help=f"seconds of rest before each timed transfer ({SETTLE:g}; 0: none)",
+        )
     return ap
+
+
+# A VM whose balloon reports free memory to its host (virtio free page reporting) may
+# hand the pages of a deleted copy back; touching them again faults on the host, which
+# made writing 4 GiB into tmpfs cost 1.3-2.2 CPU s per GiB instead of 0.3 (bench/README.md,
+# round 10). Back to back, a transfer run right after a deletion reuses some of those
+# pages, and the faster one reuses more; a rest before each lets the host take them back
+# first. Off by default: on this VM it steadied `many_files.py` but not `single_peer.py`.
+SETTLE = 0.0
+
+
+def settle(seconds: float) -> None:
+    """Rest before a timed transfer (``--settle``), so every side starts alike."""
+    time.sleep(seconds)
 
 
 def parse_size(text: str) -> int:

@@ -47,7 +47,7 @@ def run_client(dl: h.Node, cache: Path) -> h.CliRun:
 
 
 def main() -> None:
-    ap = h.arguments(__doc__, size="1G")
+    ap = h.arguments(__doc__, size="1G", settle=True)
     ap.add_argument("--repeat", type=int, default=3, help="passes (default 3)")
     ap.add_argument("--publish", action="store_true", help="copy the plot to bench/plots/")
     args = ap.parse_args()
@@ -61,12 +61,14 @@ def main() -> None:
         own = root / "client-cache"
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):
+                h.settle(args.settle)
                 r = h.curl_to(f"{nginx.url}/{NAME}", root / "curl.out")
                 if not r.ok:
                     raise SystemExit(f"curl failed: {r.tail()}")
                 (root / "curl.out").unlink()
                 runs["curl"].append(r)
                 for kind, cache in (("shared", dl.hub), ("own", own)):
+                    h.settle(args.settle)
                     r = run_client(dl, cache)
                     got = Path(r.stdout.strip().splitlines()[-1]) if r.ok and r.stdout else None
                     if got is None or (i == 0 and h.sha256_file(got) != file_id):

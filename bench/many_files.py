@@ -20,12 +20,15 @@ fetched through hffs is seeded from the digests its download verified (no digest
 daemon's CPU for those requests is printed).
 
     HFFS_BENCH_TMP=/dev/shm/hffs-bench .venv/bin/python bench/many_files.py \
-        [--files 16] [--size 256M] [--seeds 3] [--repeat 3] [--warm-seeds]
+        [--files 16] [--size 256M] [--seeds 3] [--repeat 3] [--warm-seeds] [--settle 10]
+
+``--settle S`` rests S seconds before each timed transfer (``harness.settle``): on a VM
+that hands freed memory back to its host, a transfer started right after the previous
+side's copy was deleted reuses pages that a slower one must fault in again.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -37,9 +40,8 @@ REPO = "org/many-files"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = h.arguments(__doc__, size="256M", what="size of each", settle=True)
     ap.add_argument("--files", type=int, default=16, help="files in the repo (16)")
-    ap.add_argument("--size", type=h.parse_size, default="256M", help="size of each (256M)")
     ap.add_argument("--seeds", type=int, default=3, help="seed daemons, and curl's transfers")
     ap.add_argument("--repeat", type=int, default=3, help="passes of each side (3)")
     ap.add_argument(
@@ -53,6 +55,7 @@ def main() -> None:
     srcs = [h.cached_random_file(size, seed=100 + i) for i in range(nfiles)]
     names = [f"model-{i:05d}-of-{nfiles:05d}.safetensors" for i in range(nfiles)]
     curl_mbps: list[float] = []
+    curl_cpu: list[float] = []
     hffs_mbps: list[float] = []
     ratios: list[float] = []
     dl_cpu: list[float] = []
@@ -81,6 +84,7 @@ def main() -> None:
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):  # interleaved: neither side gets a quieter machine
                 out.mkdir(exist_ok=True)
+                h.settle(args.settle)
                 argv = ["curl", "-fsS", "--noproxy", "*", "--parallel"]
                 argv += ["--parallel-max", str(args.seeds)]
                 for name in names:
@@ -94,7 +98,9 @@ def main() -> None:
                     raise SystemExit("curl wrote a wrong file")
                 shutil.rmtree(out)
                 curl_mbps.append(h.mbps(total, r.seconds))
+                curl_cpu.append(r.cpu_seconds)
 
+                h.settle(args.settle)
                 cpu0 = dl.cpu_seconds()
                 seed_cpu0 = sum(s.cpu_seconds() for s in seeds)
                 r = dl.cli_timed("model", "add", REPO, "--revision", h.COMMIT, timeout=1800)
@@ -113,7 +119,8 @@ def main() -> None:
                 ratios.append(hffs_mbps[-1] / curl_mbps[-1])
                 print(
                     f"pass {i + 1}: curl {curl_mbps[-1]:.0f} MB/s, hffs {hffs_mbps[-1]:.0f} MB/s "
-                    f"({ratios[-1]:.2f}), downloader {dl_cpu[-1] * (1 << 30) / total:.2f}, "
+                    f"({ratios[-1]:.2f}), curl {curl_cpu[-1] * (1 << 30) / total:.2f}, "
+                    f"downloader {dl_cpu[-1] * (1 << 30) / total:.2f}, "
                     f"seeds {seeds_cpu[-1] * (1 << 30) / total:.2f} CPU s/GiB, "
                     f"load {os.getloadavg()[0]:.1f}",
                     flush=True,
@@ -131,6 +138,8 @@ def main() -> None:
         "ratio_per_pass": [round(x, 3) for x in ratios],
         "ratio_median": round(statistics.median(ratios), 3),
         "pass1_seeds": "warm" if args.warm_seeds else "cold",
+        "settle_s": args.settle,
+        "cpu_s_per_GiB_curl": round(statistics.median(curl_cpu) * (1 << 30) / total, 2),
         "ratio_pass1": round(ratios[0], 3),
         "ratio_median_later_passes": (
             round(statistics.median(ratios[1:]), 3) if ratios[1:] else None
@@ -158,7 +167,7 @@ def main() -> None:
     print(f"  downloader's seed side after pass 1: {handover}")
     print(
         f"  CPU s/GiB: downloader (CLI + daemon) {res['cpu_s_per_GiB_downloader']}, "
-        f"seeds {res['cpu_s_per_GiB_seeds']}"
+        f"seeds {res['cpu_s_per_GiB_seeds']}, curl {res['cpu_s_per_GiB_curl']}"
     )
     print(
         f"  peak RSS: downloader daemon {res['downloader_daemon_peak_rss_MiB']} MiB, "

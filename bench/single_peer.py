@@ -35,7 +35,7 @@ NAME = "model.safetensors"
 
 
 def main() -> None:
-    ap = h.arguments(__doc__, size="1G")
+    ap = h.arguments(__doc__, size="1G", settle=True)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side (default 3)")
     ap.add_argument("--cold", action="store_true", help="the seed builds its manifest in pass 1")
     ap.add_argument("--publish", action="store_true", help="copy the plot to bench/plots/")
@@ -54,11 +54,13 @@ def main() -> None:
         seed, dl, file_id, www = h.one_seed(make, root, REPO, NAME, src, warm=not args.cold)
         with h.Nginx(www, root / "nginx") as nginx:
             for i in range(args.repeat):  # alternate, so neither side gets a warmer machine
+                h.settle(args.settle)
                 r = h.curl_to(f"{nginx.url}/{NAME}", root / "curl.out")
                 if not r.ok or (i == 0 and h.sha256_file(root / "curl.out") != file_id):
                     raise SystemExit(f"curl failed: {r.tail()}")
                 (root / "curl.out").unlink()
                 curl_runs.append(r)
+                h.settle(args.settle)
                 seed_cpu0, dl_cpu0 = seed.cpu_seconds(), dl.cpu_seconds()
                 r = dl.cli_timed("model", "add", REPO, "--revision", h.COMMIT)
                 if not r.ok:
@@ -71,6 +73,7 @@ def main() -> None:
                     raise SystemExit("hffs published a wrong file")
                 blob.unlink()  # keep disk use flat; the next pass downloads again
                 hffs_runs.append(r)
+                h.settle(args.settle)
                 dl_cpu0 = dl.cpu_seconds()
                 job = h.swarm_jobs([dl], REPO, h.COMMIT, 600)
                 if not job.ok:
