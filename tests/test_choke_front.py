@@ -15,7 +15,7 @@ import pytest
 from swarm.choke import ChokeConfig
 from swarm.chunking import MIN_CHUNK_SIZE
 from swarm.transport_server import FrontLimits, UploadGate
-from tests.test_transport import SIZE, Peer, _raw
+from tests.test_transport import SIZE, Peer, _raw, slots_given_back
 
 pytestmark = pytest.mark.anyio
 CS = MIN_CHUNK_SIZE
@@ -84,11 +84,7 @@ async def test_a_busy_seed_sends_a_chunk_once_and_a_stalled_reader_gives_its_slo
     out = await _raw(seed, _get(fid, None, None), source="127.0.0.73")
     assert out.startswith(b"HTTP/1.1 200") and out.endswith(seed.full)
     assert len(out) > SIZE
-    # Its slot comes back once the server has finished the send (the client may read the
-    # last byte a moment before the server's bookkeeping runs).
-    with anyio.fail_after(10):
-        while seed.stats.active:
-            await anyio.sleep(0.01)
+    await slots_given_back(seed)
 
 
 async def test_peer_connections_leave_from_the_bound_address(seed: Peer) -> None:

@@ -23,7 +23,7 @@ from swarm.peer_server import Held, RateLimiter
 from swarm.selfcheck import stat_key
 from swarm.store import PartialFile
 from swarm.transport_server import FrontLimits
-from tests.test_transport import SIZE, Peer
+from tests.test_transport import SIZE, Peer, slots_given_back
 
 pytestmark = pytest.mark.anyio
 CS = MIN_CHUNK_SIZE
@@ -162,7 +162,7 @@ async def test_a_removed_blob_is_not_served_past_the_bound(seed) -> None:
         clock.now += peer.server.held_cache.ttl
         # ...never after it.
         assert (await kept.get(fid, 0, CS))[0] == 404
-    assert peer.stats.active == 0
+    await slots_given_back(peer)
 
 
 async def test_unshared_content_stops_at_the_owners_word_or_within_the_bound(seed) -> None:
