@@ -29,6 +29,7 @@ import anyio.abc
 import httpx
 import xxhash
 
+from hffs import space
 from hffs.activity import Activity
 from hffs.cache import CacheError, HubCache
 from hffs.errors import HffsError
@@ -50,7 +51,7 @@ from swarm.goal import Goal, tail_needs_whole
 from swarm.manifest import Manifest
 from swarm.manifest_cache import ManifestCache
 from swarm.sources import PeerAddr, Source, SourceError, stream_range
-from swarm.store import StoreError
+from swarm.store import StoreError, part_path
 from swarm.transport_client import PeerPool
 from swarm.wire import PeerAuth
 
@@ -568,7 +569,7 @@ class DownloadManager:
             start,
             end,
             transfer=transfer,
-            partial=self.partial_dir / f"{job.file_id}.part",
+            partial=part_path(self.partial_dir, job.file_id),
             confirm=confirm,
             hold=hold,
             may_stream=may_stream,
@@ -613,12 +614,22 @@ class DownloadManager:
         assert self._tg is not None
         t = self._transfers.get(job.file_id)
         if t is None or t.finished:
+            try:  # a job checked its whole plan; an HF client's GET is checked here
+                await anyio.to_thread.run_sync(self._check_room, job)
+            except space.NoSpace as exc:
+                raise TransferFailed(str(exc)) from None
+            t = self._transfers.get(job.file_id)  # started meanwhile?
+        if t is None or t.finished:
             t = Transfer(job.file_id, job.size)
             self._transfers[job.file_id] = t
             self._tg.start_soon(self._drive, t, job)
         if t.size != job.size:
             raise TransferFailed("two listings disagree on this file's size")
         return t
+
+    def _check_room(self, job: FileJob) -> None:
+        """Blocking: NoSpace unless the disk can hold the rest of ``job``'s file."""
+        space.check_downloads([(job.file_id, job.size)], self.partial_dir, self.cache.root)
 
     async def prefetch(self, job: FileJob, wait: float) -> bool:
         """Start (or join) the download of ``job``'s whole file, run to completion whoever

@@ -12,6 +12,7 @@ exactly as huggingface_hub writes them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 import time
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import anyio
 import httpx
 
-from hffs import config, managed
+from hffs import config, managed, space
 from hffs.cache import CacheError, HubCache
 from hffs.downloads import (
     DownloadManager,
@@ -122,6 +123,15 @@ async def resolve(
         return fallback, note
 
 
+def check_room(
+    files: list[RemoteFile], cache: HubCache, partial_dir: Path, *, force: bool, where: str = ""
+) -> None:
+    """Blocking: NoSpace unless the disk can hold what downloading ``files`` writes (a
+    file whose content the cache holds for another repo is linked, not written)."""
+    todo = [(f.file_id, f.size) for f in files if force or cache.find_blob(f.file_id) is None]
+    space.check_downloads(todo, partial_dir, cache.root, where)
+
+
 def _held(path: Path, size: int) -> bool:
     try:
         return path.is_file() and path.stat().st_size == size
@@ -152,6 +162,12 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     todo = [
         f for f in wanted if spec.force or not _held(cache.blob_path(*kinds, f.file_id), f.size)
     ]
+    if not spec.dry_run:  # refused before the plan is shown: no bars for nothing
+        await anyio.to_thread.run_sync(
+            functools.partial(
+                check_room, todo, cache, host.cfg.partial_dir, force=spec.force, where=host.where
+            )
+        )
     holders = await count_holders(host.view, todo) if spec.dry_run else {}
     listener.planned(
         JobPlan(

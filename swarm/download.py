@@ -51,7 +51,7 @@ from swarm.sources import (
     report_bad_chunk,
     stream_range,
 )
-from swarm.store import PartialFile, _write_error
+from swarm.store import PartialFile, _write_error, part_path
 from swarm.transport_client import FileSink, MemorySink, PeerPool, Ticket
 from swarm.trust import Action, Trust
 from swarm.wire import PeerAuth
@@ -722,7 +722,7 @@ class _Round:
         pf, chunk = self.pf, req.chunk
         start, end = pf.span(chunk)
         if isinstance(sink, FileSink) and sink.error is not None:
-            raise _write_error(pf.root / f"{pf.file_id}.part", sink.error)
+            raise _write_error(part_path(pf.root, pf.file_id), sink.error)
         if self.on_bytes:
             self.on_bytes(req.source, False, end - start)
         if pf.manifest is None and self._expected(req) != digest:

@@ -46,7 +46,7 @@ from swarm.manifest import Manifest, ManifestError
 from swarm.manifest_cache import RETRY_AFTER, ManifestCache
 from swarm.peer_auth import Verifier, dest_of
 from swarm.selfcheck import OnRotten, SelfCheck, chunk_matches, stat_key
-from swarm.store import partial_digests, read_partial_state
+from swarm.store import part_path, partial_digests, read_partial_state
 from swarm.wire import encode_have
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def _lookup(index: ContentIndex, partial_root: Path, file_id: str) -> Held | Non
     size, have = state
     if len(have) != chunk_count(size, chunk_size_for(size)):
         return None
-    part = partial_root / f"{file_id}.part"
+    part = part_path(partial_root, file_id)
     try:
         ident = file_ident(part.stat())
     except OSError:

@@ -70,6 +70,11 @@ PublishHook = Callable[[Path, Manifest, Path], None]
 publish_hooks: list[PublishHook] = []
 
 
+def part_path(root: Path, file_id: str) -> Path:
+    """Where the bytes of ``file_id``'s partial download are (sparse, written in place)."""
+    return root / f"{file_id}.part"
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (disk full, locked, inconsistent)."""
 
@@ -113,7 +118,7 @@ class PartialFile:
             if self._lock_fd is None:
                 raise StoreError(f"{file_id[:12]}… is being downloaded by another process")
         flags = os.O_RDWR | os.O_CREAT | portable.O_BINARY
-        self._fd = os.open(self._path(".part"), flags, 0o644)
+        self._fd = os.open(part_path(root, self.file_id), flags, 0o644)
         self._state_fd = os.open(self._path(".state"), flags, 0o644)
         self._load()
 
@@ -233,7 +238,7 @@ class PartialFile:
         try:
             _pwrite_all(self._fd, data, start)
         except OSError as exc:
-            raise _write_error(self._path(".part"), exc) from exc
+            raise _write_error(part_path(self.root, self.file_id), exc) from exc
         self._set_record(index, digest)
         return True
 
@@ -278,7 +283,7 @@ class PartialFile:
                 _HEADER.size + index * _RECORD + 1 + DIGEST_SIZE,
             )
         except OSError as exc:
-            raise _write_error(self._path(".part"), exc) from exc
+            raise _write_error(part_path(self.root, self.file_id), exc) from exc
 
     def finish_streamed(self, index: int) -> bytes | None:
         """Check a fully streamed chunk; returns its digest, or None (and forgets it) if bad."""
@@ -330,7 +335,7 @@ class PartialFile:
                 os.close(fd)
         self._fd = self._state_fd = -1
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = self._path(".part")
+        part = part_path(self.root, self.file_id)
         try:
             os.replace(part, dest)
         except OSError:  # another filesystem: copy beside dest, then rename there

@@ -1,0 +1,148 @@
+"""Room on disk for a job (hffs/space.py): the rules alone, then real jobs on a small
+filesystem of their own (a tmpfs mounted by the test, as root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from hffs import space
+from hffs.cli import app
+from hffs.space import Need
+from swarm.chunking import MIN_CHUNK_SIZE
+from tests.localhub import LocalHub, make_random_file
+from tests.nodes import Node
+
+MIB = 1 << 20
+
+
+def test_a_partial_file_counts_for_what_it_holds() -> None:
+    assert space.still_to_write(10 * MIB, 0) == 10 * MIB
+    assert space.still_to_write(10 * MIB, 4 * MIB) == 6 * MIB
+    assert space.still_to_write(10 * MIB, 12 * MIB) == 0  # blocks past the end: nothing
+    assert space.still_to_write(10 * MIB, -5) == 10 * MIB
+
+
+def test_needs_of_a_job_on_one_filesystem_and_on_two(tmp_path: Path) -> None:
+    files = [(10 * MIB, 4 * MIB), (3 * MIB, 0), (5 * MIB, 5 * MIB)]
+    part, cache = tmp_path / "partial", tmp_path / "cache"
+    # One filesystem: the published file is renamed, so only the rest is written.
+    assert space.needs(files, part, cache, same_fs=True) == [Need(part, 9 * MIB)]
+    # Two: each file is also copied whole into the cache.
+    assert space.needs(files, part, cache, same_fs=False) == [
+        Need(part, 9 * MIB),
+        Need(cache, 18 * MIB),
+    ]
+    assert space.needs([(5 * MIB, 5 * MIB)], part, cache, same_fs=True) == []
+
+
+def test_refusal_says_what_is_needed_and_what_is_free(tmp_path: Path) -> None:
+    need = Need(tmp_path, 10 * MIB)
+    assert space.shortfall(10 * MIB, 20 * MIB, margin=MIB) == 0
+    assert space.shortfall(10 * MIB, 10 * MIB, margin=MIB) == MIB
+    assert space.shortfall(0, 0) == 0  # nothing to write always fits
+    assert space.refusal(need, 20 * MIB) is None
+    line = space.refusal(need, 3 * MIB, where="the daemon ")
+    assert line is not None and "\n" not in line
+    assert line.startswith(f"the daemon cannot fit this download in {tmp_path}")
+    assert "10.0 MiB more and 3.0 MiB is free" in line
+
+
+def test_written_counts_the_blocks_of_a_sparse_file(tmp_path: Path) -> None:
+    part = tmp_path / "x.part"
+    assert space.written(part) == 0
+    with part.open("wb") as f:
+        f.truncate(64 * MIB)  # a download's sparse file: its length, no blocks
+        f.seek(8 * MIB)
+        f.write(b"\1" * MIB)
+    held = space.written(part)
+    assert MIB <= held < 4 * MIB  # the one MiB written (and a block or so), not 64
+
+
+# -- real jobs on a small filesystem ---------------------------------------------------
+
+runner = CliRunner()
+
+
+def hffs(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs of the test's own, unmounted after it."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("mounting a filesystem needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=10,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
+
+
+def test_a_job_the_disk_cannot_hold_is_refused_before_a_byte(
+    hffs_env: dict[str, str],
+    small_disk: Path,
+    hub: LocalHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HFFS_HOME", str(small_disk / "home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(small_disk / "cache"))
+    monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
+    big = make_random_file(tmp_path / "src-big", 20 * MIN_CHUNK_SIZE, seed=7)  # 20 MiB > 16
+    small = make_random_file(tmp_path / "src-small", 3 * MIN_CHUNK_SIZE, seed=8)
+    hub.add_repo("org/space", {"big.safetensors": big, "small.safetensors": small})
+    hub.reset_stats()
+
+    code, out = hffs("model", "add", "org/space")
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+    assert "cannot fit this download in" in out and "23.0 MiB more and 16.0 MiB is free" in out
+    # Nothing was fetched and nothing was written: the disk is as it was.
+    assert hub.bytes_served == 0
+    partial = small_disk / "home" / "partial"
+    assert not any(partial.glob("*.part")) if partial.exists() else True
+    assert not list((small_disk / "cache").rglob("*.safetensors"))
+
+    # What fits is fetched as usual.
+    code, out = hffs("model", "add", "org/space", "small.safetensors")
+    assert code == 0, out
+    assert Path(out.strip().splitlines()[-1]).read_bytes() == small.read_bytes()
+
+
+def test_an_hf_client_asking_for_more_than_the_disk_holds_is_told_so(
+    small_disk: Path, hub: LocalHub, tmp_path: Path
+) -> None:
+    huge = make_random_file(tmp_path / "src-huge", 20 * MIN_CHUNK_SIZE, seed=9)
+    hub.add_repo("org/huge", {"huge.bin": huge})
+    node = Node(small_disk, "127.0.0.141")  # its home and HF cache on the 16 MiB disk
+    node.env["HFFS_ENDPOINTS"] = hub.url
+    try:
+        started = node.start()
+        assert started.returncode == 0, started.stderr
+        hub.reset_stats()
+        with httpx.Client(trust_env=False, timeout=30) as http:
+            r = http.get(f"{node.url}/org/huge/resolve/main/huge.bin")
+        assert r.status_code == 502 and "cannot fit this download" in r.text, r.text
+        # No byte of it was fetched or written.
+        assert hub.bytes_served == 0
+        assert not list(small_disk.rglob("*.part"))
+    finally:
+        node.kill()
