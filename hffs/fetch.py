@@ -162,12 +162,16 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     todo = [
         f for f in wanted if spec.force or not _held(cache.blob_path(*kinds, f.file_id), f.size)
     ]
-    if not spec.dry_run:  # refused before the plan is shown: no bars for nothing
+    try:  # refused before the plan is shown: no bars for nothing
         await anyio.to_thread.run_sync(
             functools.partial(
                 check_room, todo, cache, host.cfg.partial_dir, force=spec.force, where=host.where
             )
         )
+    except space.NoSpace as exc:
+        if not spec.dry_run:
+            raise
+        note = "; ".join(filter(None, (note, str(exc))))  # a dry run says so, and goes on
     holders = await count_holders(host.view, todo) if spec.dry_run else {}
     listener.planned(
         JobPlan(

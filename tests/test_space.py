@@ -112,6 +112,8 @@ def test_a_job_the_disk_cannot_hold_is_refused_before_a_byte(
     hub.add_repo("org/space", {"big.safetensors": big, "small.safetensors": small})
     hub.reset_stats()
 
+    code, out = hffs("model", "add", "org/space", "--dry-run")  # says so, fetches nothing
+    assert code == 0 and "cannot fit this download in" in out, out
     code, out = hffs("model", "add", "org/space")
     assert code == 1 and len(out.strip().splitlines()) == 1, out
     assert "cannot fit this download in" in out and "23.0 MiB more and 16.0 MiB is free" in out
