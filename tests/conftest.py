@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
 
 # Before anything imports huggingface_hub: its telemetry would look up huggingface.co.
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
@@ -58,3 +60,28 @@ def hffs_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def hub() -> Iterator[LocalHub]:
     with LocalHub() as h:
         yield h
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs of our own, unmounted after the test."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+    try:
+        yield mnt
+    finally:
+        for _ in range(20):  # bounded: the daemon may take a moment to let go
+            if subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10).returncode:
+                time.sleep(0.25)
+            else:
+                break
+        else:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)

@@ -328,47 +328,36 @@ def test_peers_with_wrong_bytes_or_chunks_they_lack(
 # -- the downloader's disk fills up --------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MiB tmpfs of our own, unmounted after the test."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
-    try:
-        yield mnt
-    finally:
-        for _ in range(20):  # bounded: the daemon may take a moment to let go
-            if subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10).returncode:
-                time.sleep(0.25)
-            else:
-                break
-        else:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
-
-
 def test_disk_full_fails_cleanly_and_resumes_after_space_is_freed(
     small_disk: Path, nodes: Callable[[str], Node], hub: LocalHub
 ) -> None:
     data = os.urandom(10 * CHUNK)
     fid = fid_of(data)
     hub.add_repo(REPO, {FILE: data})
+    hub.throttle_bps = 2 * CHUNK  # ~5 s: the disk fills while it runs
     d = Node(small_disk, "127.0.0.3")
     use_hub(d, hub)
     try:
         assert d.start().returncode == 0
-        st = os.statvfs(small_disk)
-        ballast = small_disk / "ballast"
-        # leave ~4 MiB: less than half the file
-        ballast.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 4 * CHUNK))
+        # There is room when the job starts (it checks), then another writer takes it.
+        cmd = [sys.executable, "-m", "hffs.cli", "model", "add", REPO]
+        proc = subprocess.Popen(
+            cmd, env=d.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            reached = wait_until(lambda: verified_chunks(d, fid) >= 2, 30)
+            st = os.statvfs(small_disk)
+            ballast = small_disk / "ballast"
+            ballast.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - CHUNK))
+            out, err = proc.communicate(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        assert reached, "the download never got going"
+        hub.throttle_bps = None
         inject()
-        line = one_clear_line(d.cli("model", "add", REPO, timeout=90))
+        line = one_clear_line(subprocess.CompletedProcess(cmd, proc.returncode, out, err))
         assert "No space left on device" in line and "run the same command again" in line, line
         assert not list(iter_blobs(d.hub))
         held = verified_chunks(d, fid)
@@ -381,6 +370,7 @@ def test_disk_full_fails_cleanly_and_resumes_after_space_is_freed(
         assert hub.bytes_served - before <= len(data) - held * CHUNK, (held, hub.bytes_served)
         survived(1, [d], {d: data})
     finally:
+        hub.throttle_bps = None
         d.kill()
 
 

@@ -1,11 +1,8 @@
 """Room on disk for a job (hffs/space.py): the rules alone, then real jobs on a small
-filesystem of their own (a tmpfs mounted by the test, as root)."""
+filesystem of their own (``small_disk``: a 24 MiB tmpfs the test mounts, as root)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -77,26 +74,6 @@ def hffs(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs of the test's own, unmounted after it."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.name != "posix" or os.geteuid() != 0:
-        pytest.skip("mounting a filesystem needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=10,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=10)
-
-
 def test_a_job_the_disk_cannot_hold_is_refused_before_a_byte(
     hffs_env: dict[str, str],
     small_disk: Path,
@@ -107,7 +84,7 @@ def test_a_job_the_disk_cannot_hold_is_refused_before_a_byte(
     monkeypatch.setenv("HFFS_HOME", str(small_disk / "home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(small_disk / "cache"))
     monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
-    big = make_random_file(tmp_path / "src-big", 20 * MIN_CHUNK_SIZE, seed=7)  # 20 MiB > 16
+    big = make_random_file(tmp_path / "src-big", 28 * MIN_CHUNK_SIZE, seed=7)  # 28 MiB > 24
     small = make_random_file(tmp_path / "src-small", 3 * MIN_CHUNK_SIZE, seed=8)
     hub.add_repo("org/space", {"big.safetensors": big, "small.safetensors": small})
     hub.reset_stats()
@@ -116,7 +93,7 @@ def test_a_job_the_disk_cannot_hold_is_refused_before_a_byte(
     assert code == 0 and "cannot fit this download in" in out, out
     code, out = hffs("model", "add", "org/space")
     assert code == 1 and len(out.strip().splitlines()) == 1, out
-    assert "cannot fit this download in" in out and "23.0 MiB more and 16.0 MiB is free" in out
+    assert "cannot fit this download in" in out and "31.0 MiB more and" in out
     # Nothing was fetched and nothing was written: the disk is as it was.
     assert hub.bytes_served == 0
     partial = small_disk / "home" / "partial"
@@ -132,9 +109,9 @@ def test_a_job_the_disk_cannot_hold_is_refused_before_a_byte(
 def test_an_hf_client_asking_for_more_than_the_disk_holds_is_told_so(
     small_disk: Path, hub: LocalHub, tmp_path: Path
 ) -> None:
-    huge = make_random_file(tmp_path / "src-huge", 20 * MIN_CHUNK_SIZE, seed=9)
+    huge = make_random_file(tmp_path / "src-huge", 28 * MIN_CHUNK_SIZE, seed=9)
     hub.add_repo("org/huge", {"huge.bin": huge})
-    node = Node(small_disk, "127.0.0.141")  # its home and HF cache on the 16 MiB disk
+    node = Node(small_disk, "127.0.0.141")  # its home and HF cache on the 24 MiB disk
     node.env["HFFS_ENDPOINTS"] = hub.url
     try:
         started = node.start()
