@@ -7,14 +7,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
 from hffs import space
-from hffs.cli import app
 from hffs.space import Need
 from swarm.chunking import MIN_CHUNK_SIZE
 from tests.localhub import LocalHub, make_random_file
 from tests.nodes import Node
+from tests.test_model_add import hffs
 
 MIB = 1 << 20
 
@@ -63,15 +62,6 @@ def test_written_counts_the_blocks_of_a_sparse_file(tmp_path: Path) -> None:
 
 
 # -- real jobs on a small filesystem ---------------------------------------------------
-
-runner = CliRunner()
-
-
-def hffs(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_a_job_the_disk_cannot_hold_is_refused_before_a_byte(
