@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hffs.errors import HffsError
 from hffs.progress import human_bytes
+from swarm import portable
 from swarm.store import part_path
 
 # Beyond the files themselves: state files, manifests, locks, and what a filesystem
@@ -74,17 +75,6 @@ def refusal(need: Need, free: int, margin: int = MARGIN, where: str = "") -> str
 # -- I/O at the edge ---------------------------------------------------------------
 
 
-def written(path: Path) -> int:
-    """Bytes a (sparse) file holds on disk; 0 when it is not there. Where the system
-    does not say (no ``st_blocks``), its length."""
-    try:
-        st = path.stat()
-    except OSError:
-        return 0
-    blocks = getattr(st, "st_blocks", None)
-    return st.st_size if blocks is None else blocks * 512
-
-
 def _existing(folder: Path) -> Path:
     """``folder``, or the nearest folder above it that exists (where it will be made)."""
     for candidate in (folder, *folder.parents):
@@ -120,6 +110,8 @@ def check_downloads(
 ) -> None:
     """Blocking: NoSpace unless the disk can hold what downloading ``files`` (content id,
     size) into ``cache_dir`` through ``partial_dir`` still writes."""
-    sizes = [(size, written(part_path(partial_dir, file_id))) for file_id, size in files]
+    sizes = [
+        (size, portable.bytes_on_disk(part_path(partial_dir, file_id))) for file_id, size in files
+    ]
     same = same_filesystem(partial_dir, cache_dir)
     check(needs(sizes, partial_dir, cache_dir, same_fs=same), where=where)

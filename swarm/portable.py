@@ -388,6 +388,17 @@ def sync_file(path: Path) -> None:
             os.close(fd)
 
 
+def bytes_on_disk(path: Path) -> int:
+    """Bytes a (sparse) file takes on disk, 0 when it is not there. POSIX counts its
+    blocks; Windows says no such thing, and a file it extends takes its whole length."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0
+    blocks = getattr(st, "st_blocks", None)
+    return st.st_size if enabled() or blocks is None else blocks * 512
+
+
 def file_key(path: Path) -> tuple[int, int] | None:
     """What two hard links of one file share (device and inode on POSIX, volume serial and
     file index on Windows); None when unknown."""
