@@ -5,7 +5,8 @@ full; the plan knows every size at once, so a job the disk cannot hold is refuse
 front, saying what it needs and what is free. A partial download already on disk
 counts for the bytes it holds (a resume needs only the rest). Others may fill the disk
 meanwhile, so a full disk during the download is still handled where it happens
-(``swarm.store``: the download stops and resumes once there is room).
+(``swarm.store``: the download stops, keeping what it verified, and the same command
+resumes it once there is room).
 """
 
 from __future__ import annotations
