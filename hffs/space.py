@@ -95,12 +95,16 @@ def same_filesystem(a: Path, b: Path) -> bool:
 
 def check(required: list[Need], margin: int = MARGIN, where: str = "") -> None:
     """NoSpace when a folder's filesystem lacks room for what is required of it. A
-    folder whose free space cannot be read is not judged."""
+    folder whose free space cannot be read is not judged, nor one whose filesystem
+    reports no size at all (some FUSE and network mounts: they do not know)."""
     for need in required:
         try:
-            free = shutil.disk_usage(_existing(need.folder)).free
+            usage = shutil.disk_usage(_existing(need.folder))
         except OSError:
             continue
+        if usage.total <= 0:
+            continue
+        free = usage.free
         message = refusal(need, free, margin, where)
         if message is not None:
             raise NoSpace(message)

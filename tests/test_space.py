@@ -65,6 +65,16 @@ def test_a_sparse_partial_file_counts_its_blocks(tmp_path: Path) -> None:
         assert MIB <= held < 4 * MIB  # the one MiB written (and a block or so), not 64
 
 
+def test_check_judges_real_filesystems_and_not_those_that_report_no_size(
+    tmp_path: Path,
+) -> None:
+    space.check([Need(tmp_path, MIB)])  # room for a MiB here
+    with pytest.raises(space.NoSpace, match="cannot fit this download in"):
+        space.check([Need(tmp_path / "not" / "made" / "yet", 1 << 60)])  # an exabyte
+    if Path("/proc/self").is_dir():  # procfs reports no size, as some FUSE mounts do
+        space.check([Need(Path("/proc"), 1 << 60)])
+
+
 # -- real jobs on a small filesystem ---------------------------------------------------
 
 
