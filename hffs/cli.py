@@ -184,6 +184,7 @@ def model_add(
     if [n for n in names if not n.endswith("/")] and (include or exclude) and not quiet:
         err.print("[yellow]note:[/yellow] --include/--exclude are ignored: files were named")
     cache = _cache(cache_dir)
+    copies_to = None if local_dir is None else Path(os.path.realpath(local_dir.expanduser()))
     with expected_failures():
         cfg = config.Config.load()
         spec = JobSpec(
@@ -200,16 +201,17 @@ def model_add(
             force=force_download,
             dry_run=dry_run,
             max_workers=max_workers,
+            local_dir=None if copies_to is None else str(copies_to),
         )
         plan = _run_job(spec, quiet=quiet)
         if dry_run or plan is None:
             return
         single = len(names) == 1 and not names[0].endswith("/")
         folder = cache.snapshot_dir(repo_type, repo_id, plan.commit)
-        if local_dir is not None:
+        if copies_to is not None:
             from hffs.local_dir import place
 
-            folder = Path(os.path.realpath(local_dir.expanduser()))
+            folder = copies_to
             for f in plan.files:
                 blob = cache.blob_path(repo_type, repo_id, f.file_id)
                 place(folder, f.path, blob, plan.commit, f.file_id, force=force_download)

@@ -36,7 +36,7 @@ from hffs.downloads import (
 from hffs.hub import HubClient, HubError, Refused, RemoteFile, RemoteRevision, file_url
 from hffs.jobs import JobListener, JobPlan, JobResult, JobSpec, PlannedFile
 from hffs.listing import read_local
-from hffs.selection import select
+from hffs.selection import SelectionError, local_path, select
 from hffs.trust import redirect_guard
 from hffs.visibility import remember
 from swarm.manifest_cache import ManifestCache
@@ -124,12 +124,35 @@ async def resolve(
 
 
 def check_room(
-    files: list[RemoteFile], cache: HubCache, partial_dir: Path, *, force: bool, where: str = ""
+    files: list[RemoteFile],
+    wanted: list[RemoteFile],
+    cache: HubCache,
+    partial_dir: Path,
+    *,
+    force: bool,
+    local_dir: str | None = None,
+    where: str = "",
 ) -> None:
     """Blocking: NoSpace unless the disk can hold what downloading ``files`` writes (a
-    file whose content the cache holds for another repo is linked, not written)."""
+    file whose content the cache holds for another repo is linked, not written), and
+    the copies of ``wanted`` the asker then makes in ``local_dir``. Nothing is written
+    there to find out (huggingface_hub's own check of a copy makes its lock files)."""
     todo = [(f.file_id, f.size) for f in files if force or cache.find_blob(f.file_id) is None]
-    space.check_downloads(todo, partial_dir, cache.root, where)
+    also = []
+    if local_dir is not None:  # a file there of the same size is replaced, not added to
+        folder = Path(local_dir)
+        copies = [f for f in wanted if _local_size(folder, f.path) != f.size]
+        also.append(space.Need(folder, sum(f.size for f in copies)))
+    space.check_downloads(todo, partial_dir, cache.root, where, also)
+
+
+def _local_size(folder: Path, path: str) -> int | None:
+    """The length of ``path``'s copy in ``folder``; None when there is none (or it could
+    not be placed there: the copy itself says so later)."""
+    try:
+        return space.written_as(local_path(folder, path))
+    except SelectionError:
+        return None
 
 
 def _held(path: Path, size: int) -> bool:
@@ -165,7 +188,14 @@ async def run_job(spec: JobSpec, host: JobHost, listener: JobListener) -> JobRes
     try:  # refused before the plan is shown: no bars for nothing
         await anyio.to_thread.run_sync(
             functools.partial(
-                check_room, todo, cache, host.cfg.partial_dir, force=spec.force, where=host.where
+                check_room,
+                todo,
+                wanted,
+                cache,
+                host.cfg.partial_dir,
+                force=spec.force,
+                local_dir=spec.local_dir,
+                where=host.where,
             )
         )
     except space.NoSpace as exc:

@@ -64,6 +64,7 @@ class JobSpec:
     force: bool = False  # fetch again even what the cache holds
     dry_run: bool = False  # plan only: say what would be fetched (and from how many holders)
     max_workers: int | None = None  # files fetched at once; None: the host's default
+    local_dir: str | None = None  # where the asker copies the files after (its room counts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +81,7 @@ class JobSpec:
             "include": list(self.include),
             "exclude": list(self.exclude),
             "max_workers": self.max_workers,
+            "local_dir": self.local_dir,
         }
 
     @classmethod
@@ -135,6 +137,7 @@ class JobSpec:
             include=globs["include"],
             exclude=globs["exclude"],
             max_workers=workers,
+            local_dir=_text(obj, "local_dir", optional=True),
         )
 
 

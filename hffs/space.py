@@ -84,6 +84,14 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
+def written_as(path: Path) -> int | None:
+    """The length of the file at ``path``; None when there is none."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def same_filesystem(a: Path, b: Path) -> bool:
     """Whether two folders (or where they will be made) are on one filesystem, so a
     rename moves a file between them."""
@@ -93,30 +101,42 @@ def same_filesystem(a: Path, b: Path) -> bool:
         return False
 
 
-def check(required: list[Need], margin: int = MARGIN, where: str = "") -> None:
-    """NoSpace when a folder's filesystem lacks room for what is required of it. A
-    folder whose free space cannot be read is not judged, nor one whose filesystem
-    reports no size at all (some FUSE and network mounts: they do not know)."""
+def check(required: Iterable[Need], margin: int = MARGIN, where: str = "") -> None:
+    """NoSpace when a filesystem lacks room for what is required of it (needs of folders
+    on one filesystem add up). A folder whose free space cannot be read is not judged,
+    nor one whose filesystem reports no size at all (some FUSE and network mounts)."""
+    by_fs: dict[int, Need] = {}
     for need in required:
+        try:
+            dev = os.stat(_existing(need.folder)).st_dev
+        except OSError:
+            continue
+        first = by_fs.get(dev)
+        by_fs[dev] = Need(need.folder, need.nbytes + (first.nbytes if first else 0))
+    for need in by_fs.values():
         try:
             usage = shutil.disk_usage(_existing(need.folder))
         except OSError:
             continue
         if usage.total <= 0:
             continue
-        free = usage.free
-        message = refusal(need, free, margin, where)
+        message = refusal(need, usage.free, margin, where)
         if message is not None:
             raise NoSpace(message)
 
 
 def check_downloads(
-    files: Iterable[tuple[str, int]], partial_dir: Path, cache_dir: Path, where: str = ""
+    files: Iterable[tuple[str, int]],
+    partial_dir: Path,
+    cache_dir: Path,
+    where: str = "",
+    also: Iterable[Need] = (),
 ) -> None:
     """Blocking: NoSpace unless the disk can hold what downloading ``files`` (content id,
-    size) into ``cache_dir`` through ``partial_dir`` still writes."""
+    size) into ``cache_dir`` through ``partial_dir`` still writes, and ``also`` (copies
+    made after, such as a local folder's)."""
     sizes = [
         (size, portable.bytes_on_disk(part_path(partial_dir, file_id))) for file_id, size in files
     ]
     same = same_filesystem(partial_dir, cache_dir)
-    check(needs(sizes, partial_dir, cache_dir, same_fs=same), where=where)
+    check([*needs(sizes, partial_dir, cache_dir, same_fs=same), *also], where=where)

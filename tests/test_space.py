@@ -3,6 +3,7 @@ filesystem of their own (``small_disk``: a 24 MiB tmpfs the test mounts, as root
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
@@ -75,19 +76,32 @@ def test_check_judges_real_filesystems_and_not_those_that_report_no_size(
         space.check([Need(Path("/proc"), 1 << 60)])
 
 
+def test_needs_on_one_filesystem_add_up(tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    part, copies = tmp_path / "partial", tmp_path / "copies"
+    each = int(free * 0.6)  # either fits alone; both do not
+    space.check([Need(part, each)])
+    space.check([Need(copies, each)])
+    with pytest.raises(space.NoSpace):
+        space.check([Need(part, each), Need(copies, each)])
+
+
 # -- real jobs on a small filesystem ---------------------------------------------------
 
 
+@pytest.fixture
+def on_hub(hffs_env: dict[str, str], hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> LocalHub:
+    """The local hub as the only endpoint of an isolated hffs home and HF cache."""
+    monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
+    return hub
+
+
 def test_a_job_the_disk_cannot_hold_is_refused_before_a_byte(
-    hffs_env: dict[str, str],
-    small_disk: Path,
-    hub: LocalHub,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    on_hub: LocalHub, small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    hub = on_hub
     monkeypatch.setenv("HFFS_HOME", str(small_disk / "home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(small_disk / "cache"))
-    monkeypatch.setenv("HFFS_ENDPOINTS", hub.url)
     big = make_random_file(tmp_path / "src-big", 28 * MIN_CHUNK_SIZE, seed=7)  # 28 MiB > 24
     small = make_random_file(tmp_path / "src-small", 3 * MIN_CHUNK_SIZE, seed=8)
     hub.add_repo("org/space", {"big.safetensors": big, "small.safetensors": small})
@@ -129,3 +143,24 @@ def test_an_hf_client_asking_for_more_than_the_disk_holds_is_told_so(
         assert not list(small_disk.rglob("*.part"))
     finally:
         node.kill()
+
+
+def test_a_local_dir_copy_that_cannot_fit_is_refused_before_the_download(
+    on_hub: LocalHub, small_disk: Path, tmp_path: Path
+) -> None:
+    # The cache has room (tmp_path); the folder the files are copied to does not.
+    hub = on_hub
+    shard = make_random_file(tmp_path / "src-shard", 28 * MIN_CHUNK_SIZE, seed=10)
+    small = make_random_file(tmp_path / "src-cfg", 2 * MIN_CHUNK_SIZE, seed=11)
+    hub.add_repo("org/copies", {"shard.safetensors": shard, "cfg.bin": small})
+    local = small_disk / "model"
+    hub.reset_stats()
+    code, out = hffs("download", "org/copies", "--local-dir", str(local))
+    assert code == 1 and f"cannot fit this download in {local}" in out, out
+    assert "30.0 MiB more" in out
+    assert hub.bytes_served == 0  # and no file was copied (hf's bookkeeping folders aside)
+    copied = [p for p in local.rglob("*") if p.is_file()] if local.exists() else []
+    assert not copied, copied
+    code, out = hffs("download", "org/copies", "cfg.bin", "--local-dir", str(local))
+    assert code == 0, out
+    assert (local / "cfg.bin").read_bytes() == small.read_bytes()
