@@ -141,18 +141,18 @@ def check_room(
     also = []
     if local_dir is not None:  # a file there of the same size is replaced, not added to
         folder = Path(local_dir)
-        copies = [f for f in wanted if _local_size(folder, f.path) != f.size]
+        copies = [f for f in wanted if not _copy_there(folder, f)]
         also.append(space.Need(folder, sum(f.size for f in copies)))
     space.check_downloads(todo, partial_dir, cache.root, where, also)
 
 
-def _local_size(folder: Path, path: str) -> int | None:
-    """The length of ``path``'s copy in ``folder``; None when there is none (or it could
-    not be placed there: the copy itself says so later)."""
+def _copy_there(folder: Path, f: RemoteFile) -> bool:
+    """Whether ``folder`` has a file of ``f``'s length at its path (False when it could not
+    be placed there: the copy itself says so later)."""
     try:
-        return space.written_as(local_path(folder, path))
+        return _held(local_path(folder, f.path), f.size)
     except SelectionError:
-        return None
+        return False
 
 
 def _held(path: Path, size: int) -> bool:

@@ -84,14 +84,6 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
-def written_as(path: Path) -> int | None:
-    """The length of the file at ``path``; None when there is none."""
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
 def same_filesystem(a: Path, b: Path) -> bool:
     """Whether two folders (or where they will be made) are on one filesystem, so a
     rename moves a file between them."""
